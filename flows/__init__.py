@@ -1,0 +1,1 @@
+"""Wiring: the Prefect flow that chains the stage tasks, and the `retrain` CLI."""

@@ -1,0 +1,261 @@
+"""Typed, frozen view of params.yaml: loaded once at the entry point, typos fail with the key's path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from retrain.errors import ConfigError
+
+
+class Strict(BaseModel):
+    """Base for every params section: unknown keys are errors and values never change after load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(Strict):
+    """One feature column of the declared schema."""
+
+    type: Literal["int", "float", "category"]
+    min: float | None = None
+    max: float | None = None
+    domain: tuple[str, ...] | None = None
+    max_null_fraction: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class DatasetConfig(Strict):
+    """What the data is: target, task, feature schema and protected attributes."""
+
+    name: str
+    task: Literal["binary"]
+    target: str
+    labels: tuple[str, str]
+    positive_label: str
+    columns: dict[str, ColumnSpec]
+    protected: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetConfig:
+        if self.positive_label not in self.labels:
+            raise ValueError(f"positive_label {self.positive_label!r} is not one of labels {self.labels}")
+        if self.target in self.columns:
+            raise ValueError(f"target {self.target!r} must not also be listed in columns")
+        unknown = [c for c in self.protected if c not in self.columns]
+        if unknown:
+            raise ValueError(f"protected attributes {unknown} are not declared in columns")
+        return self
+
+    @property
+    def numeric(self) -> list[str]:
+        """Numeric feature names, in declared order."""
+        return [c for c, s in self.columns.items() if s.type != "category"]
+
+    @property
+    def categorical(self) -> list[str]:
+        """Categorical feature names, in declared order."""
+        return [c for c, s in self.columns.items() if s.type == "category"]
+
+    @property
+    def features(self) -> list[str]:
+        """All feature names, in declared order (the model's input columns)."""
+        return list(self.columns)
+
+
+class IngestConfig(Strict):
+    """Where the raw data comes from and how its quirks are parsed."""
+
+    source: str
+    test_source: str | None = None
+    na_values: tuple[str, ...] = ("?",)
+    label_suffix: str = ""
+    max_bytes: int = Field(gt=0)
+    sample_rows: int | None = Field(None, gt=0)
+
+
+class VersionConfig(Strict):
+    """Which DVC remote receives the snapshot (None: the repo's default remote)."""
+
+    remote: str | None = None
+
+
+class ValidateConfig(Strict):
+    """Table-level bounds of the data gate (column rules come from dataset.columns)."""
+
+    min_rows: int = Field(gt=0)
+    max_rows: int = Field(gt=0)
+
+
+class SplitConfig(Strict):
+    """How the snapshot becomes train / valid / test."""
+
+    valid_size: float = Field(gt=0.0, lt=1.0)
+    test_size: float = Field(gt=0.0, lt=1.0)
+
+
+class BaselinesConfig(Strict):
+    """Which non-ML reference models every candidate must beat."""
+
+    strategies: tuple[Literal["most_frequent", "stratified", "uniform"], ...] = Field(min_length=1)
+
+
+class ParamRange(Strict):
+    """One dimension of a search space: a numeric range or a list of choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    int: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamRange:
+        if self.choices is None and (self.low is None or self.high is None):
+            raise ValueError("give either choices or both low and high")
+        if self.choices is None and self.low > self.high:  # type: ignore[operator]
+            raise ValueError(f"low {self.low} > high {self.high}")
+        return self
+
+
+class FamilyConfig(Strict):
+    """A model family: fixed hyperparameters plus the space the search explores."""
+
+    fixed: dict[str, Any] = {}
+    space: dict[str, ParamRange] = {}
+
+
+class CandidatesConfig(Strict):
+    """Which families are tuned and how hard."""
+
+    families: tuple[Literal["lightgbm", "logreg"], ...] = Field(min_length=1)
+    cv_folds: int = Field(ge=2)
+    n_trials: int = Field(ge=1)
+    lightgbm: FamilyConfig
+    logreg: FamilyConfig
+
+
+class EvaluateConfig(Strict):
+    """The offline gates a candidate must pass before promotion."""
+
+    metric: Literal["roc_auc"]
+    baseline_margin: float
+    champion_tolerance: float = Field(ge=0.0)
+
+
+class PromoteConfig(Strict):
+    """Where promotion happens in the registry."""
+
+    model_name: str
+    alias: str = "champion"
+
+
+class TrackingConfig(Strict):
+    """MLflow location; None means the SQLite file at the project root."""
+
+    tracking_uri: str | None = None
+    experiment: str
+
+
+class Params(Strict):
+    """The whole params.yaml."""
+
+    seed: int
+    tracking: TrackingConfig
+    dataset: DatasetConfig
+    ingest: IngestConfig
+    version: VersionConfig
+    validate_: ValidateConfig = Field(alias="validate")
+    split: SplitConfig
+    baselines: BaselinesConfig
+    candidates: CandidatesConfig
+    evaluate: EvaluateConfig
+    promote: PromoteConfig
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _error_path(loc: tuple[Any, ...]) -> str:
+    """Dotted key path of a pydantic error location, with the `validate` alias restored."""
+    return ".".join("validate" if p == "validate_" else str(p) for p in loc)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `section.key=value` (value parsed as YAML, like `dvc exp run -S`)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {exc}") from exc
+    return key, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of the raw params with dotted overrides set; unknown sections still fail later."""
+    data = json.loads(json.dumps(raw))
+    for text in overrides:
+        key, value = parse_override(text)
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    """Read the YAML mapping of a params file, naming the file on any error."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"params file {path} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"params file {path} must hold a mapping at the top level")
+    return data
+
+
+def load_params(path: Path, overrides: list[str] | None = None) -> Params:
+    """Load, override and validate params; every problem is reported with its key path."""
+    raw = apply_overrides(read_params_file(path), overrides or [])
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{_error_path(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"params file {path}: {problems}") from exc
+
+
+def params_dict(params: Params) -> dict[str, Any]:
+    """The params as plain JSON-able data with the file's own key names."""
+    return params.model_dump(mode="json", by_alias=True)
+
+
+def lookup(params: Params, key: str) -> Any:
+    """Value of a dotted params key, e.g. `candidates.n_trials`."""
+    node: Any = params_dict(params)
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"params key {key!r} does not exist")
+        node = node[part]
+    return node
+
+
+def stable_hash(value: Any) -> str:
+    """sha256 of a JSON-able value with sorted keys: equal values give equal hashes."""
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()

@@ -1,0 +1,175 @@
+"""The DAG, defined once: each stage's inputs, outputs, params keys and code.
+
+dvc.yaml is generated from this table (`retrain stages --dvc-yaml`) and a test fails when they differ;
+the Prefect cache keys use the same deps, params and code lists.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_TEMPLATE = re.compile(r"\$\{([^}]+)\}")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline, named the same everywhere (params section, dvc stage, task, run)."""
+
+    name: str
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]
+    params: tuple[str, ...]
+    code: tuple[str, ...]
+    cache: bool = True
+
+    @property
+    def command(self) -> str:
+        """The shell command dvc runs for this stage."""
+        return f"retrain stage {self.name}"
+
+
+def _code(name: str, *modules: str) -> tuple[str, ...]:
+    """Source files whose content is part of a stage's identity: its task and the logic it calls."""
+    return (f"tasks/{name}.py", *(f"retrain/{m}.py" for m in modules))
+
+
+SNAPSHOT = "data/raw/snapshot.parquet"
+VERSION = "data/raw/version.json"
+VALIDATION = "models/validate/report.json"
+SPLITS = {part: f"data/processed/{part}.parquet" for part in ("train", "valid", "test")}
+BASELINES = "models/baselines/baselines.json"
+CANDIDATES = "models/candidates"
+GATE_RECORD = "models/evaluate/gate_record.json"
+PROMOTION = "models/promote/promotion.json"
+
+_DATASET = ("dataset.target", "dataset.labels", "dataset.positive_label", "dataset.columns")
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "ingest",
+        deps=("${ingest.source}", "${ingest.test_source}"),
+        outs=(SNAPSHOT,),
+        params=(
+            "ingest.source",
+            "ingest.test_source",
+            "ingest.na_values",
+            "ingest.label_suffix",
+            "ingest.max_bytes",
+            "ingest.sample_rows",
+            "dataset.target",
+            "dataset.columns",
+            "seed",
+        ),
+        code=_code("ingest", "ingest"),
+    ),
+    Stage(
+        "version",
+        deps=(SNAPSHOT,),
+        outs=(VERSION,),
+        params=("version.remote",),
+        code=("tasks/version.py", "tasks/dvcstore.py"),
+    ),
+    Stage(
+        "validate",
+        deps=(SNAPSHOT,),
+        outs=(VALIDATION,),
+        params=("validate.min_rows", "validate.max_rows", *_DATASET),
+        code=_code("validate", "validate"),
+    ),
+    Stage(
+        "split",
+        deps=(SNAPSHOT, VALIDATION),
+        outs=tuple(SPLITS.values()),
+        params=("split.valid_size", "split.test_size", "dataset.target", "seed"),
+        code=_code("split", "split"),
+    ),
+    Stage(
+        "baselines",
+        deps=(SPLITS["train"], SPLITS["valid"]),
+        outs=(BASELINES,),
+        params=("baselines.strategies", *_DATASET, "evaluate.metric", "seed"),
+        code=_code("baselines", "baselines", "metrics"),
+    ),
+    Stage(
+        "candidates",
+        deps=(SPLITS["train"], SPLITS["valid"]),
+        outs=(CANDIDATES,),
+        params=(
+            "candidates.families",
+            "candidates.cv_folds",
+            "candidates.n_trials",
+            "candidates.lightgbm",
+            "candidates.logreg",
+            *_DATASET,
+            "evaluate.metric",
+            "seed",
+        ),
+        code=_code("candidates", "models", "tuning", "metrics"),
+    ),
+    Stage(
+        "evaluate",
+        deps=(SPLITS["test"], BASELINES, CANDIDATES),
+        outs=(GATE_RECORD,),
+        params=(
+            "evaluate.metric",
+            "evaluate.baseline_margin",
+            "evaluate.champion_tolerance",
+            "promote.model_name",
+            "promote.alias",
+            *_DATASET,
+            "seed",
+        ),
+        code=(*_code("evaluate", "gates", "models", "baselines", "metrics"), "tasks/registry.py"),
+    ),
+    Stage(
+        "promote",
+        deps=(GATE_RECORD, CANDIDATES),
+        outs=(PROMOTION,),
+        params=("promote.model_name", "promote.alias"),
+        code=(*_code("promote", "serving", "models", "pyfunc_entry"), "tasks/registry.py"),
+        cache=False,
+    ),
+)
+
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+
+
+def get_stage(name: str) -> Stage:
+    """The stage called `name`, or a clear error listing the valid names."""
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise KeyError(f"unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}")
+
+
+def render_path(template: str, values: dict[str, Any]) -> str | None:
+    """Fill `${section.key}` from params values; None when the key is unset (an optional input)."""
+
+    def value_of(match: re.Match[str]) -> str:
+        node: Any = values
+        for part in match.group(1).split("."):
+            node = node[part]
+        if node is None:
+            raise LookupError(match.group(1))
+        return str(node)
+
+    try:
+        return _TEMPLATE.sub(value_of, template)
+    except LookupError:
+        return None
+
+
+def dvc_pipeline() -> dict[str, Any]:
+    """The dvc.yaml document for the stage table (what `retrain stages --dvc-yaml` writes)."""
+    stages: dict[str, Any] = {}
+    for stage in STAGES:
+        entry: dict[str, Any] = {
+            "cmd": stage.command,
+            "deps": [*stage.deps, *stage.code],
+            "params": list(stage.params),
+            "outs": list(stage.outs),
+        }
+        stages[stage.name] = entry
+    return {"stages": stages}

@@ -1,0 +1,1 @@
+"""One module per stage: the Prefect task that reads inputs, calls retrain/, writes outputs, logs."""

@@ -1,0 +1,137 @@
+"""One pipeline run: its MLflow parent run, the stage contexts, lineage and the summary it reports."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from retrain.config import Params
+from retrain.stages import CANDIDATES, SNAPSHOT
+from tasks import dvcstore, registry
+from tasks.runner import StageOutcome, end_parent_run, run_in_flow, set_parent_tag, start_parent_run
+from tasks.runtime import StageContext, Tracking, base_tags, default_tracking_uri, ensure_experiment, tree_md5
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineRun:
+    """State of one run of the DAG, shared by the stages it launches."""
+
+    root: Path
+    params: Params
+    tracking: Tracking
+    commit_lineage: bool
+    stages: list[StageOutcome] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def start(
+        cls, root: Path, params: Params, trigger: str, commit_lineage: bool, flow_run_id: str | None
+    ) -> PipelineRun:
+        """Open the MLflow parent run, tagged with everything known before the data is read."""
+        uri = params.tracking.tracking_uri or default_tracking_uri(root)
+        experiment_id = ensure_experiment(uri, params.tracking.experiment, root)
+        tags = base_tags(root, params, trigger)
+        if flow_run_id:
+            tags["retrain.prefect_flow_run_id"] = flow_run_id
+        parent = start_parent_run(uri, experiment_id, tags, name=f"pipeline-{trigger}")
+        return cls(root, params, Tracking(uri, experiment_id, parent, tags), commit_lineage)
+
+    def context(self, stage: str, external: dict[str, str] | None = None) -> StageContext:
+        """The context a stage task receives."""
+        return StageContext(stage, self.params, self.root, self.tracking, external or {})
+
+    def stage(self, name: str, external: dict[str, str] | None = None) -> dict[str, Any]:
+        """Run (or reuse from cache) one stage and remember how it went."""
+        outcome = run_in_flow(self.context(name, external))
+        self.stages.append(outcome)
+        logger.info("stage %-10s %-6s %6.2fs", name, outcome.status, outcome.seconds)
+        if name == "ingest":
+            self._tag_data(outcome.result["outs"][SNAPSHOT])
+        return outcome.result
+
+    def _tag_data(self, data_hash: str) -> None:
+        """Every later run carries the snapshot's DVC hash."""
+        tags = {**self.tracking.tags, "retrain.data_hash": data_hash}
+        self.tracking = replace(self.tracking, tags=tags)
+        set_parent_tag(self.tracking.tracking_uri, self.tracking.parent_run_id or "", "retrain.data_hash", data_hash)
+
+    def champion_input(self, candidates: dict[str, Any]) -> dict[str, str]:
+        """The champion as an input of `evaluate`'s cache key.
+
+        A champion that is one of these very candidates (the previous run promoted it) counts as no
+        other champion, so an unchanged rerun stays a cache hit.
+        """
+        promote = self.params.promote
+        current = registry.champion(self.tracking.tracking_uri, promote.model_name, promote.alias)
+        if current is None:
+            return {"champion": "none"}
+        families = {rel.split("/")[2] for rel in candidates["outs"] if rel.count("/") >= 3}
+        own = {tree_md5(self.root / CANDIDATES / f) for f in families}
+        return {"champion": "none" if current.get("model_hash") in own else str(current.get("model_hash"))}
+
+    def record_lineage(self) -> None:
+        """Write dvc.lock from the workspace so `dvc status` agrees (skipped for override runs)."""
+        if not self.commit_lineage:
+            logger.info("overrides in effect: dvc.lock left as is (the workspace is an experiment)")
+            return
+        dvcstore.commit_pipeline(self.root)
+
+    def finish(self, status: str) -> dict[str, Any]:
+        """Close the parent run and return the machine-readable summary."""
+        summary = self.summary()
+        tags = {"retrain.decision": str(summary.get("decision"))}
+        end_parent_run(self.tracking.tracking_uri, self.tracking.parent_run_id or "", status, tags)
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        """Stages (cached or ran, seconds), metrics, gates, decision and model version."""
+        by_name = {s.name: s.result for s in self.stages}
+        evaluate = by_name.get("evaluate", {}).get("info", {})
+        promote = by_name.get("promote", {}).get("info", {})
+        gates = []
+        record_path = self.root / "models/evaluate/gate_record.json"
+        if "evaluate" in by_name and record_path.exists():
+            import json
+
+            record = json.loads(record_path.read_text())
+            gates = record["gates"]
+        return {
+            "stages": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 3)} for s in self.stages],
+            "metrics": {s.name: s.result.get("metrics", {}) for s in self.stages},
+            "gates": gates,
+            "family": evaluate.get("family"),
+            "decision": evaluate.get("decision"),
+            "failed_gates": evaluate.get("failed_gates", []),
+            "promotion": promote.get("action"),
+            "model_name": self.params.promote.model_name,
+            "model_version": promote.get("version"),
+            "champion_version": promote.get("champion_version"),
+            "data_hash": self.tracking.tags.get("retrain.data_hash"),
+            "mlflow_run_id": self.tracking.parent_run_id,
+            "tracking_uri": self.tracking.tracking_uri,
+            "seconds": round(time.perf_counter() - self.started, 3),
+        }
+
+
+def standalone_stage(root: Path, params: Params, name: str, trigger: str) -> StageOutcome:
+    """Run one stage outside any flow (what `dvc repro` calls), tracked as its own MLflow run."""
+    from tasks.runner import run_standalone
+    from tasks.runtime import output_manifest
+
+    uri = params.tracking.tracking_uri or default_tracking_uri(root)
+    tags = base_tags(root, params, trigger)
+    snapshot = root / SNAPSHOT
+    if snapshot.exists() and name != "ingest":
+        tags["retrain.data_hash"] = dvcstore.file_md5(snapshot)
+    run = PipelineRun(
+        root, params, Tracking(uri, ensure_experiment(uri, params.tracking.experiment, root), None, tags), False
+    )
+    external: dict[str, str] = {}
+    if name == "evaluate":
+        external = run.champion_input({"outs": output_manifest(run.context("candidates"))})
+    return run_standalone(run.context(name, external))

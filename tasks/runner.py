@@ -1,0 +1,176 @@
+"""Run a stage task with its content-addressed Prefect cache, from a flow or from `retrain stage`.
+
+Cached results are small JSON records (output md5s, metrics); the output files themselves live in
+the DVC cache, so a cache hit whose files are missing or changed is restored from there, and re-run
+only when the DVC cache no longer holds them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from prefect import Task
+from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.filesystems import LocalFileSystem
+from prefect.results import ResultStore
+
+from tasks import dvcstore
+from tasks.baselines import baselines_task
+from tasks.candidates import candidates_task
+from tasks.evaluate import evaluate_task
+from tasks.ingest import ingest_task
+from tasks.promote import promote_task
+from tasks.runtime import CACHE_DIR, StageContext
+from tasks.split import split_task
+from tasks.validate import validate_task
+from tasks.version import version_task
+
+logger = logging.getLogger(__name__)
+
+TASKS: dict[str, Task[..., dict[str, Any]]] = {
+    "ingest": ingest_task,
+    "version": version_task,
+    "validate": validate_task,
+    "split": split_task,
+    "baselines": baselines_task,
+    "candidates": candidates_task,
+    "evaluate": evaluate_task,
+    "promote": promote_task,
+}
+
+
+@dataclass
+class StageCachePolicy(CachePolicy):
+    """Prefect cache policy whose key is the stage context's content hash."""
+
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
+        """Key from the `ctx` argument: input data hashes, params values, code, lock, external inputs."""
+        ctx: StageContext = inputs["ctx"]
+        return ctx.cache_key()
+
+
+@dataclass
+class StageOutcome:
+    """What the flow reports per stage."""
+
+    name: str
+    status: str
+    seconds: float
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def cache_storage(root: Path) -> Path:
+    """Where cached stage results (JSON records) are kept: under the project root."""
+    path = root / CACHE_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def configured(name: str, root: Path, refresh: bool = False) -> Task[..., dict[str, Any]]:
+    """The stage task with content-keyed caching and JSON results (promote is never cached)."""
+    task = TASKS[name]
+    if name == "promote":
+        return task.with_options(cache_policy=NO_CACHE, persist_result=False)
+    return task.with_options(
+        cache_policy=StageCachePolicy(),
+        result_storage=cache_storage(root),
+        result_serializer="json",
+        persist_result=True,
+        refresh_cache=refresh,
+    )
+
+
+def outputs_in_place(ctx: StageContext, result: dict[str, Any]) -> bool:
+    """Make the workspace hold exactly the outputs of a cached result, restoring from the DVC cache."""
+    for rel, md5 in result.get("outs", {}).items():
+        path = ctx.path(rel)
+        if path.is_file() and dvcstore.file_md5(path) == md5:
+            continue
+        if not dvcstore.restore(ctx.root, md5, path):
+            logger.info("stage %s: cached output %s is gone from the DVC cache; re-running", ctx.stage, rel)
+            return False
+        logger.info("stage %s: restored %s from the DVC cache", ctx.stage, rel)
+    return True
+
+
+def cache_outputs(ctx: StageContext, result: dict[str, Any]) -> None:
+    """Copy a stage's fresh outputs into the DVC cache, so a later cache hit can restore them."""
+    for rel in result.get("outs", {}):
+        dvcstore.add_to_cache(ctx.root, ctx.path(rel))
+
+
+def log_cached_run(ctx: StageContext, result: dict[str, Any]) -> None:
+    """A child run for a cached stage, pointing at the run that produced the result."""
+    client = MlflowClient(ctx.tracking.tracking_uri)
+    tags = {
+        **ctx.tracking.tags,
+        "mlflow.runName": ctx.stage,
+        "retrain.stage": ctx.stage,
+        "retrain.cached": "true",
+        "retrain.source_run_id": str(result.get("mlflow_run_id")),
+    }
+    if ctx.tracking.parent_run_id:
+        tags["mlflow.parentRunId"] = ctx.tracking.parent_run_id
+    run = client.create_run(ctx.tracking.experiment_id, run_name=ctx.stage, tags=tags)
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0) for k, v in result.get("metrics", {}).items()]
+    if metrics:
+        client.log_batch(run.info.run_id, metrics=metrics)
+    client.set_terminated(run.info.run_id)
+
+
+def run_in_flow(ctx: StageContext) -> StageOutcome:
+    """Run one stage as a Prefect task inside the flow; report whether it ran or came from cache."""
+    started = time.perf_counter()
+    state = configured(ctx.stage, ctx.root)(ctx, return_state=True)
+    result = state.result()
+    cached = state.name == "Cached"
+    if cached and not outputs_in_place(ctx, result):
+        state = configured(ctx.stage, ctx.root, refresh=True)(ctx, return_state=True)
+        result, cached = state.result(), False
+    if cached:
+        log_cached_run(ctx, result)
+    elif ctx.stage != "promote":
+        cache_outputs(ctx, result)
+    return StageOutcome(ctx.stage, "cached" if cached else "ran", time.perf_counter() - started, result)
+
+
+def run_standalone(ctx: StageContext, fn: Callable[[StageContext], dict[str, Any]] | None = None) -> StageOutcome:
+    """Run a stage without a flow (for `dvc repro`) and share its result with the Prefect cache."""
+    started = time.perf_counter()
+    result = (fn or TASKS[ctx.stage].fn)(ctx)
+    if ctx.stage != "promote":
+        cache_outputs(ctx, result)
+        store = ResultStore(result_storage=LocalFileSystem(basepath=str(cache_storage(ctx.root))), serializer="json")
+        store.write(obj=result, key=ctx.cache_key())
+    return StageOutcome(ctx.stage, "ran", time.perf_counter() - started, result)
+
+
+def start_parent_run(tracking_uri: str, experiment_id: str, tags: dict[str, str], name: str) -> str:
+    """The parent MLflow run of one pipeline run."""
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(experiment_id, run_name=name, tags={**tags, "mlflow.runName": name})
+    return run.info.run_id
+
+
+def end_parent_run(tracking_uri: str, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
+    """Close the parent run with its final status and summary tags."""
+    client = MlflowClient(tracking_uri)
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
+    client.set_terminated(run_id, status=status)
+
+
+def set_parent_tag(tracking_uri: str, run_id: str, key: str, value: str) -> None:
+    """Add a tag to the parent run once it is known (the data hash, after ingest)."""
+    MlflowClient(tracking_uri).set_tag(run_id, key, value)

@@ -1,0 +1,30 @@
+"""split: write train / valid / test Parquet files with no row in two splits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from prefect import task
+
+from retrain.split import split_snapshot
+from retrain.stages import SNAPSHOT, SPLITS
+from tasks.runtime import StageContext, clear_outputs, finish, stage_run
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Split the validated snapshot."""
+    clear_outputs(ctx)
+    with stage_run(ctx) as active:
+        snapshot = pd.read_parquet(ctx.path(SNAPSHOT))
+        parts = split_snapshot(snapshot, ctx.params.split, ctx.params.dataset.target, ctx.params.seed)
+        for name, frame in parts.items():
+            path = ctx.path(SPLITS[name])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            frame.to_parquet(tmp, index=False)
+            tmp.replace(path)
+        return finish(ctx, active, {f"rows_{name}": float(len(frame)) for name, frame in parts.items()})
+
+
+split_task = task(run, name="split")
