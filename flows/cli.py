@@ -68,7 +68,8 @@ def configure_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
-    for noisy in ("alembic", "httpx", "urllib3", "great_expectations", "mlflow.store", "matplotlib"):
+    # dvc logs INFO lines to stdout, which would corrupt --json; its warnings still show.
+    for noisy in ("alembic", "httpx", "urllib3", "great_expectations", "mlflow.store", "matplotlib", "dvc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

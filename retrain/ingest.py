@@ -49,7 +49,19 @@ def read_table(path: Path, ingest: IngestConfig, dataset: DatasetConfig) -> pd.D
         raise DataError(f"{path}: cannot be parsed: {exc}") from exc
     if frame.empty:
         raise DataError(f"{path}: no data rows (header only?)")
+    check_columns(path, frame, [*dataset.features, dataset.target])
     return frame
+
+
+def check_columns(path: Path, frame: pd.DataFrame, declared: list[str]) -> None:
+    """Each source must have exactly the declared columns, before sources are stacked (which would NaN-fill)."""
+    missing = [c for c in declared if c not in frame.columns]
+    extra = [str(c) for c in frame.columns if c not in declared]
+    if missing or extra:
+        raise DataError(
+            f"{path}: columns do not match the declared schema (rule: exact column set, dataset.columns + "
+            f"dataset.target): missing {missing}, unexpected {extra}"
+        )
 
 
 def normalise_labels(frame: pd.DataFrame, target: str, suffix: str) -> pd.DataFrame:

@@ -7,9 +7,7 @@ plus a JSON manifest; `load_predictor` reads them back without executing arbitra
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -123,18 +121,6 @@ class PipelinePredictor:
         return np.asarray(self.pipeline.predict_proba(X[self.features])[:, 1])
 
 
-def _deterministic_zip(blob: bytes) -> bytes:
-    """Rewrite a zip with fixed timestamps and order, so equal models give equal bytes."""
-    source = zipfile.ZipFile(io.BytesIO(blob))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as target:
-        for name in sorted(source.namelist()):
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            target.writestr(info, source.read(name))
-    return out.getvalue()
-
-
 def save_model(pipeline: Pipeline, family: str, features: list[str], directory: Path) -> list[Path]:
     """Write a fitted Pipeline in safe formats; returns the files written."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -148,7 +134,7 @@ def save_model(pipeline: Pipeline, family: str, features: list[str], directory: 
         written.append(booster_path)
     else:
         pipe_path = directory / PIPELINE
-        pipe_path.write_bytes(_deterministic_zip(sio.dumps(pipeline)))
+        pipe_path.write_bytes(sio.dumps(pipeline))
         manifest.update(format="skops")
         written.append(pipe_path)
     manifest_path = directory / MANIFEST

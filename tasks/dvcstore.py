@@ -27,12 +27,22 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _route_dvc_logs() -> None:
+    """`import dvc` attaches a handler printing INFO to stdout; send DVC's warnings to our logging instead."""
+    for name in ("dvc", "dvc_objects", "dvc_data"):
+        dvc_logger = logging.getLogger(name)
+        dvc_logger.handlers.clear()
+        dvc_logger.setLevel(logging.WARNING)
+        dvc_logger.propagate = True
+
+
 @functools.cache
 def open_repo(root: Path) -> Any:
     """The DVC repo at the project root (constructing it does not take the lock)."""
     from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
+    _route_dvc_logs()
     try:
         return Repo(str(root))
     except NotDvcRepoError as exc:

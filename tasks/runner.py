@@ -19,6 +19,7 @@ from prefect import Task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.filesystems import LocalFileSystem
 from prefect.results import ResultStore
+from prefect.serializers import JSONSerializer
 
 from tasks import dvcstore
 from tasks.baselines import baselines_task
@@ -151,7 +152,9 @@ def run_standalone(ctx: StageContext, fn: Callable[[StageContext], dict[str, Any
     result = (fn or TASKS[ctx.stage].fn)(ctx)
     if ctx.stage != "promote":
         cache_outputs(ctx, result)
-        store = ResultStore(result_storage=LocalFileSystem(basepath=str(cache_storage(ctx.root))), serializer="json")
+        store = ResultStore(
+            result_storage=LocalFileSystem(basepath=str(cache_storage(ctx.root))), serializer=JSONSerializer()
+        )
         store.write(obj=result, key=ctx.cache_key())
     return StageOutcome(ctx.stage, "ran", time.perf_counter() - started, result)
 

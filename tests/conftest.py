@@ -1,0 +1,98 @@
+"""Shared fixtures: a throwaway copy of the project (real git + DVC repo, temp DVC remote, temp MLflow
+SQLite store) and a real Prefect backend from `prefect_test_harness`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+COPIED = ("retrain", "tasks", "flows", "data/source", "requirements.lock", "pyproject.toml", "dvc.yaml", ".gitignore")
+
+SMALL = {
+    "ingest": {"sample_rows": 2500},
+    "candidates": {"n_trials": 2, "cv_folds": 2},
+}
+"""Tiny settings for end-to-end runs: a few thousand rows, two trials per family."""
+
+
+def deep_update(base: dict, updates: dict) -> dict:
+    """Nested dict merge, for writing test params files."""
+    out = dict(base)
+    for key, value in updates.items():
+        out[key] = deep_update(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def small_params(**extra: dict) -> dict:
+    """params.yaml of the repo with the tiny test settings (and any extra overrides)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = deep_update(params, SMALL)
+    for section, values in extra.items():
+        params = deep_update(params, {section: values})
+    return params
+
+
+def make_project(dest: Path, params: dict) -> Path:
+    """A fresh git + DVC repo holding the project's code and data, with a DVC remote in tmp."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in COPIED:
+        src = REPO / rel
+        target = dest / rel
+        if src.is_dir():
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run = lambda *cmd: subprocess.run(cmd, cwd=dest, check=True, capture_output=True, text=True)  # noqa: E731
+    run("git", "init", "-q")
+    run("git", "config", "user.email", "test@example.com")
+    run("git", "config", "user.name", "test")
+    run("dvc", "init", "-q")
+    run("dvc", "config", "core.analytics", "false")
+    run("dvc", "remote", "add", "-d", "local", str(dest.parent / f"{dest.name}-remote"))
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "test project")
+    return dest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _environment() -> Iterator[None]:
+    """Quiet, offline-friendly settings for every test; venv binaries (dvc, retrain) on PATH."""
+    bin_dir = str(Path(os.sys.executable).parent)
+    saved = dict(os.environ)
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("GIT_AUTHOR_NAME", "test")
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def prefect_backend() -> Iterator[None]:
+    """A real, temporary Prefect API for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def use_root(monkeypatch: pytest.MonkeyPatch):
+    """Point the project root at a temp project for one test."""
+
+    def _use(root: Path) -> Path:
+        monkeypatch.setenv("RETRAIN_ROOT", str(root))
+        monkeypatch.chdir(root)
+        return root
+
+    return _use

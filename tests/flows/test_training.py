@@ -1,0 +1,108 @@
+"""End to end: the real flow (real Prefect, DVC, GX, MLflow in temp dirs) on a few thousand Adult rows."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from flows.cli import main
+from tasks.dvcstore import file_md5
+from tests.conftest import make_project, small_params
+
+pytestmark = pytest.mark.e2e
+MODEL = "adult-income"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, prefect_backend: None) -> Path:
+    return make_project(tmp_path_factory.mktemp("flow") / "proj", small_params())
+
+
+def client(root: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
+    code = main(["run", "--json", *args])
+    out = capsys.readouterr().out
+    assert out.strip(), f"no --json output (exit {code})"
+    try:
+        return code, json.loads(out)
+    except ValueError:
+        raise AssertionError(f"stdout is not one JSON document: {out[:500]!r}") from None
+
+
+def statuses(summary: dict) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in summary["stages"]}
+
+
+def test_first_run_promotes_a_champion_with_lineage(project: Path, use_root, capsys) -> None:
+    use_root(project)
+    code, summary = run_cli([], capsys)
+    assert code == 0, summary
+    assert set(statuses(summary).values()) == {"ran"}, statuses(summary)
+    version = client(project).get_model_version_by_alias(MODEL, "champion")
+    data_hash = file_md5(project / "data/raw/snapshot.parquet")
+    assert version.tags["retrain.data_hash"] == data_hash, "champion carries the DVC hash of its data"
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    record = mlflow.artifacts.load_dict(version.tags["retrain.gate_record"])
+    assert record["decision"] == "promote" and record["data_hash"] == data_hash
+    assert {g["name"] for g in record["gates"]} >= {"beats_baselines", "no_regression_vs_champion"}
+    assert (project.parent / "proj-remote" / "files/md5" / data_hash[:2] / data_hash[2:]).is_file(), "pushed to remote"
+    dvc_status = subprocess.run(["dvc", "status", "--json"], cwd=project, capture_output=True, text=True, check=True)
+    assert json.loads(dvc_status.stdout) == {}, f"dvc status not clean after the flow: {dvc_status.stdout}"
+
+
+def test_rerun_is_all_cache_hits_and_registers_nothing(project: Path, use_root, capsys) -> None:
+    use_root(project)
+    before = client(project).search_model_versions(f"name = '{MODEL}'")
+    code, summary = run_cli([], capsys)
+    assert code == 0
+    expected = {name: "cached" for name in statuses(summary)} | {"promote": "ran"}
+    assert statuses(summary) == expected
+    assert summary["promotion"] == "already_champion"
+    after = client(project).search_model_versions(f"name = '{MODEL}'")
+    assert len(after) == len(before), "an unchanged rerun must not add a model version"
+
+
+def test_changing_one_param_reruns_that_stage_and_what_follows(project: Path, use_root, capsys) -> None:
+    use_root(project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["candidates"]["n_trials"] = 3
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    code, summary = run_cli([], capsys)
+    assert code in (0, 3), summary
+    got = statuses(summary)
+    upstream = ("ingest", "version", "validate", "split", "baselines")
+    assert all(got[s] == "cached" for s in upstream), got
+    assert got["candidates"] == "ran", got
+
+
+def test_missing_target_column_exits_2_and_leaves_champion(project: Path, use_root, capsys, caplog, tmp_path) -> None:
+    use_root(project)
+    before = client(project).get_model_version_by_alias(MODEL, "champion").version
+    n_versions = len(client(project).search_model_versions(f"name = '{MODEL}'"))
+    with gzip.open(project / "data/source/adult_train.csv.gz", "rt") as handle:
+        frame = pd.read_csv(handle, dtype=str, keep_default_na=False)
+    bad = tmp_path / "no_income.csv"
+    frame.drop(columns=["income"]).head(3000).to_csv(bad, index=False)
+    with caplog.at_level(logging.ERROR):
+        code = main(["run", "--set", f"ingest.source={bad}"])
+    assert code == 2
+    assert "missing ['income']" in caplog.text and "no_income.csv" in caplog.text, caplog.text[-2000:]
+    assert client(project).get_model_version_by_alias(MODEL, "champion").version == before
+    assert len(client(project).search_model_versions(f"name = '{MODEL}'")) == n_versions
+
+
+def test_bad_override_exits_2(project: Path, use_root) -> None:
+    use_root(project)
+    assert main(["run", "--set", "candidates.n_trails=3"]) == 2

@@ -1,0 +1,114 @@
+"""Given a family, the model takes raw columns, saves in safe formats and reloads to equal scores."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from retrain.config import FamilyConfig, ParamRange
+from retrain.errors import DataError
+from retrain.models import BOOSTER, PIPELINE, build_model, load_predictor, save_model
+from retrain.tuning import tune
+
+NUMERIC, CATEGORICAL = ["a", "b"], ["c"]
+
+
+def frame(n: int = 300, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(
+        {
+            "a": rng.normal(size=n),
+            "b": rng.integers(0, 100, size=n),
+            "c": pd.Series(rng.choice(["x", "y", "z"], size=n), dtype="str"),
+        }
+    )
+    X.loc[::17, "c"] = None
+    y = ((X["a"] > 0) ^ (X["c"] == "x")).astype(int).to_numpy()
+    return X, y
+
+
+PARAMS = {"lightgbm": {"n_estimators": 20, "verbose": -1, "deterministic": True, "n_jobs": 1}, "logreg": {"C": 1.0}}
+
+
+@pytest.mark.parametrize("family", ["lightgbm", "logreg"])
+def test_save_load_round_trip(tmp_path: Path, family: str) -> None:
+    X, y = frame()
+    model = build_model(family, PARAMS[family], NUMERIC, CATEGORICAL).fit(X, y)
+    files = save_model(model, family, [*NUMERIC, *CATEGORICAL], tmp_path / family)
+    assert not any(f.suffix in {".pkl", ".pickle", ".joblib"} for f in files)
+    predictor = load_predictor(tmp_path / family)
+    assert np.allclose(predictor.predict_scores(X), model.predict_proba(X)[:, 1])
+
+
+def test_unseen_category_does_not_fail(tmp_path: Path) -> None:
+    X, y = frame()
+    model = build_model("lightgbm", PARAMS["lightgbm"], NUMERIC, CATEGORICAL).fit(X, y)
+    save_model(model, "lightgbm", [*NUMERIC, *CATEGORICAL], tmp_path / "m")
+    probe = X.head(3).copy()
+    probe["c"] = "never-seen"
+    assert np.isfinite(load_predictor(tmp_path / "m").predict_scores(probe)).all()
+
+
+def test_same_data_gives_the_same_model(tmp_path: Path) -> None:
+    X, y = frame()
+    texts, scores = [], []
+    for i in range(2):
+        for family in ("lightgbm", "logreg"):
+            model = build_model(family, PARAMS[family], NUMERIC, CATEGORICAL).fit(X, y)
+            save_model(model, family, [*NUMERIC, *CATEGORICAL], tmp_path / f"{family}{i}")
+            scores.append(load_predictor(tmp_path / f"{family}{i}").predict_scores(X))
+        texts.append((tmp_path / f"lightgbm{i}" / BOOSTER).read_bytes())
+    assert texts[0] == texts[1], "LightGBM model text must be byte-identical for identical fits"
+    assert np.array_equal(scores[0], scores[2]) and np.array_equal(scores[1], scores[3]), "identical scores"
+
+
+def test_skops_file_with_untrusted_type_is_refused(tmp_path: Path) -> None:
+    X, y = frame()
+    model = build_model("logreg", PARAMS["logreg"], NUMERIC, CATEGORICAL).fit(X, y)
+    save_model(model, "logreg", [*NUMERIC, *CATEGORICAL], tmp_path / "m")
+    path = tmp_path / "m" / PIPELINE
+    with zipfile.ZipFile(path) as zf:
+        entries = {n: zf.read(n) for n in zf.namelist()}
+    schema = entries["schema.json"].decode().replace('"sklearn.linear_model._logistic"', '"os"', 1)
+    schema = schema.replace('"LogisticRegression"', '"system"', 1)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, blob in entries.items():
+            zf.writestr(name, schema if name == "schema.json" else blob)
+    with pytest.raises(ValueError, match="trusted"):
+        load_predictor(tmp_path / "m")
+
+
+def test_tuning_is_seeded_and_reports_trials() -> None:
+    X, y = frame(400)
+    cfg = FamilyConfig(fixed={"max_iter": 500}, space={"C": ParamRange(low=0.01, high=10, log=True)})
+    a = tune(
+        "logreg", cfg, X, y, numeric=NUMERIC, categorical=CATEGORICAL, metric="roc_auc", n_trials=3, n_folds=3, seed=1
+    )
+    b = tune(
+        "logreg", cfg, X, y, numeric=NUMERIC, categorical=CATEGORICAL, metric="roc_auc", n_trials=3, n_folds=3, seed=1
+    )
+    assert a.best_params == b.best_params and a.cv_score == b.cv_score
+    assert len(a.trials) == 3
+
+
+def test_tuning_refuses_too_few_rows_for_folds() -> None:
+    X, _ = frame(20)
+    y = np.zeros(20, dtype=int)
+    y[0] = 1
+    with pytest.raises(DataError, match="cv_folds"):
+        tune(
+            "logreg",
+            FamilyConfig(),
+            X,
+            y,
+            numeric=NUMERIC,
+            categorical=CATEGORICAL,
+            metric="roc_auc",
+            n_trials=1,
+            n_folds=3,
+            seed=0,
+        )
