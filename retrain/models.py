@@ -130,7 +130,13 @@ def save_model(pipeline: Pipeline, family: str, features: list[str], directory: 
         encoder: CategoryEncoder = pipeline.named_steps["prep"]
         booster_path = directory / BOOSTER
         booster_path.write_text(pipeline.named_steps["model"].booster_.model_to_string())
-        manifest.update(format="lightgbm-text", numeric=encoder.numeric, categories=encoder.categories_)
+        # the booster reads columns by position: keep the categorical order explicit (JSON keys get sorted)
+        manifest.update(
+            format="lightgbm-text",
+            numeric=encoder.numeric,
+            categorical=encoder.categorical,
+            categories=encoder.categories_,
+        )
         written.append(booster_path)
     else:
         pipe_path = directory / PIPELINE
@@ -147,7 +153,8 @@ def load_predictor(directory: Path) -> Predictor:
     manifest = json.loads((directory / MANIFEST).read_text())
     if manifest["format"] == "lightgbm-text":
         booster = lgb.Booster(model_file=str(directory / BOOSTER))
-        return LightGBMPredictor(booster, manifest["numeric"], manifest["categories"])
+        categories = {c: manifest["categories"][c] for c in manifest["categorical"]}
+        return LightGBMPredictor(booster, manifest["numeric"], categories)
     if manifest["format"] == "skops":
         path = directory / PIPELINE
         untrusted = set(sio.get_untrusted_types(file=path))

@@ -88,13 +88,13 @@ def tune(
     folds = make_folds(y, n_folds, seed)
 
     def objective(trial: optuna.Trial) -> float:
-        params = {**cfg.fixed, **{k: suggest(trial, k, s) for k, s in cfg.space.items()}}
+        params = {"random_state": seed, **cfg.fixed, **{k: suggest(trial, k, s) for k, s in cfg.space.items()}}
         return cv_score(family, params, X, y, folds, numeric, categorical, metric)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     study.optimize(objective, n_trials=n_trials if cfg.space else 1, n_jobs=1)
     trials = [{"number": t.number, "value": t.value, "params": t.params} for t in study.trials]
-    best = {**cfg.fixed, **study.best_params}
+    best = {"random_state": seed, **cfg.fixed, **study.best_params}
     logger.info("%s: best CV %s = %.4f with %s", family, metric, study.best_value, study.best_params)
     return TuningResult(family, best, float(study.best_value), trials, time.perf_counter() - started)

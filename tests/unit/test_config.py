@@ -71,7 +71,7 @@ def test_override_applies_and_unknown_key_fails(tmp_path: Path) -> None:
 
 
 def test_override_without_equals_fails() -> None:
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         apply_overrides({}, ["candidates.n_trials"])
 
 

@@ -47,7 +47,7 @@ def test_size_cap_checked_before_parsing(tmp_path: Path) -> None:
 def test_empty_and_header_only_files_fail_with_file_name(tmp_path: Path) -> None:
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    with pytest.raises(DataError, match="empty.csv: file is empty"):
+    with pytest.raises(DataError, match=r"empty\.csv: file is empty"):
         read_table(empty, PARAMS.ingest, PARAMS.dataset)
     with pytest.raises(DataError, match="no data rows"):
         read_table(adult_csv(tmp_path, [], "header.csv"), PARAMS.ingest, PARAMS.dataset)

@@ -14,7 +14,8 @@ from retrain.errors import DataError
 from retrain.models import BOOSTER, PIPELINE, build_model, load_predictor, save_model
 from retrain.tuning import tune
 
-NUMERIC, CATEGORICAL = ["a", "b"], ["c"]
+NUMERIC, CATEGORICAL = ["a", "b"], ["c", "b_cat"]
+"""Declared categorical order differs from alphabetical on purpose: the booster reads by position."""
 
 
 def frame(n: int = 300, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -26,8 +27,9 @@ def frame(n: int = 300, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
             "c": pd.Series(rng.choice(["x", "y", "z"], size=n), dtype="str"),
         }
     )
+    X["b_cat"] = pd.Series(rng.choice(["p", "q"], size=n), dtype="str")
     X.loc[::17, "c"] = None
-    y = ((X["a"] > 0) ^ (X["c"] == "x")).astype(int).to_numpy()
+    y = ((X["a"] > 0) ^ (X["c"] == "x") ^ (X["b_cat"] == "p")).astype(int).to_numpy()
     return X, y
 
 
