@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `retrain` console script."""
     args = build_parser().parse_args(argv)
     configure_logging()
+    # no network but the package index here: the ephemeral Prefect server's telemetry would only error
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     handlers = {"run": cmd_run, "stage": cmd_stage, "stages": cmd_stages}
     try:
         return handlers[args.command](args)
