@@ -49,9 +49,9 @@ def open_repo(root: Path) -> Any:
         raise ConfigError(f"{root} is not a DVC repository (run `dvc init`): {exc}") from exc
 
 
-def add_to_cache(root: Path, path: Path) -> str:
-    """Copy a file into the local DVC cache (no-op if present); returns its md5."""
-    md5 = file_md5(path)
+def add_to_cache(root: Path, path: Path, md5: str | None = None) -> str:
+    """Copy a file into the local DVC cache (no-op if present); returns its md5 (pass it if known)."""
+    md5 = md5 or file_md5(path)
     repo = open_repo(root)
     from dvc_objects.fs.local import LocalFileSystem
 

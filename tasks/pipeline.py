@@ -9,10 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from retrain.config import Params
-from retrain.stages import CANDIDATES, SNAPSHOT
+from retrain.stages import CANDIDATES, GATE_RECORD, SNAPSHOT
 from tasks import dvcstore, registry
 from tasks.runner import StageOutcome, end_parent_run, run_in_flow, set_parent_tag, start_parent_run
-from tasks.runtime import StageContext, Tracking, base_tags, default_tracking_uri, ensure_experiment, tree_md5
+from tasks.runtime import (
+    StageContext,
+    Tracking,
+    base_tags,
+    default_tracking_uri,
+    ensure_experiment,
+    read_json,
+    tree_md5,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,13 +101,8 @@ class PipelineRun:
         by_name = {s.name: s.result for s in self.stages}
         evaluate = by_name.get("evaluate", {}).get("info", {})
         promote = by_name.get("promote", {}).get("info", {})
-        gates = []
-        record_path = self.root / "models/evaluate/gate_record.json"
-        if "evaluate" in by_name and record_path.exists():
-            import json
-
-            record = json.loads(record_path.read_text())
-            gates = record["gates"]
+        record_path = self.root / GATE_RECORD
+        gates = read_json(record_path)["gates"] if "evaluate" in by_name and record_path.exists() else []
         return {
             "stages": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 3)} for s in self.stages],
             "metrics": {s.name: s.result.get("metrics", {}) for s in self.stages},

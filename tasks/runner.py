@@ -104,8 +104,8 @@ def outputs_in_place(ctx: StageContext, result: dict[str, Any]) -> bool:
 
 def cache_outputs(ctx: StageContext, result: dict[str, Any]) -> None:
     """Copy a stage's fresh outputs into the DVC cache, so a later cache hit can restore them."""
-    for rel in result.get("outs", {}):
-        dvcstore.add_to_cache(ctx.root, ctx.path(rel))
+    for rel, md5 in result.get("outs", {}).items():
+        dvcstore.add_to_cache(ctx.root, ctx.path(rel), md5)
 
 
 def log_cached_run(ctx: StageContext, result: dict[str, Any]) -> None:

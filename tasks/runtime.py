@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -113,8 +114,6 @@ def output_manifest(ctx: StageContext) -> dict[str, str]:
 
 def clear_outputs(ctx: StageContext) -> None:
     """Remove a stage's previous outputs so a failed run can never leave stale files looking fresh."""
-    import shutil
-
     for out in ctx.definition.outs:
         path = ctx.path(out)
         if path.is_dir():

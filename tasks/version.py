@@ -24,7 +24,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "md5": md5,
             "bytes": snapshot.stat().st_size,
             "remote": ctx.params.version.remote or "default",
-            "remote_url": remote_url,
         }
         write_json(ctx.path(VERSION), record)
         mlflow.set_tags({"retrain.data_hash": md5, "retrain.dvc_remote": remote_url})
