@@ -26,54 +26,120 @@ class ColumnSpec(Strict):
     min: float | None = None
     max: float | None = None
     domain: tuple[str, ...] | None = None
+    max_unseen_fraction: float = Field(0.0, ge=0.0, le=1.0)
     max_null_fraction: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ColumnSpec:
+        if self.type == "category" and (self.min is not None or self.max is not None):
+            raise ValueError("min/max apply to numeric columns, not category")
+        if self.type != "category" and self.domain is not None:
+            raise ValueError("domain applies to category columns only")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} > max {self.max}")
+        return self
+
+
+Task = Literal["binary", "multiclass", "regression"]
+
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("roc_auc", "log_loss", "accuracy", "balanced_accuracy"),
+    "multiclass": ("roc_auc_ovr", "log_loss", "accuracy", "balanced_accuracy"),
+    "regression": ("r2", "rmse", "mae"),
+}
+"""Metrics each task can be scored with (see retrain/metrics.py for their direction)."""
 
 
 class DatasetConfig(Strict):
-    """What the data is: target, task, feature schema and protected attributes."""
+    """What the data is: target, task, feature schema, protected attributes and slices.
+
+    `columns: null` makes ingest infer the feature types from the main source (and log them);
+    `labels: null` on a classification task infers the label set the same way.
+    """
 
     name: str
-    task: Literal["binary"]
+    task: Task
     target: str
-    labels: tuple[str, str]
-    positive_label: str
-    columns: dict[str, ColumnSpec]
+    labels: tuple[str, ...] | None = None
+    positive_label: str | None = None
+    columns: dict[str, ColumnSpec] | None = None
+    exclude: tuple[str, ...] = ()
     protected: tuple[str, ...] = ()
+    slices: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> DatasetConfig:
-        if self.positive_label not in self.labels:
-            raise ValueError(f"positive_label {self.positive_label!r} is not one of labels {self.labels}")
-        if self.target in self.columns:
-            raise ValueError(f"target {self.target!r} must not also be listed in columns")
-        unknown = [c for c in self.protected if c not in self.columns]
-        if unknown:
-            raise ValueError(f"protected attributes {unknown} are not declared in columns")
+        if self.task == "regression":
+            if self.labels is not None or self.positive_label is not None:
+                raise ValueError("labels and positive_label apply to classification tasks, not regression")
+        elif self.task == "binary":
+            if self.positive_label is None:
+                raise ValueError("a binary task needs positive_label")
+            if self.labels is not None and (len(self.labels) != 2 or self.positive_label not in self.labels):
+                raise ValueError(f"binary labels must be two values including positive_label, got {self.labels}")
+        else:
+            if self.positive_label is not None:
+                raise ValueError("positive_label applies to binary tasks only")
+            if self.labels is not None and len(self.labels) < 3:
+                raise ValueError(f"a multiclass task needs at least 3 labels, got {self.labels}")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels {self.labels} repeat a value")
+        if self.columns is not None:
+            if self.target in self.columns:
+                raise ValueError(f"target {self.target!r} must not also be listed in columns")
+            clash = [c for c in self.exclude if c in self.columns]
+            if clash:
+                raise ValueError(f"columns {clash} are both declared and excluded")
+            for key, names in (("protected", self.protected), ("slices", self.slices)):
+                unknown = [c for c in names if c not in self.columns]
+                if unknown:
+                    raise ValueError(f"{key} columns {unknown} are not declared in columns")
+        if self.target in self.exclude:
+            raise ValueError(f"target {self.target!r} cannot be excluded")
         return self
+
+    @property
+    def schema(self) -> dict[str, ColumnSpec]:
+        """The feature columns; fails if they were neither declared nor resolved from the data."""
+        if self.columns is None:
+            raise ValueError("dataset.columns is not resolved yet (ingest infers it into data/raw/schema.json)")
+        return self.columns
 
     @property
     def numeric(self) -> list[str]:
         """Numeric feature names, in declared order."""
-        return [c for c, s in self.columns.items() if s.type != "category"]
+        return [c for c, s in self.schema.items() if s.type != "category"]
 
     @property
     def categorical(self) -> list[str]:
         """Categorical feature names, in declared order."""
-        return [c for c, s in self.columns.items() if s.type == "category"]
+        return [c for c, s in self.schema.items() if s.type == "category"]
 
     @property
     def features(self) -> list[str]:
         """All feature names, in declared order (the model's input columns)."""
-        return list(self.columns)
+        return list(self.schema)
+
+    @property
+    def is_classification(self) -> bool:
+        """Binary or multiclass."""
+        return self.task != "regression"
 
 
 class IngestConfig(Strict):
-    """Where the raw data comes from and how its quirks are parsed."""
+    """Where the raw data comes from and how its quirks are parsed.
+
+    `source` is a CSV/Parquet file, a glob of batch files (`data/batches/*.csv`), or a SQLAlchemy URL
+    (`sqlite:///data/source/adult.db`, `postgresql+psycopg://...`) read with `query`.
+    """
 
     source: str
+    query: str | None = None
     test_source: str | None = None
+    test_query: str | None = None
     na_values: tuple[str, ...] = ("?",)
     label_suffix: str = ""
+    delimiter: str = Field(",", min_length=1, max_length=1)
     max_bytes: int = Field(gt=0)
     sample_rows: int | None = Field(None, gt=0)
 
@@ -84,24 +150,44 @@ class VersionConfig(Strict):
     remote: str | None = None
 
 
+class DriftConfig(Strict):
+    """Drift of the new snapshot against the champion's training snapshot (PSI per feature)."""
+
+    action: Literal["warn", "block", "off"] = "warn"
+    psi_threshold: float = Field(0.25, gt=0.0)
+    bins: int = Field(10, ge=2)
+
+
 class ValidateConfig(Strict):
-    """Table-level bounds of the data gate (column rules come from dataset.columns)."""
+    """Table-level rules of the data gate (column rules come from dataset.columns)."""
 
     min_rows: int = Field(gt=0)
     max_rows: int = Field(gt=0)
+    max_duplicate_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    min_class_fraction: float = Field(0.01, ge=0.0, lt=1.0)
+    leakage_threshold: float = Field(0.98, gt=0.5, le=1.0)
+    drift: DriftConfig = DriftConfig()
 
 
 class SplitConfig(Strict):
-    """How the snapshot becomes train / valid / test."""
+    """How the snapshot becomes train / valid / test (stratified, grouped or time-ordered)."""
 
     valid_size: float = Field(gt=0.0, lt=1.0)
     test_size: float = Field(gt=0.0, lt=1.0)
+    group_column: str | None = None
+    time_column: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if self.group_column and self.time_column:
+            raise ValueError("set group_column or time_column, not both")
+        return self
 
 
 class BaselinesConfig(Strict):
     """Which non-ML reference models every candidate must beat."""
 
-    strategies: tuple[Literal["most_frequent", "stratified", "uniform"], ...] = Field(min_length=1)
+    strategies: tuple[Literal["most_frequent", "stratified", "uniform", "mean", "median"], ...] = Field(min_length=1)
 
 
 class ParamRange(Strict):
@@ -132,17 +218,18 @@ class FamilyConfig(Strict):
 class CandidatesConfig(Strict):
     """Which families are tuned and how hard."""
 
-    families: tuple[Literal["lightgbm", "logreg"], ...] = Field(min_length=1)
+    families: tuple[Literal["lightgbm", "logreg", "ridge"], ...] = Field(min_length=1)
     cv_folds: int = Field(ge=2)
     n_trials: int = Field(ge=1)
-    lightgbm: FamilyConfig
-    logreg: FamilyConfig
+    lightgbm: FamilyConfig = FamilyConfig()
+    logreg: FamilyConfig = FamilyConfig()
+    ridge: FamilyConfig = FamilyConfig()
 
 
 class EvaluateConfig(Strict):
     """The offline gates a candidate must pass before promotion."""
 
-    metric: Literal["roc_auc"]
+    metric: str
     baseline_margin: float
     champion_tolerance: float = Field(ge=0.0)
 
@@ -177,6 +264,27 @@ class Params(Strict):
     promote: PromoteConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> Params:
+        task = self.dataset.task
+        if self.evaluate.metric not in TASK_METRICS[task]:
+            raise ValueError(
+                f"evaluate.metric {self.evaluate.metric!r} does not fit task {task!r}; use one of {TASK_METRICS[task]}"
+            )
+        classification_only = ("logreg", "most_frequent", "stratified", "uniform")
+        wrong = classification_only if task == "regression" else ("ridge", "mean", "median")
+        bad = [f for f in (*self.candidates.families, *self.baselines.strategies) if f in wrong]
+        if bad:
+            raise ValueError(f"candidates.families / baselines.strategies {bad} do not apply to task {task!r}")
+        if self.ingest.query is None and "://" in self.ingest.source:
+            raise ValueError("ingest.source is a database URL: set ingest.query")
+        if self.ingest.query is not None and "://" not in self.ingest.source:
+            raise ValueError("ingest.query needs ingest.source to be a SQLAlchemy URL")
+        test = self.ingest.test_source
+        if (test is not None and "://" in test) != (self.ingest.test_query is not None):
+            raise ValueError("ingest.test_query goes with a database URL in ingest.test_source, and only then")
+        return self
 
 
 def _error_path(loc: tuple[Any, ...]) -> str:

@@ -36,6 +36,7 @@ def _code(name: str, *modules: str) -> tuple[str, ...]:
 
 
 SNAPSHOT = "data/raw/snapshot.parquet"
+SCHEMA = "data/raw/schema.json"
 VERSION = "data/raw/version.json"
 VALIDATION = "models/validate/report.json"
 SPLITS = {part: f"data/processed/{part}.parquet" for part in ("train", "valid", "test")}
@@ -44,25 +45,28 @@ CANDIDATES = "models/candidates"
 GATE_RECORD = "models/evaluate/gate_record.json"
 PROMOTION = "models/promote/promotion.json"
 
-_DATASET = ("dataset.target", "dataset.labels", "dataset.positive_label", "dataset.columns")
+_DATASET = (
+    "dataset.task",
+    "dataset.target",
+    "dataset.labels",
+    "dataset.positive_label",
+    "dataset.columns",
+    "dataset.exclude",
+)
 
 STAGES: tuple[Stage, ...] = (
     Stage(
         "ingest",
         deps=("${ingest.source}", "${ingest.test_source}"),
-        outs=(SNAPSHOT,),
+        outs=(SNAPSHOT, SCHEMA),
         params=(
-            "ingest.source",
-            "ingest.test_source",
-            "ingest.na_values",
-            "ingest.label_suffix",
-            "ingest.max_bytes",
-            "ingest.sample_rows",
-            "dataset.target",
-            "dataset.columns",
+            "ingest",
+            *_DATASET,
+            "split.group_column",
+            "split.time_column",
             "seed",
         ),
-        code=_code("ingest", "ingest"),
+        code=_code("ingest", "ingest", "sources", "schema"),
     ),
     Stage(
         "version",
@@ -73,16 +77,16 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "validate",
-        deps=(SNAPSHOT,),
+        deps=(SNAPSHOT, SCHEMA),
         outs=(VALIDATION,),
-        params=("validate.min_rows", "validate.max_rows", *_DATASET),
+        params=("validate", *_DATASET, "split.group_column", "split.time_column", "candidates.cv_folds"),
         code=_code("validate", "validate"),
     ),
     Stage(
         "split",
-        deps=(SNAPSHOT, VALIDATION),
+        deps=(SNAPSHOT, SCHEMA, VALIDATION),
         outs=tuple(SPLITS.values()),
-        params=("split.valid_size", "split.test_size", "dataset.target", "seed"),
+        params=("split", *_DATASET, "seed"),
         code=_code("split", "split"),
     ),
     Stage(
@@ -97,12 +101,10 @@ STAGES: tuple[Stage, ...] = (
         deps=(SPLITS["train"], SPLITS["valid"]),
         outs=(CANDIDATES,),
         params=(
-            "candidates.families",
-            "candidates.cv_folds",
-            "candidates.n_trials",
-            "candidates.lightgbm",
-            "candidates.logreg",
+            "candidates",
             *_DATASET,
+            "split.group_column",
+            "split.time_column",
             "evaluate.metric",
             "seed",
         ),
@@ -119,6 +121,8 @@ STAGES: tuple[Stage, ...] = (
             "promote.model_name",
             "promote.alias",
             *_DATASET,
+            "dataset.slices",
+            "dataset.protected",
             "seed",
         ),
         code=(*_code("evaluate", "gates", "models", "baselines", "metrics"), "tasks/registry.py"),
@@ -161,15 +165,55 @@ def render_path(template: str, values: dict[str, Any]) -> str | None:
         return None
 
 
-def dvc_pipeline() -> dict[str, Any]:
-    """The dvc.yaml document for the stage table (what `retrain stages --dvc-yaml` writes)."""
+def source_deps(template: str, values: dict[str, Any] | None) -> tuple[list[str], bool]:
+    """dvc.yaml deps for a source template, and whether the stage must always run.
+
+    A plain file stays `${ingest.source}` (DVC fills it from params.yaml, so `dvc exp run -S` works);
+    a glob becomes its folder (DVC deps cannot be globs); a SQLite URL its database file; any other
+    database URL cannot be hashed by DVC, so the stage is marked always_changed.
+    """
+    if values is None:
+        return [template], False
+    from retrain.sources import glob_folder, parse_source
+
+    rendered = render_path(template, values)
+    if rendered is None:
+        return [], False
+    source = parse_source(rendered)
+    if source.kind == "file":
+        return [template], False
+    if source.kind == "glob":
+        return [glob_folder(source.spec)], False
+    if source.is_sqlite:
+        rest = source.spec.split("://", 1)[1]
+        return ([rest[1:]], False) if rest.startswith("/") and rest not in ("/", "/:memory:") else ([], True)
+    return [], True
+
+
+def dvc_pipeline(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The dvc.yaml document for the stage table (what `retrain stages --dvc-yaml` writes).
+
+    `values` are the params the sources are rendered from (see `source_deps`); without them every
+    source stays a `${...}` template.
+    """
     stages: dict[str, Any] = {}
     for stage in STAGES:
+        deps: list[str] = []
+        always = False
+        for dep in stage.deps:
+            if dep.startswith("${"):
+                more, must_run = source_deps(dep, values)
+                deps += more
+                always = always or must_run
+            else:
+                deps.append(dep)
         entry: dict[str, Any] = {
             "cmd": stage.command,
-            "deps": [*stage.deps, *stage.code],
+            "deps": [*deps, *stage.code],
             "params": list(stage.params),
             "outs": list(stage.outs),
         }
+        if always:
+            entry["always_changed"] = True
         stages[stage.name] = entry
     return {"stages": stages}

@@ -15,7 +15,7 @@ from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Fit on train, score on valid, store as JSON (re-scored on test by evaluate)."""
-    dataset = ctx.params.dataset
+    dataset = ctx.dataset
     clear_outputs(ctx)
     with stage_run(ctx) as active:
         train = pd.read_parquet(ctx.path(SPLITS["train"]), columns=[dataset.target])

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """One child run per family: search, refit on train, score on valid, write the model files."""
-    dataset, cfg, metric = ctx.params.dataset, ctx.params.candidates, ctx.params.evaluate.metric
+    dataset, cfg, metric = ctx.dataset, ctx.params.candidates, ctx.params.evaluate.metric
     clear_outputs(ctx)
     with stage_run(ctx) as active:
         train = pd.read_parquet(ctx.path(SPLITS["train"]))

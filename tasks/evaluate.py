@@ -27,7 +27,7 @@ def select_candidate(summary: dict[str, Any]) -> str:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Apply every gate to the selected candidate on the test split and write one gate record."""
-    dataset, cfg, metric = ctx.params.dataset, ctx.params.evaluate, ctx.params.evaluate.metric
+    dataset, cfg, metric = ctx.dataset, ctx.params.evaluate, ctx.params.evaluate.metric
     clear_outputs(ctx)
     with stage_run(ctx) as active:
         test = pd.read_parquet(ctx.path(SPLITS["test"]))

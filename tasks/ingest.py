@@ -8,11 +8,18 @@ from typing import Any
 import mlflow
 from prefect import task
 
-from retrain.ingest import ingest
-from retrain.stages import SNAPSHOT
-from tasks.runtime import StageContext, clear_outputs, finish, stage_run
+from retrain import schema
+from retrain.config import Params
+from retrain.ingest import SOURCE_COLUMN, ingest
+from retrain.stages import SCHEMA, SNAPSHOT
+from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_json
 
 logger = logging.getLogger(__name__)
+
+
+def split_columns(params: Params) -> tuple[str, ...]:
+    """Columns kept in the snapshot for the split (group / time) that are not features."""
+    return tuple(c for c in (params.split.group_column, params.split.time_column) if c)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -29,6 +36,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         tmp = out.with_name(out.name + ".tmp")
         snapshot.to_parquet(tmp, index=False)
         tmp.replace(out)
+        declared = ctx.params.dataset
+        main = snapshot[snapshot[SOURCE_COLUMN] == "main"]
+        effective = schema.resolve(declared, main, keep=split_columns(ctx.params))
+        write_json(ctx.path(SCHEMA), schema.to_json(declared, effective))
+        mlflow.log_dict(schema.to_json(declared, effective), "schema.json")
         result = finish(ctx, active, {"rows": float(len(snapshot)), "columns": float(snapshot.shape[1])})
         mlflow.set_tag("retrain.data_hash", result["outs"][SNAPSHOT])
         mlflow.log_params({f"source.{k}": str(v) for k, v in sources.items()})

@@ -38,7 +38,7 @@ def pip_requirements() -> list[str]:
 
 def log_and_register(ctx: StageContext, record: dict[str, Any], client: MlflowClient) -> str:
     """Log the candidate as a models-from-code pyfunc and register it with lineage tags."""
-    dataset = ctx.params.dataset
+    dataset = ctx.dataset
     model_dir = ctx.path(record["candidate"]["model_dir"])
     example = pd.read_parquet(ctx.path(SPLITS["valid"]), columns=dataset.features).head(5)
     from retrain.models import load_predictor

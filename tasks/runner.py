@@ -152,10 +152,12 @@ def run_standalone(ctx: StageContext, fn: Callable[[StageContext], dict[str, Any
     result = (fn or TASKS[ctx.stage].fn)(ctx)
     if ctx.stage != "promote":
         cache_outputs(ctx, result)
-        store = ResultStore(
-            result_storage=LocalFileSystem(basepath=str(cache_storage(ctx.root))), serializer=JSONSerializer()
-        )
-        store.write(obj=result, key=ctx.cache_key())
+        key = ctx.cache_key()
+        if key is not None:
+            store = ResultStore(
+                result_storage=LocalFileSystem(basepath=str(cache_storage(ctx.root))), serializer=JSONSerializer()
+            )
+            store.write(obj=result, key=key)
     return StageOutcome(ctx.stage, "ran", time.perf_counter() - started, result)
 
 

@@ -21,10 +21,12 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from retrain.config import Params, lookup, params_dict, stable_hash
+from retrain.config import DatasetConfig, Params, lookup, params_dict, stable_hash
 from retrain.errors import DataError
 from retrain.paths import resolve
-from retrain.stages import Stage, get_stage, render_path
+from retrain.schema import from_json as schema_from_json
+from retrain.sources import parse_source, source_files
+from retrain.stages import SCHEMA, Stage, get_stage, render_path
 from tasks.dvcstore import file_md5
 
 logger = logging.getLogger(__name__)
@@ -58,24 +60,50 @@ class StageContext:
         """This stage's row of the DAG table."""
         return get_stage(self.stage)
 
+    @property
+    def dataset(self) -> DatasetConfig:
+        """The dataset with its effective schema: declared in params, or inferred by ingest (schema.json)."""
+        declared = self.params.dataset
+        if declared.columns is not None and (declared.labels is not None or not declared.is_classification):
+            return declared
+        schema_file = self.path(SCHEMA)
+        if not schema_file.exists():
+            raise DataError(f"stage {self.stage}: {SCHEMA} is missing (ingest writes the inferred schema there)")
+        return schema_from_json(declared, read_json(schema_file))
+
     def path(self, relpath: str) -> Path:
         """A project path, anchored at the root."""
         return resolve(self.root, relpath)
 
-    def dep_paths(self) -> list[tuple[str, Path]]:
-        """The stage's input files (templates filled from params; unset optional inputs dropped)."""
+    def dep_paths(self) -> list[tuple[str, Path]] | None:
+        """The stage's input files (templates filled from params; unset optional inputs dropped).
+
+        A glob source stands for every file it matches; None when an input is a database that can only
+        be known by querying it (the stage is then never cached; its output hash still is).
+        """
         values = params_dict(self.params)
         deps = []
         for template in self.definition.deps:
             rel = render_path(template, values)
-            if rel is not None:
+            if rel is None:
+                continue
+            query_key = {"${ingest.source}": "query", "${ingest.test_source}": "test_query"}.get(template)
+            if query_key is None:
                 deps.append((rel, self.path(rel)))
+                continue
+            files = source_files(self.root, parse_source(rel, values["ingest"][query_key]))
+            if files is None:
+                return None
+            deps.extend((str(f.relative_to(self.root)) if f.is_relative_to(self.root) else str(f), f) for f in files)
         return deps
 
-    def key_material(self) -> dict[str, Any]:
+    def key_material(self) -> dict[str, Any] | None:
         """The content the cache key is made of (also logged, so a miss can be explained)."""
+        dep_paths = self.dep_paths()
+        if dep_paths is None:
+            return None
         deps = {}
-        for rel, path in self.dep_paths():
+        for rel, path in dep_paths:
             if not path.exists():
                 raise DataError(f"stage {self.stage}: input {rel} does not exist (has the stage before it run?)")
             deps[rel] = tree_md5(path)
@@ -88,9 +116,10 @@ class StageContext:
             "external": self.external,
         }
 
-    def cache_key(self) -> str:
+    def cache_key(self) -> str | None:
         """sha256 of the key material: equal content gives an equal key on any machine or path."""
-        return f"{self.stage}-{stable_hash(self.key_material())}"
+        material = self.key_material()
+        return None if material is None else f"{self.stage}-{stable_hash(material)}"
 
 
 def tree_md5(path: Path) -> str:
@@ -198,7 +227,7 @@ def stage_run(ctx: StageContext) -> Iterator[mlflow.ActiveRun]:
         tags=tags,
         log_system_metrics=False,
     ) as run:
-        mlflow.log_dict(ctx.key_material(), "cache_key_material.json")
+        mlflow.log_dict(ctx.key_material() or {"uncacheable": "input is a database query"}, "cache_key_material.json")
         yield run
 
 

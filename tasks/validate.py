@@ -24,7 +24,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     with stage_run(ctx) as active:
         snapshot = pd.read_parquet(ctx.path(SNAPSHOT))
         frame = snapshot.drop(columns=[SOURCE_COLUMN])
-        report = summarise(validate_frame(frame, ctx.params.dataset, ctx.params.validate_))
+        report = summarise(validate_frame(frame, ctx.dataset, ctx.params.validate_))
         mlflow.log_dict(report, "validation/report.json")
         mlflow.log_metrics({"expectations_evaluated": report["evaluated"], "expectations_failed": report["failed"]})
         if not report["success"]:

@@ -1,0 +1,87 @@
+"""What a declared source is (file, glob of batch files, or database query) and which files it reads.
+
+The files are what the cache key and dvc.yaml depend on: a new batch file dropped into a glob's folder
+changes the key, so the next run makes a new data version.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from retrain.errors import DataError
+
+SourceKind = Literal["file", "glob", "sql"]
+GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One declared source: its kind, its spec as written in params, and its query if SQL."""
+
+    kind: SourceKind
+    spec: str
+    query: str | None = None
+
+    @property
+    def is_sqlite(self) -> bool:
+        """A SQLite URL reads a local file, which can then be hashed like any other input."""
+        return self.kind == "sql" and self.spec.startswith("sqlite")
+
+
+def parse_source(spec: str, query: str | None = None) -> Source:
+    """Classify a params source string."""
+    if "://" in spec:
+        return Source("sql", spec, query)
+    if any(ch in spec for ch in GLOB_CHARS):
+        return Source("glob", spec)
+    return Source("file", spec)
+
+
+def resolve_path(root: Path, spec: str) -> Path:
+    """A params path, relative to the project root unless absolute."""
+    path = Path(spec)
+    return path if path.is_absolute() else root / path
+
+
+def sqlite_file(root: Path, url: str) -> Path | None:
+    """The database file of a `sqlite:///path` URL (relative paths from the root), None for in-memory."""
+    rest = url.split("://", 1)[1]
+    if not rest.startswith("/") or rest in ("/", "/:memory:"):
+        return None
+    rest = rest[1:].split("?", 1)[0]
+    return resolve_path(root, rest)
+
+
+def glob_files(root: Path, spec: str) -> list[Path]:
+    """The batch files a glob matches, sorted so the snapshot's row order is stable."""
+    pattern = str(resolve_path(root, spec))
+    return sorted(Path(p) for p in globlib.glob(pattern, recursive=True) if Path(p).is_file())
+
+
+def glob_folder(spec: str) -> str:
+    """The fixed folder part of a glob (what dvc.yaml depends on, since DVC deps cannot be globs)."""
+    parts = Path(spec).parts
+    fixed = []
+    for part in parts:
+        if any(ch in part for ch in GLOB_CHARS):
+            break
+        fixed.append(part)
+    return str(Path(*fixed)) if fixed else "."
+
+
+def source_files(root: Path, source: Source) -> list[Path] | None:
+    """Files whose content is the source's content; None when it cannot be known without querying."""
+    if source.kind == "file":
+        return [resolve_path(root, source.spec)]
+    if source.kind == "glob":
+        files = glob_files(root, source.spec)
+        if not files:
+            raise DataError(f"{source.spec}: the glob matches no files")
+        return files
+    if source.is_sqlite:
+        path = sqlite_file(root, source.spec)
+        return [path] if path is not None else None
+    return None
