@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from retrain.errors import ConfigError
+from retrain.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -94,3 +94,21 @@ def commit_pipeline(root: Path) -> None:
     """Record the workspace's stage outputs in dvc.lock, so `dvc status` agrees with the flow."""
     repo = open_repo(root)
     repo.commit(None, force=True, relink=False)
+
+
+def fetch(root: Path, md5: str, dest: Path, remote: str | None = None) -> None:
+    """Put object `md5` at dest: from the local DVC cache, else pulled from the DVC remote; hash-checked."""
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    if restore(root, md5, dest):
+        return
+    repo = open_repo(root)
+    try:
+        result = repo.cloud.pull([HashInfo("md5", md5)], remote=remote)
+    except Exception as exc:
+        raise DataError(f"DVC remote {remote or '(default)'}: cannot fetch object {md5}: {exc}") from exc
+    if result.failed or not restore(root, md5, dest):
+        raise DataError(f"DVC remote {remote or '(default)'} does not hold object {md5} (was it pushed?)")
+    if file_md5(dest) != md5:
+        dest.unlink()
+        raise DataError(f"object {md5} fetched from the DVC remote does not match its hash")
