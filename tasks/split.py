@@ -17,7 +17,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     clear_outputs(ctx)
     with stage_run(ctx) as active:
         snapshot = pd.read_parquet(ctx.path(SNAPSHOT))
-        parts = split_snapshot(snapshot, ctx.params.split, ctx.params.dataset.target, ctx.params.seed)
+        parts = split_snapshot(snapshot, ctx.params.split, ctx.dataset, ctx.params.seed)
         for name, frame in parts.items():
             path = ctx.path(SPLITS[name])
             path.parent.mkdir(parents=True, exist_ok=True)
