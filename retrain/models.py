@@ -1,14 +1,18 @@
 """Model factory and safe persistence: preprocessing lives inside the model, nothing is pickled.
 
 `build_model` returns an unfitted scikit-learn Pipeline that takes the raw feature columns, so training
-and serving cannot drift. `save_model` writes LightGBM text or skops (with a pinned trusted-types list)
-plus a JSON manifest; `load_predictor` reads them back without executing arbitrary code.
+and serving cannot drift. The estimator follows `dataset.task`: LightGBM is an LGBMClassifier (binary,
+multiclass) or LGBMRegressor; `logreg` is a (multinomial) LogisticRegression; `ridge` a Ridge regression.
+`save_model` writes LightGBM text or skops (with a pinned trusted-types list) plus a JSON manifest that
+records the task and labels; `load_predictor` reads them back without executing arbitrary code, and its
+`predict_scores` returns the shapes of retrain/metrics.py (P(positive), (n, k) probabilities, predictions).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,9 +23,13 @@ import skops.io as sio
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from retrain.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "model.json"
 BOOSTER = "booster.txt"
@@ -29,6 +37,83 @@ PIPELINE = "pipeline.skops"
 
 SKOPS_TRUSTED_TYPES: frozenset[str] = frozenset({"numpy.dtype"})
 """Types skops may build beyond its own safe defaults; anything else in a file is refused."""
+
+FAMILY_TASKS: dict[str, tuple[str, ...]] = {
+    "lightgbm": ("binary", "multiclass", "regression"),
+    "logreg": ("binary", "multiclass"),
+    "ridge": ("regression",),
+}
+"""Which tasks each model family can be trained for."""
+
+OBJECTIVE_KEYS = ("objective", "app", "application", "objective_type", "loss")
+"""LightGBM's names (aliases) for the objective parameter."""
+
+LIGHTGBM_OBJECTIVES: dict[str, frozenset[str]] = {
+    "binary": frozenset({"binary"}),
+    "multiclass": frozenset({"multiclass", "softmax"}),
+    "regression": frozenset(
+        {
+            "regression",
+            "regression_l2",
+            "l2",
+            "mean_squared_error",
+            "mse",
+            "l2_root",
+            "root_mean_squared_error",
+            "rmse",
+            "regression_l1",
+            "l1",
+            "mean_absolute_error",
+            "mae",
+            "huber",
+            "fair",
+            "poisson",
+            "quantile",
+            "mape",
+            "mean_absolute_percentage_error",
+            "gamma",
+            "tweedie",
+        }
+    ),
+}
+"""LightGBM objectives that fit each task; `candidates.lightgbm.fixed.objective` outside these fails."""
+
+
+def lightgbm_params(task: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """LightGBM hyperparameters with the objective set by the task.
+
+    A declared objective that contradicts the task (`objective: binary` on a regression) is a
+    ConfigError naming the key, not a silent override. Binary and regression keep their objective
+    (default `binary` / `regression`); multiclass leaves it to LGBMClassifier, which picks `multiclass`
+    with num_class from the training labels (a fold holding two classes then still trains).
+    """
+    out = dict(params)
+    declared = {k: out.pop(k) for k in OBJECTIVE_KEYS if k in out}
+    if len(set(map(str, declared.values()))) > 1:
+        raise ConfigError(f"candidates.lightgbm.fixed sets the objective twice, differently: {declared}")
+    objective = next(iter(declared.values()), None)
+    allowed = LIGHTGBM_OBJECTIVES[task]
+    if objective is not None and str(objective) not in allowed:
+        key = next(iter(declared))
+        raise ConfigError(
+            f"candidates.lightgbm.fixed.{key} = {objective!r} does not fit dataset.task {task!r}; "
+            f"use one of {sorted(allowed)} or remove it (the task sets the objective)"
+        )
+    if task == "binary":
+        out["objective"] = "binary"
+    elif task == "regression":
+        out["objective"] = str(objective or "regression")
+    return out
+
+
+def check_family(family: str, task: str, fixed: Mapping[str, Any] | None = None) -> None:
+    """Fail early with a ConfigError when a family (or its fixed objective) cannot serve the task."""
+    if family not in FAMILY_TASKS:
+        raise ValueError(f"unknown model family {family!r}")
+    if task not in FAMILY_TASKS[family]:
+        raise ConfigError(f"candidates.families: {family!r} does not apply to dataset.task {task!r}")
+    if family == "lightgbm" and fixed is not None:
+        lightgbm_params(task, fixed)
 
 
 class CategoryEncoder(TransformerMixin, BaseEstimator):
@@ -56,75 +141,143 @@ def encode_frame(X: pd.DataFrame, numeric: list[str], categories: Mapping[str, l
     return pd.DataFrame(out, index=X.index)[[*numeric, *categories]]
 
 
-def build_model(family: str, params: Mapping[str, Any], numeric: list[str], categorical: list[str]) -> Pipeline:
-    """An unfitted Pipeline (preprocessing + estimator) for a family and its hyperparameters."""
-    if family == "lightgbm":
-        return Pipeline(
-            [
-                ("prep", CategoryEncoder(numeric, categorical)),
-                ("model", lgb.LGBMClassifier(**params)),
-            ]
-        )
-    if family == "logreg":
-        prep = ColumnTransformer(
-            [
-                ("num", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]), numeric),
-                (
-                    "cat",
-                    Pipeline(
-                        [
-                            ("impute", SimpleImputer(strategy="constant", fill_value="missing")),
-                            ("onehot", OneHotEncoder(handle_unknown="ignore")),
-                        ]
-                    ),
-                    categorical,
+def _linear_prep(numeric: list[str], categorical: list[str]) -> ColumnTransformer:
+    """Impute + scale numbers, impute + one-hot categories (unseen categories encode as all zeros)."""
+    return ColumnTransformer(
+        [
+            ("num", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]), numeric),
+            (
+                "cat",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="constant", fill_value="missing")),
+                        ("onehot", OneHotEncoder(handle_unknown="ignore")),
+                    ]
                 ),
-            ]
+                categorical,
+            ),
+        ]
+    )
+
+
+def build_model(
+    family: str, params: Mapping[str, Any], numeric: list[str], categorical: list[str], *, task: str = "binary"
+) -> Pipeline:
+    """An unfitted Pipeline (preprocessing + estimator) for a family, its hyperparameters and the task."""
+    check_family(family, task)
+    if family == "lightgbm":
+        estimator: BaseEstimator = (
+            lgb.LGBMRegressor(**lightgbm_params(task, params))
+            if task == "regression"
+            else lgb.LGBMClassifier(**lightgbm_params(task, params))
         )
-        return Pipeline([("prep", prep), ("model", LogisticRegression(**params))])
-    raise ValueError(f"unknown model family {family!r}")
+        return Pipeline([("prep", CategoryEncoder(numeric, categorical)), ("model", estimator)])
+    estimator = LogisticRegression(**params) if family == "logreg" else Ridge(**params)
+    return Pipeline([("prep", _linear_prep(numeric, categorical)), ("model", estimator)])
+
+
+def expand_proba(proba: np.ndarray, classes: Sequence[int], n_classes: int) -> np.ndarray:
+    """(n, k) probabilities in label order from a model that saw only some classes in training.
+
+    A class the model never saw gets probability 0; a binary-shaped 1-D output is P(classes[1]).
+    """
+    proba = np.asarray(proba, dtype=float)
+    if proba.ndim == 1:
+        proba = np.column_stack([1.0 - proba, proba])
+    full = np.zeros((proba.shape[0], n_classes))
+    full[:, np.asarray(classes, dtype=np.int64)] = proba
+    return full
+
+
+def task_scores(proba_or_pred: np.ndarray, task: str, classes: Sequence[int], n_classes: int) -> np.ndarray:
+    """Model output in the task's score shape: P(positive), (n, k) probabilities, or predictions."""
+    if task == "regression":
+        return np.asarray(proba_or_pred, dtype=float).reshape(-1)
+    full = expand_proba(proba_or_pred, classes, n_classes)
+    return full[:, 1] if task == "binary" else full
+
+
+def pipeline_scores(model: Pipeline, X: pd.DataFrame, task: str, n_classes: int) -> np.ndarray:
+    """Scores of a fitted Pipeline in the task's shape (used in CV, refit and serving alike)."""
+    if task == "regression":
+        return np.asarray(model.predict(X), dtype=float)
+    return task_scores(model.predict_proba(X), task, [int(c) for c in model.classes_], n_classes)
 
 
 class Predictor(Protocol):
-    """What evaluation and serving need of a model: positive-class scores for raw rows."""
+    """What evaluation and serving need of a model: scores in the task's shape for raw rows."""
 
     features: list[str]
+    task: str
+    labels: list[str] | None
 
     def predict_scores(self, X: pd.DataFrame) -> np.ndarray:
-        """P(positive) for each row."""
+        """P(positive) (binary), (n, k) probabilities in label order (multiclass), predictions (regression)."""
         ...
 
 
 class LightGBMPredictor:
     """Serving form of the LightGBM family: booster text plus category lists from JSON."""
 
-    def __init__(self, booster: lgb.Booster, numeric: list[str], categories: dict[str, list[str]]) -> None:
+    def __init__(
+        self,
+        booster: lgb.Booster,
+        numeric: list[str],
+        categories: dict[str, list[str]],
+        *,
+        task: str = "binary",
+        labels: list[str] | None = None,
+        classes: list[int] | None = None,
+    ) -> None:
         self.booster = booster
         self.numeric = numeric
         self.categories = categories
         self.features = [*numeric, *categories]
+        self.task = task
+        self.labels = labels
+        self.classes = classes if classes is not None else [0, 1]
 
     def predict_scores(self, X: pd.DataFrame) -> np.ndarray:
-        """P(positive) from the raw columns."""
-        return np.asarray(self.booster.predict(encode_frame(X, self.numeric, self.categories), num_threads=1))
+        """Scores in the task's shape from the raw columns."""
+        raw = self.booster.predict(encode_frame(X, self.numeric, self.categories), num_threads=1)
+        return task_scores(np.asarray(raw), self.task, self.classes, len(self.labels or ()) or 2)
 
 
 class PipelinePredictor:
     """Serving form of scikit-learn families: the fitted Pipeline restored by skops."""
 
-    def __init__(self, pipeline: Pipeline, features: list[str]) -> None:
+    def __init__(
+        self, pipeline: Pipeline, features: list[str], *, task: str = "binary", labels: list[str] | None = None
+    ) -> None:
         self.pipeline = pipeline
         self.features = features
+        self.task = task
+        self.labels = labels
 
     def predict_scores(self, X: pd.DataFrame) -> np.ndarray:
-        """P(positive) from the raw columns."""
-        return np.asarray(self.pipeline.predict_proba(X[self.features])[:, 1])
+        """Scores in the task's shape from the raw columns."""
+        return pipeline_scores(self.pipeline, X[self.features], self.task, len(self.labels or ()) or 2)
 
 
-def save_model(pipeline: Pipeline, family: str, features: list[str], directory: Path) -> list[Path]:
-    """Write a fitted Pipeline in safe formats; returns the files written."""
+def save_model(
+    pipeline: Pipeline,
+    family: str,
+    features: list[str],
+    directory: Path,
+    *,
+    task: str = "binary",
+    labels: Sequence[str] | None = None,
+) -> list[Path]:
+    """Write a fitted Pipeline in safe formats with a manifest (family, task, labels); returns the files."""
     directory.mkdir(parents=True, exist_ok=True)
-    manifest: dict[str, Any] = {"family": family, "features": features}
+    manifest: dict[str, Any] = {
+        "family": family,
+        "features": features,
+        "task": task,
+        "labels": list(labels) if labels is not None and task != "regression" else None,
+    }
+    if task != "regression":
+        manifest["classes"] = [int(c) for c in pipeline.classes_]
     written = []
     if family == "lightgbm":
         encoder: CategoryEncoder = pipeline.named_steps["prep"]
@@ -151,10 +304,14 @@ def save_model(pipeline: Pipeline, family: str, features: list[str], directory: 
 def load_predictor(directory: Path) -> Predictor:
     """Load a saved model without unpickling: LightGBM text, or skops restricted to trusted types."""
     manifest = json.loads((directory / MANIFEST).read_text())
+    task = manifest.get("task", "binary")
+    labels = manifest.get("labels")
     if manifest["format"] == "lightgbm-text":
         booster = lgb.Booster(model_file=str(directory / BOOSTER))
         categories = {c: manifest["categories"][c] for c in manifest["categorical"]}
-        return LightGBMPredictor(booster, manifest["numeric"], categories)
+        return LightGBMPredictor(
+            booster, manifest["numeric"], categories, task=task, labels=labels, classes=manifest.get("classes")
+        )
     if manifest["format"] == "skops":
         path = directory / PIPELINE
         untrusted = set(sio.get_untrusted_types(file=path))
@@ -162,5 +319,39 @@ def load_predictor(directory: Path) -> Predictor:
         if refused:
             raise ValueError(f"{path}: refusing to load types outside the trusted list: {sorted(refused)}")
         pipeline = sio.load(path, trusted=sorted(untrusted))
-        return PipelinePredictor(pipeline, manifest["features"])
+        return PipelinePredictor(pipeline, manifest["features"], task=task, labels=labels)
     raise ValueError(f"{directory / MANIFEST}: unknown model format {manifest['format']!r}")
+
+
+def serve_output(predictor: Predictor, X: pd.DataFrame) -> np.ndarray | pd.DataFrame:
+    """What the pyfunc returns for raw rows: scores, or one probability column per label (multiclass)."""
+    missing = [c for c in predictor.features if c not in X.columns]
+    if missing:
+        raise ValueError(f"input is missing feature columns {missing}")
+    scores = predictor.predict_scores(X)
+    if predictor.task == "multiclass":
+        return pd.DataFrame(scores, columns=[str(v) for v in predictor.labels or ()], index=X.index)
+    return np.asarray(scores, dtype=float)
+
+
+def scores_from_output(output: Any, task: str, labels: list[str] | None) -> np.ndarray:
+    """Scores in `predict_scores` shape from a served output (the inverse of `serve_output`).
+
+    A multiclass output must have a column for every label; they are read by name, so the champion is
+    compared on the same classes whatever its column order.
+    """
+    if task == "multiclass":
+        frame = output if isinstance(output, pd.DataFrame) else pd.DataFrame(np.asarray(output))
+        wanted = [str(v) for v in labels or ()]
+        missing = [c for c in wanted if c not in {str(c) for c in frame.columns}]
+        if missing:
+            raise ValueError(f"served output has no column for labels {missing} (columns {list(frame.columns)})")
+        frame = frame.set_axis([str(c) for c in frame.columns], axis=1)
+        return frame[wanted].to_numpy(dtype=float)
+    values = output.to_numpy() if isinstance(output, (pd.DataFrame, pd.Series)) else np.asarray(output)
+    values = np.asarray(values, dtype=float)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1:
+        raise ValueError(f"served output has shape {values.shape}; a {task} model returns one value per row")
+    return values

@@ -1,4 +1,12 @@
-"""The registered model: an MLflow pyfunc that takes raw feature rows and loads without unpickling."""
+"""The registered model: an MLflow pyfunc that takes raw feature rows and loads without unpickling.
+
+What `predict` returns, per task (the manifest written by `retrain.models.save_model` says which):
+
+- binary: a 1-D float array, P(positive label);
+- multiclass: a DataFrame with one float column per label (named by the label, in `dataset.labels`
+  order); each row sums to 1;
+- regression: a 1-D float array of predictions.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +17,13 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from retrain.models import Predictor, load_predictor
+from retrain.models import Predictor, load_predictor, serve_output
 
 ARTIFACT_KEY = "model_dir"
 
 
 class RetrainModel(PythonModel):
-    """Serves P(positive) from the model directory written by `retrain.models.save_model`."""
+    """Serves the model directory written by `retrain.models.save_model` (see the module docstring)."""
 
     def load_context(self, context: PythonModelContext) -> None:
         """Load the LightGBM text or the trusted-types skops file named by the manifest."""
@@ -23,9 +31,6 @@ class RetrainModel(PythonModel):
 
     def predict(
         self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
-    ) -> np.ndarray:
+    ) -> np.ndarray | pd.DataFrame:
         """Scores for raw rows; extra columns are ignored, missing ones fail with their names."""
-        missing = [c for c in self.predictor.features if c not in model_input.columns]
-        if missing:
-            raise ValueError(f"input is missing feature columns {missing}")
-        return self.predictor.predict_scores(model_input)
+        return serve_output(self.predictor, model_input)

@@ -41,9 +41,10 @@ def log_and_register(ctx: StageContext, record: dict[str, Any], client: MlflowCl
     dataset = ctx.dataset
     model_dir = ctx.path(record["candidate"]["model_dir"])
     example = pd.read_parquet(ctx.path(SPLITS["valid"]), columns=dataset.features).head(5)
-    from retrain.models import load_predictor
+    from retrain.models import load_predictor, serve_output
 
-    signature = infer_signature(example, load_predictor(model_dir).predict_scores(example))
+    # the signature describes what the pyfunc returns: scores, or one probability column per label
+    signature = infer_signature(example, serve_output(load_predictor(model_dir), example))
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(ctx.path("retrain/pyfunc_entry.py")),
@@ -59,6 +60,8 @@ def log_and_register(ctx: StageContext, record: dict[str, Any], client: MlflowCl
         "retrain.git_commit": str(record["git_commit"]),
         "retrain.params_hash": str(record["params_hash"]),
         "retrain.family": record["candidate"]["family"],
+        "retrain.task": str(record.get("task", dataset.task)),
+        "retrain.metric": f"{record['metric']} ({record.get('direction', 'higher_is_better')})",
         "retrain.gate_decision": record["decision"],
         "retrain.gate_record": f"runs:/{mlflow.active_run().info.run_id}/gate_record.json",
     }

@@ -10,6 +10,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from retrain.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 MODEL_HASH_TAG = "retrain.model_hash"
@@ -33,12 +35,26 @@ def champion(tracking_uri: str, model_name: str, alias: str) -> dict[str, Any] |
     }
 
 
-def load_champion_scores(champ: dict[str, Any], X: pd.DataFrame) -> np.ndarray:
-    """Score rows with the registered champion exactly as it is served (through pyfunc)."""
+def load_champion_scores(
+    champ: dict[str, Any], X: pd.DataFrame, task: str = "binary", labels: list[str] | None = None
+) -> np.ndarray:
+    """Score rows with the registered champion exactly as it is served (through pyfunc).
+
+    Returns the shapes of `predict_scores` (P(positive), (n, k) probabilities in `labels` order, or
+    predictions), so candidate and champion are scored by the same metric code.
+    """
     import mlflow.pyfunc
 
+    from retrain.models import scores_from_output
+
     model = mlflow.pyfunc.load_model(champ["uri"])
-    return np.asarray(model.predict(X), dtype=float)
+    try:
+        return scores_from_output(model.predict(X), task, labels)
+    except ValueError as exc:
+        raise DataError(
+            f"champion {champ['uri']} cannot be compared on this {task} task: {exc} "
+            "(use a new promote.model_name when the task or label set changes)"
+        ) from exc
 
 
 def find_version(client: MlflowClient, model_name: str, model_hash: str) -> str | None:

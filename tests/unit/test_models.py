@@ -10,8 +10,19 @@ import pandas as pd
 import pytest
 
 from retrain.config import FamilyConfig, ParamRange
-from retrain.errors import DataError
-from retrain.models import BOOSTER, PIPELINE, build_model, load_predictor, save_model
+from retrain.errors import ConfigError, DataError
+from retrain.metrics import score
+from retrain.models import (
+    BOOSTER,
+    MANIFEST,
+    PIPELINE,
+    build_model,
+    load_predictor,
+    pipeline_scores,
+    save_model,
+    scores_from_output,
+    serve_output,
+)
 from retrain.tuning import tune
 
 NUMERIC, CATEGORICAL = ["a", "b"], ["c", "b_cat"]
@@ -33,7 +44,19 @@ def frame(n: int = 300, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     return X, y
 
 
-PARAMS = {"lightgbm": {"n_estimators": 20, "verbose": -1, "deterministic": True, "n_jobs": 1}, "logreg": {"C": 1.0}}
+PARAMS = {
+    "lightgbm": {"n_estimators": 20, "verbose": -1, "deterministic": True, "n_jobs": 1},
+    "logreg": {"C": 1.0},
+    "ridge": {"alpha": 1.0},
+}
+LABELS = ["low", "mid", "high"]
+
+
+def task_target(X: pd.DataFrame, task: str) -> np.ndarray:
+    """A learnable target for each task from the same features."""
+    if task == "regression":
+        return (3 * X["a"] + (X["c"] == "x") * 2 + X["b"] / 50).to_numpy(dtype=float)
+    return (np.digitize(X["a"], [-0.4, 0.4]) + (X["c"] == "x")).clip(0, 2).to_numpy()
 
 
 @pytest.mark.parametrize("family", ["lightgbm", "logreg"])
@@ -114,3 +137,51 @@ def test_tuning_refuses_too_few_rows_for_folds() -> None:
             n_folds=3,
             seed=0,
         )
+
+
+@pytest.mark.parametrize(
+    ("family", "task"),
+    [("lightgbm", "multiclass"), ("logreg", "multiclass"), ("lightgbm", "regression"), ("ridge", "regression")],
+)
+def test_multiclass_and_regression_round_trip(tmp_path: Path, family: str, task: str) -> None:
+    X, _ = frame(400)
+    y = task_target(X, task)
+    model = build_model(family, PARAMS[family], NUMERIC, CATEGORICAL, task=task).fit(X, y)
+    save_model(model, family, [*NUMERIC, *CATEGORICAL], tmp_path / family, task=task, labels=LABELS)
+    predictor = load_predictor(tmp_path / family)
+    scores = predictor.predict_scores(X)
+    assert np.allclose(scores, pipeline_scores(model, X, task, 3)), "reloaded model scores like the fitted one"
+    manifest = (tmp_path / family / MANIFEST).read_text()
+    assert f'"task": "{task}"' in manifest, manifest
+    if task == "multiclass":
+        assert scores.shape == (len(X), 3) and np.allclose(scores.sum(axis=1), 1.0), "probabilities per class"
+        assert score("roc_auc_ovr", y, scores) > 0.8, "the model learnt the classes (in label order)"
+        served = serve_output(predictor, X)
+        assert list(served.columns) == LABELS, "the pyfunc output has one column per label"
+        shuffled = served[["high", "low", "mid"]]
+        assert np.array_equal(scores_from_output(shuffled, task, LABELS), scores), "columns are read by name"
+    else:
+        assert scores.shape == (len(X),) and score("r2", y, scores) > 0.8, "predictions, not probabilities"
+        assert np.array_equal(scores_from_output(serve_output(predictor, X), task, None), scores)
+
+
+def test_multiclass_model_trained_without_a_class_scores_it_zero(tmp_path: Path) -> None:
+    X, _ = frame(300)
+    y = np.where(task_target(X, "multiclass") == 1, 0, 2)  # class 1 ("mid") never in training
+    for family in ("lightgbm", "logreg"):
+        model = build_model(family, PARAMS[family], NUMERIC, CATEGORICAL, task="multiclass").fit(X, y)
+        save_model(model, family, [*NUMERIC, *CATEGORICAL], tmp_path / family, task="multiclass", labels=LABELS)
+        scores = load_predictor(tmp_path / family).predict_scores(X)
+        assert scores.shape == (len(X), 3), family
+        assert np.all(scores[:, 1] == 0) and np.allclose(scores.sum(axis=1), 1.0), f"{family}: unseen class at 0"
+
+
+def test_objective_that_contradicts_the_task_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"fixed.objective = 'binary' does not fit dataset.task 'regression'"):
+        build_model("lightgbm", {"objective": "binary"}, NUMERIC, CATEGORICAL, task="regression")
+    with pytest.raises(ConfigError, match=r"does not fit dataset.task 'binary'"):
+        build_model("lightgbm", {"loss": "huber"}, NUMERIC, CATEGORICAL, task="binary")
+    huber = build_model("lightgbm", {"objective": "huber"}, NUMERIC, CATEGORICAL, task="regression")
+    assert huber.named_steps["model"].objective == "huber", "a regression objective that fits is kept"
+    with pytest.raises(ConfigError, match="does not apply"):
+        build_model("ridge", {}, NUMERIC, CATEGORICAL, task="binary")
