@@ -24,6 +24,8 @@ examples:
   retrain run --set ingest.sample_rows=2000 --json
   retrain stage split                           one stage on files (what dvc repro calls)
   retrain stages --dvc-yaml > dvc.yaml          regenerate dvc.yaml from the stage table
+  retrain data restore adult-income@champion restored/
+                                                the champion's training snapshot, from the DVC remote
 
 exit codes: 0 completed (promoted or nothing to do), 3 candidate rejected by a gate,
             2 invalid input data or config, 1 anything else
@@ -61,6 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
     stages = sub.add_parser("stages", help="print the stage table")
     stages.add_argument("--dvc-yaml", action="store_true", help="print dvc.yaml generated from the table")
     stages.add_argument("--params", default="params.yaml", help="params file whose sources dvc.yaml depends on")
+    data = sub.add_parser("data", help="data lineage commands")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    restore = data_sub.add_parser(
+        "restore",
+        help="fetch the snapshot a registered model version was trained on (hash-checked)",
+        description=(
+            "Reads the version's lineage tags from the MLflow registry, fetches its data snapshot from the "
+            "local DVC cache or the DVC remote, checks the md5, and writes DIR/snapshot.parquet and "
+            "DIR/lineage.json. Exit 0 restored, 2 unknown model/alias/remote, 1 hash mismatch or other error."
+        ),
+    )
+    restore.add_argument("model", metavar="MODEL@ALIAS|MODEL/VERSION", help="e.g. adult-income@champion, models:/x/3")
+    restore.add_argument("dir", metavar="DIR", help="folder to write snapshot.parquet and lineage.json into")
+    restore.add_argument("--remote", default=None, help="DVC remote to pull from (default: the one on the version)")
+    restore.add_argument("--params", default="params.yaml", help="params file naming the MLflow tracking URI")
     return parser
 
 
@@ -156,13 +173,37 @@ def cmd_stages(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    """`retrain data restore`: the training data of a registered model version, verified by its md5."""
+    from pathlib import Path
+
+    from retrain.config import load_params
+    from retrain.paths import project_root, resolve
+    from tasks.dvcstore import HashMismatchError
+    from tasks.lineage import parse_model_ref, restore, summary_lines
+    from tasks.runtime import default_tracking_uri
+
+    root = project_root()
+    ref = parse_model_ref(args.model)
+    params = load_params(resolve(root, args.params))
+    tracking_uri = params.tracking.tracking_uri or default_tracking_uri(root)
+    dest = Path(args.dir).resolve()
+    try:
+        lineage = restore(root, tracking_uri, ref, dest, args.remote)
+    except HashMismatchError as exc:
+        logger.error("%s: %s", ref, exc)
+        return EXIT_ERROR
+    sys.stdout.write("\n".join(summary_lines(lineage, dest)) + "\n")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `retrain` console script."""
     args = build_parser().parse_args(argv)
     configure_logging()
     # no network but the package index here: the ephemeral Prefect server's telemetry would only error
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    handlers = {"run": cmd_run, "stage": cmd_stage, "stages": cmd_stages}
+    handlers = {"run": cmd_run, "stage": cmd_stage, "stages": cmd_stages, "data": cmd_data}
     try:
         return handlers[args.command](args)
     except RetrainInputError as exc:

@@ -85,3 +85,29 @@ def source_files(root: Path, source: Source) -> list[Path] | None:
         path = sqlite_file(root, source.spec)
         return [path] if path is not None else None
     return None
+
+
+def engine_url(root: Path, source: Source) -> str:
+    """The URL to connect with: a SQLite file resolved from the root and opened read-only."""
+    if not source.is_sqlite:
+        return source.spec
+    path = sqlite_file(root, source.spec)
+    if path is None:
+        return source.spec
+    if not path.is_file():
+        raise DataError(f"{source.spec}: database file {path} does not exist")
+    driver = source.spec.split("://", 1)[0]
+    return f"{driver}:///file:{path}?mode=ro&uri=true"
+
+
+def display(spec: str) -> str:
+    """A source as it may appear in logs and messages: a URL's password masked."""
+    if "://" not in spec:
+        return spec
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(spec).render_as_string(hide_password=True)
+    except ArgumentError:
+        return spec.split("://", 1)[0] + "://***"

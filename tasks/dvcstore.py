@@ -10,6 +10,7 @@ import functools
 import hashlib
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,19 +97,80 @@ def commit_pipeline(root: Path) -> None:
     repo.commit(None, force=True, relink=False)
 
 
-def fetch(root: Path, md5: str, dest: Path, remote: str | None = None) -> None:
-    """Put object `md5` at dest: from the local DVC cache, else pulled from the DVC remote; hash-checked."""
+def fetch(root: Path, md5: str, dest: Path, remote: str | None = None) -> str:
+    """Put object `md5` at dest, from the local DVC cache or else pulled from the remote; hash-checked.
+
+    Returns where it came from ("cache" or "remote"). A corrupted cache object is dropped and pulled
+    again; bytes that still do not hash to `md5` raise HashMismatchError and nothing is written.
+    """
     from dvc_data.hashfile.hash_info import HashInfo
 
-    if restore(root, md5, dest):
-        return
-    repo = open_repo(root)
+    cache = open_repo(root).cache.local
+    origin = "cache"
+    if cache.exists(md5) and file_md5(Path(cache.oid_to_path(md5))) != md5:
+        logger.warning("DVC cache object %s is corrupted; fetching it from the remote again", md5)
+        Path(cache.oid_to_path(md5)).unlink()
+    if not cache.exists(md5):
+        origin = "remote"
+        try:
+            result = open_repo(root).cloud.pull([HashInfo("md5", md5)], remote=remote)
+        except Exception as exc:
+            raise DataError(f"DVC remote {remote or '(default)'}: cannot fetch object {md5}: {exc}") from exc
+        if result.failed or not cache.exists(md5):
+            raise DataError(f"DVC remote {remote or '(default)'} does not hold object {md5} (was it pushed?)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".fetching")
     try:
-        result = repo.cloud.pull([HashInfo("md5", md5)], remote=remote)
-    except Exception as exc:
-        raise DataError(f"DVC remote {remote or '(default)'}: cannot fetch object {md5}: {exc}") from exc
-    if result.failed or not restore(root, md5, dest):
-        raise DataError(f"DVC remote {remote or '(default)'} does not hold object {md5} (was it pushed?)")
-    if file_md5(dest) != md5:
-        dest.unlink()
-        raise DataError(f"object {md5} fetched from the DVC remote does not match its hash")
+        shutil.copyfile(cache.oid_to_path(md5), tmp)
+        actual = file_md5(tmp)
+        if actual != md5:
+            where = "local DVC cache" if origin == "cache" else f"DVC remote {remote or '(default)'}"
+            raise HashMismatchError(f"object from the {where} hashes to {actual}, expected {md5}; not restored")
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return origin
+
+
+class HashMismatchError(RuntimeError):
+    """Fetched bytes do not hash to the object's name: a corrupted store, not bad input (exit 1)."""
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A DVC remote: its name and URL as DVC resolves it (an absolute path for a local folder)."""
+
+    name: str
+    url: str
+
+    def portable(self, root: Path) -> str:
+        """The URL as recorded in version.json: a local folder under the root relative to it, so the
+        record (a DVC-tracked output) is the same on every machine."""
+        if "://" in self.url:
+            return self.url
+        path = Path(self.url)
+        base = root.resolve()
+        return str(path.relative_to(base)) if path.is_relative_to(base) else self.url
+
+    def tags(self) -> dict[str, str]:
+        """The lineage tags naming this remote on MLflow runs and model versions."""
+        return {"retrain.dvc_remote": self.name, "retrain.dvc_remote_url": self.url}
+
+
+def remote_info(root: Path, name: str | None) -> Remote:
+    """The named remote, or the repo's default (`dvc remote add -d`); ConfigError when there is none."""
+    config = open_repo(root).config
+    chosen = name or config["core"].get("remote")
+    remotes = config["remote"]
+    if not chosen:
+        raise ConfigError("no DVC remote: set version.remote or add a default (`dvc remote add -d NAME URL`)")
+    if chosen not in remotes:
+        raise ConfigError(f"DVC remote {chosen!r} is not configured (known: {sorted(remotes)}); see `dvc remote list`")
+    return Remote(chosen, str(remotes[chosen]["url"]))
+
+
+def absolute_url(root: Path, url: str) -> str:
+    """Undo `Remote.portable`: a relative local folder is anchored at the root."""
+    if "://" in url or Path(url).is_absolute():
+        return url
+    return str((root / url).resolve())

@@ -1,4 +1,4 @@
-"""ingest: parse the declared sources into one Parquet snapshot."""
+"""ingest: parse the declared sources (file, glob of batches, SQL query) into one Parquet snapshot."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ from typing import Any
 
 import mlflow
 from prefect import task
+from pydantic import ValidationError
 
 from retrain import schema
 from retrain.config import Params
+from retrain.errors import DataError
 from retrain.ingest import SOURCE_COLUMN, ingest
+from retrain.sources import Source, display, parse_source
 from retrain.stages import SCHEMA, SNAPSHOT
 from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_json
 
@@ -22,29 +25,55 @@ def split_columns(params: Params) -> tuple[str, ...]:
     return tuple(c for c in (params.split.group_column, params.split.time_column) if c)
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
-    """Read every declared source and write the snapshot atomically."""
-    cfg = ctx.params.ingest
-    sources = {"main": ctx.path(cfg.source)}
+def declared_sources(params: Params) -> dict[str, Source]:
+    """The main source and, if declared, the test source, each with its query when it is a database."""
+    cfg = params.ingest
+    sources = {"main": parse_source(cfg.source, cfg.query)}
     if cfg.test_source:
-        sources["test"] = ctx.path(cfg.test_source)
+        sources["test"] = parse_source(cfg.test_source, cfg.test_query)
+    return sources
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Read every declared source, resolve the schema, then write snapshot and schema atomically."""
+    cfg = ctx.params.ingest
+    sources = declared_sources(ctx.params)
     clear_outputs(ctx)
     with stage_run(ctx) as active:
-        snapshot = ingest(sources, cfg, ctx.params.dataset, ctx.params.seed)
-        out = ctx.path(SNAPSHOT)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        snapshot.to_parquet(tmp, index=False)
-        tmp.replace(out)
-        declared = ctx.params.dataset
-        main = snapshot[snapshot[SOURCE_COLUMN] == "main"]
-        effective = schema.resolve(declared, main, keep=split_columns(ctx.params))
-        write_json(ctx.path(SCHEMA), schema.to_json(declared, effective))
+        try:
+            result = ingest(sources, ctx.root, cfg, ctx.params.dataset, ctx.params.seed, keep=split_columns(ctx.params))
+            snapshot = result.snapshot
+            declared = ctx.params.dataset
+            main = snapshot[snapshot[SOURCE_COLUMN] == "main"]
+            try:
+                effective = schema.resolve(declared, main, keep=split_columns(ctx.params))
+            except ValidationError as exc:
+                problems = "; ".join(e["msg"] for e in exc.errors())
+                raise DataError(
+                    f"{display(cfg.source)}: the schema inferred from the data does not fit params: {problems}"
+                ) from exc
+            out = ctx.path(SNAPSHOT)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(out.name + ".tmp")
+            try:
+                snapshot.to_parquet(tmp, index=False)
+                tmp.replace(out)
+            finally:
+                tmp.unlink(missing_ok=True)
+            write_json(ctx.path(SCHEMA), schema.to_json(declared, effective))
+        except BaseException:
+            clear_outputs(ctx)
+            raise
         mlflow.log_dict(schema.to_json(declared, effective), "schema.json")
-        result = finish(ctx, active, {"rows": float(len(snapshot)), "columns": float(snapshot.shape[1])})
-        mlflow.set_tag("retrain.data_hash", result["outs"][SNAPSHOT])
-        mlflow.log_params({f"source.{k}": str(v) for k, v in sources.items()})
-        return result
+        mlflow.log_dict({"sources": result.provenance}, "sources.json")
+        mlflow.log_params({f"source.{name}": display(src.spec)[:500] for name, src in sources.items()})
+        result_record = finish(
+            ctx,
+            active,
+            {"rows": float(len(snapshot)), "columns": float(snapshot.shape[1]), "files": float(len(result.provenance))},
+        )
+        mlflow.set_tag("retrain.data_hash", result_record["outs"][SNAPSHOT])
+        return result_record
 
 
 ingest_task = task(run, name="ingest")

@@ -1,7 +1,8 @@
-"""version: put the snapshot in the DVC cache, push it to the DVC remote, record its hash."""
+"""version: put the snapshot in the DVC cache, push it to the DVC remote, record its hash and the remote."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -9,7 +10,7 @@ from prefect import task
 
 from retrain.stages import SNAPSHOT, VERSION
 from tasks import dvcstore
-from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_json
+from tasks.runtime import StageContext, clear_outputs, finish, read_json, stage_run, write_json
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -17,17 +18,34 @@ def run(ctx: StageContext) -> dict[str, Any]:
     clear_outputs(ctx)
     with stage_run(ctx) as active:
         snapshot = ctx.path(SNAPSHOT)
+        remote = dvcstore.remote_info(ctx.root, ctx.params.version.remote)
         md5 = dvcstore.add_to_cache(ctx.root, snapshot)
-        remote_url = dvcstore.push(ctx.root, md5, ctx.params.version.remote)
+        dvcstore.push(ctx.root, md5, remote.name)
         record = {
             "path": SNAPSHOT,
             "md5": md5,
             "bytes": snapshot.stat().st_size,
-            "remote": ctx.params.version.remote or "default",
+            "remote": {"name": remote.name, "url": remote.portable(ctx.root)},
         }
         write_json(ctx.path(VERSION), record)
-        mlflow.set_tags({"retrain.data_hash": md5, "retrain.dvc_remote": remote_url})
-        return finish(ctx, active, data_hash=md5, remote_url=remote_url)
+        mlflow.set_tags({"retrain.data_hash": md5, **remote.tags()})
+        return finish(ctx, active, data_hash=md5, remote=remote.name, remote_url=remote.url)
+
+
+def version_tags(root: Path) -> dict[str, str]:
+    """Lineage tags from the version record (data/raw/version.json): data hash and the remote holding it.
+
+    Empty when the version stage has not run yet, so callers can merge it unconditionally.
+    """
+    path = root / VERSION
+    if not path.exists():
+        return {}
+    record = read_json(path)
+    remote = record.get("remote")
+    tags = {"retrain.data_hash": str(record["md5"])}
+    if isinstance(remote, dict):
+        tags |= dvcstore.Remote(str(remote["name"]), dvcstore.absolute_url(root, str(remote["url"]))).tags()
+    return tags
 
 
 version_task = task(run, name="version")
