@@ -21,6 +21,7 @@ from tasks.runtime import (
     read_json,
     tree_md5,
 )
+from tasks.version import version_tags
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class PipelineRun:
         """Open the MLflow parent run, tagged with everything known before the data is read."""
         uri = params.tracking.tracking_uri or default_tracking_uri(root)
         experiment_id = ensure_experiment(uri, params.tracking.experiment, root)
-        tags = base_tags(root, params, trigger)
+        tags = base_tags(root, params, trigger) | dvcstore.remote_info(root, params.version.remote).tags()
         if flow_run_id:
             tags["retrain.prefect_flow_run_id"] = flow_run_id
         parent = start_parent_run(uri, experiment_id, tags, name=f"pipeline-{trigger}")
@@ -59,14 +60,16 @@ class PipelineRun:
         self.stages.append(outcome)
         logger.info("stage %-10s %-6s %6.2fs", name, outcome.status, outcome.seconds)
         if name == "ingest":
-            self._tag_data(outcome.result["outs"][SNAPSHOT])
+            self._tag({"retrain.data_hash": outcome.result["outs"][SNAPSHOT]})
+        if name == "version":
+            self._tag(version_tags(self.root))
         return outcome.result
 
-    def _tag_data(self, data_hash: str) -> None:
-        """Every later run carries the snapshot's DVC hash."""
-        tags = {**self.tracking.tags, "retrain.data_hash": data_hash}
-        self.tracking = replace(self.tracking, tags=tags)
-        set_parent_tag(self.tracking.tracking_uri, self.tracking.parent_run_id or "", "retrain.data_hash", data_hash)
+    def _tag(self, new: dict[str, str]) -> None:
+        """Every later run and the parent carry the lineage known so far (data hash, then the remote holding it)."""
+        self.tracking = replace(self.tracking, tags={**self.tracking.tags, **new})
+        for key, value in new.items():
+            set_parent_tag(self.tracking.tracking_uri, self.tracking.parent_run_id or "", key, value)
 
     def champion_input(self, candidates: dict[str, Any]) -> dict[str, str]:
         """The champion as an input of `evaluate`'s cache key.
@@ -127,10 +130,12 @@ def standalone_stage(root: Path, params: Params, name: str, trigger: str) -> Sta
     from tasks.runtime import output_manifest
 
     uri = params.tracking.tracking_uri or default_tracking_uri(root)
-    tags = base_tags(root, params, trigger)
+    tags = base_tags(root, params, trigger) | dvcstore.remote_info(root, params.version.remote).tags()
     snapshot = root / SNAPSHOT
     if snapshot.exists() and name != "ingest":
         tags["retrain.data_hash"] = dvcstore.file_md5(snapshot)
+    if name not in ("ingest", "version"):
+        tags |= version_tags(root)
     run = PipelineRun(
         root, params, Tracking(uri, ensure_experiment(uri, params.tracking.experiment, root), None, tags), False
     )
