@@ -21,6 +21,7 @@ from retrain.serving import ARTIFACT_KEY
 from retrain.stages import GATE_RECORD, PROMOTION, SPLITS
 from tasks import registry
 from tasks.runtime import StageContext, finish, read_json, stage_run, write_json
+from tasks.version import version_tags
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def log_and_register(ctx: StageContext, record: dict[str, Any], client: MlflowCl
         "retrain.gate_decision": record["decision"],
         "retrain.gate_record": f"runs:/{mlflow.active_run().info.run_id}/gate_record.json",
     }
+    tags |= {k: v for k, v in version_tags(ctx.root).items() if k.startswith("retrain.dvc_remote")}
     version = mlflow.register_model(info.model_uri, ctx.params.promote.model_name, tags=tags)
     summary = "; ".join(f"{g['name']}: {'pass' if g['passed'] else 'FAIL'}" for g in record["gates"])
     client.update_model_version(ctx.params.promote.model_name, version.version, description=f"gates: {summary}")
