@@ -30,7 +30,7 @@ def retrain_flow(
         # --- data: snapshot, version, gate, split ---
         run.stage("ingest")
         run.stage("version")
-        run.stage("validate")
+        run.stage("validate", external=run.reference_input())
         run.stage("split")
         # --- models: reference points and tuned candidates ---
         run.stage("baselines")

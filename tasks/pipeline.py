@@ -85,6 +85,12 @@ class PipelineRun:
         own = {tree_md5(self.root / CANDIDATES / f) for f in families}
         return {"champion": "none" if current.get("model_hash") in own else str(current.get("model_hash"))}
 
+    def reference_input(self) -> dict[str, str]:
+        """The drift reference (the champion's training-snapshot md5) as an input of `validate`'s cache key."""
+        from tasks.validate import drift_reference
+
+        return drift_reference(self.root, self.params, self.tracking.tracking_uri)
+
     def record_lineage(self) -> None:
         """Write dvc.lock from the workspace so `dvc status` agrees (skipped for override runs)."""
         if not self.commit_lineage:
@@ -142,4 +148,6 @@ def standalone_stage(root: Path, params: Params, name: str, trigger: str) -> Sta
     external: dict[str, str] = {}
     if name == "evaluate":
         external = run.champion_input({"outs": output_manifest(run.context("candidates"))})
+    elif name == "validate":
+        external = run.reference_input()
     return run_standalone(run.context(name, external))

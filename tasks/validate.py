@@ -1,43 +1,170 @@
-"""validate: the Great Expectations data gate; a failed expectation stops the run."""
+"""validate: the data gate (GX suite + label balance, CV feasibility, leakage, drift); a failure stops the run.
+
+GX Data Docs (HTML) and the JSON report are logged to MLflow under `validation/` whatever the verdict, so a
+failed gate can be inspected; only a passing gate writes models/validate/report.json.
+"""
 
 from __future__ import annotations
 
 import logging
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
 from prefect import task
 
+from retrain.config import Params
+from retrain.drift import feature_drift
 from retrain.errors import DataValidationError
 from retrain.ingest import SOURCE_COLUMN
+from retrain.leakage import METRICS, LeakageScores, feature_scores
+from retrain.paths import resolve
 from retrain.stages import SNAPSHOT, VALIDATION
-from retrain.validate import describe_failure, summarise, validate_frame
+from retrain.validate import (
+    build_report,
+    cv_check,
+    describe_failure,
+    drift_checks,
+    failures,
+    gx_checks,
+    label_balance_checks,
+    leakage_checks,
+    render_html,
+    validate_frame,
+    warnings,
+)
+from tasks import dvcstore, registry
 from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_json
 
 logger = logging.getLogger(__name__)
 
+REFERENCE_KEY = "drift_reference"
+"""validate's external cache input: the champion's snapshot md5, `none` or `off`."""
+
+
+def drift_reference(root: Path, params: Params, tracking_uri: str) -> dict[str, str]:
+    """The drift reference as a cache-key input: the champion's training-snapshot md5.
+
+    `none` when there is no champion (or it carries no data hash), and also when the champion was trained on
+    this very snapshot (drift against itself is zero), so an unchanged rerun after promotion stays a cache hit;
+    `off` when drift is switched off, so the registry never matters then.
+    """
+    if params.validate_.drift.action == "off":
+        return {REFERENCE_KEY: "off"}
+    current = registry.champion(tracking_uri, params.promote.model_name, params.promote.alias)
+    data_hash = (current or {}).get("data_hash")
+    snapshot = resolve(root, SNAPSHOT)
+    if not data_hash or (snapshot.exists() and dvcstore.file_md5(snapshot) == data_hash):
+        return {REFERENCE_KEY: "none"}
+    return {REFERENCE_KEY: str(data_hash)}
+
+
+def split_columns(params: Params) -> tuple[str, ...]:
+    """Group / time columns ingest keeps in the snapshot besides the features."""
+    return tuple(c for c in (params.split.group_column, params.split.time_column) if c)
+
+
+def drift_section(ctx: StageContext, main: pd.DataFrame, reference: str, tmp: Path) -> dict[str, Any]:
+    """PSI of the main rows against the champion's training snapshot, fetched from DVC by md5."""
+    cfg = ctx.params.validate_.drift
+    if reference == "off":
+        return {"status": "off", "action": cfg.action}
+    if reference == "none":
+        return {
+            "status": "skipped",
+            "action": cfg.action,
+            "reason": "no reference: no champion yet, or the champion was trained on this very snapshot",
+        }
+    dest = tmp / "reference.parquet"
+    dvcstore.fetch(ctx.root, reference, dest, ctx.params.version.remote)
+    snapshot = pd.read_parquet(dest)
+    if SOURCE_COLUMN in snapshot.columns:
+        snapshot = snapshot[snapshot[SOURCE_COLUMN] == "main"]
+    table = feature_drift(snapshot, main, ctx.dataset, cfg)
+    return {"status": "computed", "action": cfg.action, "reference_data_hash": reference, **table}
+
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    """Validate the snapshot against the declared schema; raise naming every failed check."""
+    """Run every check of the gate, log Data Docs and the report, and raise naming every failed check."""
     clear_outputs(ctx)
+    params = ctx.params
+    cfg = params.validate_
+    files = {"main": params.ingest.source, "test": params.ingest.test_source}
     with stage_run(ctx) as active:
+        started = time.perf_counter()
         snapshot = pd.read_parquet(ctx.path(SNAPSHOT))
-        frame = snapshot.drop(columns=[SOURCE_COLUMN])
-        report = summarise(validate_frame(frame, ctx.dataset, ctx.params.validate_))
+        dataset = ctx.dataset
+        main = snapshot[snapshot[SOURCE_COLUMN] == "main"]
+        has_test = bool((snapshot[SOURCE_COLUMN] == "test").any())
+        reference = (
+            ctx.external.get(REFERENCE_KEY)
+            or drift_reference(ctx.root, params, ctx.tracking.tracking_uri)[REFERENCE_KEY]
+        )
+        with tempfile.TemporaryDirectory(prefix="retrain-validate-") as tmp_name:
+            tmp = Path(tmp_name)
+            docs = tmp / "data_docs"
+            result = validate_frame(snapshot.drop(columns=[SOURCE_COLUMN]), dataset, cfg, split_columns(params), docs)
+            gx_seconds = time.perf_counter() - started
+            checks = gx_checks(result, snapshot, dataset)
+            checks += label_balance_checks(snapshot, dataset, cfg)
+            checks.append(cv_check(main, dataset, params.split, params.candidates.cv_folds, has_test))
+            scores = (
+                feature_scores(main, dataset, params.seed)
+                if dataset.target in main.columns
+                else LeakageScores(METRICS[dataset.task], skipped=f"target {dataset.target!r} is missing")
+            )
+            checks += leakage_checks(scores, cfg.leakage_threshold, dataset.target)
+            drift = drift_section(ctx, main, reference, tmp)
+            if drift["status"] == "computed":
+                checks += drift_checks(drift, drift["action"], reference)
+            report = build_report(checks, snapshot, scores, cfg.leakage_threshold, drift)
+            (docs / "retrain_checks.html").write_text(render_html(report))
+            mlflow.log_artifacts(str(docs), "validation/data_docs")
         mlflow.log_dict(report, "validation/report.json")
-        mlflow.log_metrics({"expectations_evaluated": report["evaluated"], "expectations_failed": report["failed"]})
+        mlflow.set_tags({"retrain.drift_reference": reference, "retrain.validation_success": str(report["success"])})
+        metrics = _metrics(report, gx_seconds, time.perf_counter() - started)
+        mlflow.log_metrics(metrics)
+        for check in warnings(report):
+            logger.warning("validate: warning (not blocking): %s", describe_failure(check, files))
         if not report["success"]:
-            failures = [c for c in report["checks"] if not c["success"]]
-            lines = "\n  ".join(describe_failure(c) for c in failures)
+            failed = failures(report)
+            lines = "\n  ".join(describe_failure(c, files) for c in failed)
+            sources = " + ".join(str(f) for f in files.values() if f)
             raise DataValidationError(
-                f"validate: {ctx.params.ingest.source} (snapshot {SNAPSHOT}) failed {len(failures)} of "
-                f"{report['evaluated']} expectations:\n  {lines}",
-                failures,
+                f"validate: {sources} (snapshot {SNAPSHOT}) failed {len(failed)} of {report['evaluated']} checks "
+                f"(Data Docs and report.json under the MLflow run's validation/ artifacts):\n  {lines}",
+                failed,
             )
         write_json(ctx.path(VALIDATION), report)
-        logger.info("validate: all %d expectations passed", report["evaluated"])
-        return finish(ctx, active, {"expectations_evaluated": float(report["evaluated"])})
+        logger.info(
+            "validate: %d checks passed (%d warnings) in %.1fs",
+            report["evaluated"],
+            report["warned"],
+            metrics["validate_seconds"],
+        )
+        return finish(ctx, active, {k: v for k, v in metrics.items() if not k.endswith("_seconds")})
+
+
+def _metrics(report: dict[str, Any], gx_seconds: float, seconds: float) -> dict[str, float]:
+    """Numbers worth a chart across runs: counts, duplicate rate, worst leakage score, worst PSI, time."""
+    metrics = {
+        "expectations_evaluated": float(report["evaluated"]),
+        "checks_failed": float(report["failed"]),
+        "checks_warned": float(report["warned"]),
+        "gx_seconds": round(gx_seconds, 3),
+        "validate_seconds": round(seconds, 3),
+    }
+    for check in report["checks"]:
+        if check["rule"] == "ExpectCompoundColumnsToBeUnique" and check.get("unexpected_percent") is not None:
+            metrics["duplicate_percent"] = float(check["unexpected_percent"])
+    if report["leakage"]["max"] is not None:
+        metrics["leakage_max_score"] = float(report["leakage"]["max"])
+    if report["drift"].get("max_psi") is not None:
+        metrics["drift_max_psi"] = float(report["drift"]["max_psi"])
+    return metrics
 
 
 validate_task = task(run, name="validate")
