@@ -183,6 +183,18 @@ def _counted(lines: Iterable[str], where: Path, max_bytes: int) -> Iterator[str]
         yield line
 
 
+def first_bad_utf8_line(path: Path) -> int:
+    """Line number of the first line that is not UTF-8 (only looked for once decoding has failed)."""
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 0
+
+
 def scan_csv(path: Path, delimiter: str, max_bytes: int) -> CsvLayout:
     """Read the file once as raw records: header sanity, the same field count on every row, closed quotes."""
     last_line = 0
@@ -228,7 +240,7 @@ def scan_csv(path: Path, delimiter: str, max_bytes: int) -> CsvLayout:
         reason = "unterminated quote" if "end of data" in str(exc) else str(exc)
         raise DataError(f"{path}: line {last_line + 1}: {reason} (rule: well-formed CSV quoting)") from exc
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: after line {last_line}: not UTF-8 text ({exc.reason})") from exc
+        raise DataError(f"{path}: line {first_bad_utf8_line(path)}: not UTF-8 text ({exc.reason})") from exc
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot be read: {exc}") from exc
     if rows == 0:
@@ -399,6 +411,7 @@ def read_sql(
     dataset: DatasetConfig,
     contract: Contract,
     reference: tuple[str, list[str]] | None,
+    chunk_rows: int = SQL_CHUNK_ROWS,
 ) -> tuple[pd.DataFrame, list[str]]:
     """A query's result, fetched in chunks and aborted once it holds more than ingest.max_bytes in memory."""
     import sqlalchemy as sa
@@ -418,8 +431,8 @@ def read_sql(
     used = rows = 0
     try:
         with engine.connect() as conn:
-            streaming = conn.execution_options(stream_results=True, max_row_buffer=SQL_CHUNK_ROWS)
-            for chunk in pd.read_sql_query(sa.text(query), streaming, chunksize=SQL_CHUNK_ROWS):
+            streaming = conn.execution_options(stream_results=True, max_row_buffer=chunk_rows)
+            for chunk in pd.read_sql_query(sa.text(query), streaming, chunksize=chunk_rows):
                 used += int(chunk.memory_usage(deep=True, index=False).sum())
                 rows += len(chunk)
                 if used > cfg.max_bytes:
@@ -428,8 +441,9 @@ def read_sql(
                         f"after {rows:,} rows; aborted (narrow the query or raise the cap)"
                     )
                 chunks.append(chunk)
-    except SQLAlchemyError as exc:
-        raise DataError(f"{where}: query failed: {getattr(exc, 'orig', None) or exc}") from exc
+    except (SQLAlchemyError, pd.errors.DatabaseError) as exc:
+        cause = exc.__cause__ if isinstance(exc, pd.errors.DatabaseError) and exc.__cause__ else exc
+        raise DataError(f"{where}: query failed: {getattr(cause, 'orig', None) or cause}") from exc
     finally:
         engine.dispose()
     if not chunks or rows == 0:
