@@ -1,0 +1,114 @@
+"""End to end on other datasets, chosen by a params file alone: California housing (regression) and
+sklearn's wine (multiclass), through the real CLI, Prefect, DVC, GX and MLflow in temp projects."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from sklearn.datasets import load_wine
+
+from flows.cli import main
+from tests.conftest import REPO, deep_update, make_project, small_params
+
+pytestmark = pytest.mark.e2e
+
+SMALL = {"ingest": {"sample_rows": 3000}, "candidates": {"n_trials": 2, "cv_folds": 2}}
+
+
+def run_flow(root: Path, params: dict, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
+    """Write the params file into the project and run `retrain run --params ... --json`."""
+    (root / "params.run.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    code = main(["run", "--params", "params.run.yaml", "--json"])
+    out = capsys.readouterr().out
+    assert out.strip(), f"no --json output (exit {code})"
+    return code, json.loads(out)
+
+
+def champion_model(root: Path, name: str) -> tuple[mlflow.pyfunc.PyFuncModel, dict]:
+    """The registered champion as served (pyfunc) and its gate record."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    version = MlflowClient(uri).get_model_version_by_alias(name, "champion")
+    record = mlflow.artifacts.load_dict(version.tags["retrain.gate_record"])
+    return mlflow.pyfunc.load_model(f"models:/{name}@champion"), record
+
+
+def test_california_regression_runs_end_to_end(
+    tmp_path_factory: pytest.TempPathFactory, prefect_backend: None, use_root, capsys
+) -> None:
+    params = deep_update(yaml.safe_load((REPO / "params.california.yaml").read_text()), SMALL)
+    root = use_root(make_project(tmp_path_factory.mktemp("california") / "proj", small_params()))
+    code, summary = run_flow(root, params, capsys)
+    assert code == 0, summary
+    assert summary["decision"] == "promote" and summary["model_name"] == "california-housing", summary
+    model, record = champion_model(root, "california-housing")
+    assert record["task"] == "regression" and record["metric"] == "r2", record
+    assert record["direction"] == "higher_is_better" and record["scores"]["candidate"] > 0.6, record["scores"]
+    slices = {e["value"]: e for e in record["slices"]["columns"]["ocean_proximity"]}
+    assert slices["INLAND"]["n"] >= 30 and slices["INLAND"]["metric"] is not None, slices
+    assert all(e["metric"] is None for e in slices.values() if e["n"] < 30), "small slices are listed, not scored"
+
+    with gzip.open(root / "data/source/california_housing.csv.gz", "rt") as handle:
+        raw = pd.read_csv(handle).head(50)
+    predicted = np.asarray(model.predict(raw.drop(columns=["median_house_value"])))
+    assert predicted.shape == (50,) and predicted.dtype.kind == "f", f"one float per row: {predicted.dtype}"
+    assert np.isfinite(predicted).all() and (predicted > 0).all(), predicted[:5]
+    error = np.abs(predicted - raw["median_house_value"]).mean()
+    assert error < raw["median_house_value"].std(), f"predictions track the target (MAE {error:.0f})"
+
+
+def test_wine_multiclass_runs_end_to_end(
+    tmp_path_factory: pytest.TempPathFactory, prefect_backend: None, use_root, capsys
+) -> None:
+    root = use_root(make_project(tmp_path_factory.mktemp("wine") / "proj", small_params()))
+    wine = load_wine(as_frame=True)
+    frame = wine.frame.assign(target=wine.target_names[wine.target])  # class names as labels
+    frame.to_csv(root / "data/source/wine.csv", index=False)
+    params = small_params()
+    params = deep_update(
+        params,
+        {
+            "tracking": {"experiment": "retrain-wine"},
+            "dataset": {
+                "name": "wine",
+                "task": "multiclass",
+                "target": "target",
+                "labels": None,  # inferred by ingest
+                "positive_label": None,
+                "protected": [],
+                "slices": [],
+                "columns": None,  # inferred by ingest (all numeric)
+            },
+            "ingest": {"source": "data/source/wine.csv", "test_source": None, "label_suffix": "", "sample_rows": None},
+            "validate": {"min_rows": 100},
+            "evaluate": {"metric": "roc_auc_ovr"},
+            "promote": {"model_name": "wine-class"},
+        },
+    )
+    # replaced, not merged: Adult's `objective: binary` would contradict the task (a ConfigError)
+    params["candidates"]["lightgbm"] = {
+        "fixed": {"verbose": -1, "deterministic": True, "n_jobs": 2},
+        "space": {
+            "n_estimators": {"low": 50, "high": 200, "int": True},
+            "min_child_samples": {"low": 3, "high": 15, "int": True},
+        },
+    }
+    code, summary = run_flow(root, params, capsys)
+    assert code == 0, summary
+    assert summary["decision"] == "promote", summary
+    model, record = champion_model(root, "wine-class")
+    assert record["task"] == "multiclass" and record["scores"]["candidate"] > 0.9, record["scores"]
+    probabilities = model.predict(frame.drop(columns=["target"]).head(20))
+    assert isinstance(probabilities, pd.DataFrame), type(probabilities)
+    assert list(probabilities.columns) == ["class_0", "class_1", "class_2"], "one column per label, label order"
+    assert np.allclose(probabilities.sum(axis=1), 1.0), "each row's class probabilities sum to 1"
+    predicted = probabilities.idxmax(axis=1)
+    assert (predicted == frame["target"].head(20)).mean() > 0.8, "the champion picks the right class"
