@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from retrain.errors import ConfigError
 
@@ -156,6 +156,12 @@ class DriftConfig(Strict):
     action: Literal["warn", "block", "off"] = "warn"
     psi_threshold: float = Field(0.25, gt=0.0)
     bins: int = Field(10, ge=2)
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        """YAML reads a bare `off` as false: `action: off` and `--set validate.drift.action=off` mean "off"."""
+        return "off" if value is False else value
 
 
 class ValidateConfig(Strict):
