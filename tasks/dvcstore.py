@@ -112,6 +112,8 @@ def fetch(root: Path, md5: str, dest: Path, remote: str | None = None) -> str:
         Path(cache.oid_to_path(md5)).unlink()
     if not cache.exists(md5):
         origin = "remote"
+        # the object DB remembers folders it created; recreate ours in case the cache was deleted under it
+        Path(cache.oid_to_path(md5)).parent.mkdir(parents=True, exist_ok=True)
         try:
             result = open_repo(root).cloud.pull([HashInfo("md5", md5)], remote=remote)
         except Exception as exc:
