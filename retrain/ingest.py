@@ -271,9 +271,10 @@ def as_number(column: pd.Series, where: str, name: str, kind: str, locate: Locat
         bad = text[numbers.isna() & text.notna()]
         if len(bad) or pd.api.types.is_bool_dtype(column.dtype):
             shown = bad if len(bad) else column
+            hint = '; empty fields are missing values only if ingest.na_values lists ""' if (bad == "").any() else ""
             raise DataError(
                 f"{where}: column {name!r} (rule: type {kind}): {len(shown):,} values are not numbers, "
-                f"e.g. {_examples(shown, locate)}"
+                f"e.g. {_examples(shown, locate)}{hint}"
             )
         column = numbers
     if kind == "int" and pd.api.types.is_float_dtype(column.dtype):
