@@ -178,6 +178,14 @@ def test_missing_values_in_an_int_column_are_allowed(tmp_path: Path) -> None:
     )
 
 
+def test_empty_numeric_fields_hint_at_na_values(tmp_path: Path) -> None:
+    path = adult_csv(tmp_path, [ROW, ROW.replace(",40,", ",,")], "blank.csv")
+    with pytest.raises(DataError, match=r"line 3: ''; empty fields are missing values only if ingest.na_values lists"):
+        read(path)
+    frame = read(path, na_values=("?", ""))
+    assert frame["hours-per-week"].isna().sum() == 1, "with '' in na_values an empty field is missing"
+
+
 def test_not_utf8_is_a_data_error(tmp_path: Path) -> None:
     path = tmp_path / "latin1.csv"
     path.write_bytes((HEADER + "\n" + ROW.replace("State-gov", "Stäte-gov") + "\n").encode("latin-1"))
