@@ -42,6 +42,25 @@ Locate = Callable[[int], str]
 
 
 @dataclass(frozen=True)
+class Reference:
+    """The first file read: without a declared schema, every later file must match its columns and numbers."""
+
+    where: str
+    columns: tuple[str, ...]
+    numeric: frozenset[str]
+
+    @classmethod
+    def of(cls, where: str, frame: pd.DataFrame) -> Reference:
+        """Columns and the numeric ones (a later batch with text there would silently turn them categorical)."""
+        numeric = {
+            str(c)
+            for c in frame.columns
+            if pd.api.types.is_numeric_dtype(frame[c].dtype) and not pd.api.types.is_bool_dtype(frame[c].dtype)
+        }
+        return cls(where, tuple(str(c) for c in frame.columns), frozenset(numeric))
+
+
+@dataclass(frozen=True)
 class Contract:
     """The columns every file of every source must hold once `dataset.exclude` is dropped."""
 
@@ -57,7 +76,7 @@ class Contract:
         declared = None if dataset.columns is None else (*dataset.columns, *required)
         return cls(declared, required, tuple(dataset.exclude))
 
-    def check(self, where: str, header: list[str], reference: tuple[str, list[str]] | None) -> list[str]:
+    def check(self, where: str, header: list[str], reference: Reference | None) -> list[str]:
         """The columns kept from a source's header; fails on duplicate, reserved, missing or extra columns.
 
         Without a declared schema, the first file read is the reference every other file must match.
@@ -82,12 +101,11 @@ class Contract:
         if missing:
             raise DataError(f"{where}: required columns missing {missing} (rule: target and split columns present)")
         if reference is not None:
-            ref_where, ref_cols = reference
-            missing = [c for c in ref_cols if c not in kept]
-            extra = [c for c in kept if c not in ref_cols]
+            missing = [c for c in reference.columns if c not in kept]
+            extra = [c for c in kept if c not in reference.columns]
             if missing or extra:
                 raise DataError(
-                    f"{where}: columns differ from {ref_where} (rule: every file of every source has the same "
+                    f"{where}: columns differ from {reference.where} (rule: every file of every source has the same "
                     f"columns): missing {missing}, unexpected {extra}"
                 )
         return kept
@@ -288,7 +306,9 @@ def as_number(column: pd.Series, where: str, name: str, kind: str, locate: Locat
     return column
 
 
-def settle_types(frame: pd.DataFrame, where: str, dataset: DatasetConfig, locate: Locate) -> pd.DataFrame:
+def settle_types(
+    frame: pd.DataFrame, where: str, dataset: DatasetConfig, locate: Locate, reference: Reference | None = None
+) -> pd.DataFrame:
     """Declared numbers numeric, declared categories and classification labels `str`, a regression target numeric."""
     out = frame.infer_objects()
     target = dataset.target
@@ -298,7 +318,11 @@ def settle_types(frame: pd.DataFrame, where: str, dataset: DatasetConfig, locate
         out[target] = as_number(out[target], where, target, "float (regression target)", locate)
     if dataset.columns is None:
         for name in out.columns:
-            if name != target and out[name].dtype == object:
+            if name == target:
+                continue
+            if reference is not None and name in reference.numeric:
+                out[name] = as_number(out[name], where, name, f"number, as in {reference.where}", locate)
+            elif out[name].dtype == object:
                 out[name] = as_text(out[name])
         return out
     for name, spec in dataset.columns.items():
@@ -334,8 +358,8 @@ class SourceRead:
 
 
 def read_csv(
-    path: Path, cfg: IngestConfig, dataset: DatasetConfig, contract: Contract, reference: tuple[str, list[str]] | None
-) -> tuple[pd.DataFrame, list[str]]:
+    path: Path, cfg: IngestConfig, dataset: DatasetConfig, contract: Contract, reference: Reference | None
+) -> pd.DataFrame:
     """A CSV file: raw structure scan first, then typed parsing of the kept columns under the scanned names."""
     layout = scan_csv(path, cfg.delimiter, cfg.max_bytes)
     kept = contract.check(str(path), layout.header, reference)
@@ -359,12 +383,12 @@ def read_csv(
         raise DataError(f"{path}: cannot be parsed: {exc}") from exc
     if len(frame) != layout.rows:
         raise DataError(f"{path}: pandas read {len(frame):,} rows where the scan found {layout.rows:,}")
-    return settle_types(frame, str(path), dataset, layout.locate), kept
+    return settle_types(frame, str(path), dataset, layout.locate, reference)
 
 
 def read_parquet(
-    path: Path, cfg: IngestConfig, dataset: DatasetConfig, contract: Contract, reference: tuple[str, list[str]] | None
-) -> tuple[pd.DataFrame, list[str]]:
+    path: Path, cfg: IngestConfig, dataset: DatasetConfig, contract: Contract, reference: Reference | None
+) -> pd.DataFrame:
     """A Parquet file: its own types, checked against the schema like CSV."""
     import pyarrow.parquet as pq
 
@@ -380,7 +404,7 @@ def read_parquet(
     if frame.empty:
         raise DataError(f"{path}: no data rows")
     frame = mark_missing(frame.reset_index(drop=True), cfg.na_values)
-    return settle_types(frame, str(path), dataset, lambda i: f"row {i + 1}"), kept
+    return settle_types(frame, str(path), dataset, lambda i: f"row {i + 1}", reference)
 
 
 def read_table(
@@ -388,16 +412,16 @@ def read_table(
     cfg: IngestConfig,
     dataset: DatasetConfig,
     keep: tuple[str, ...] = (),
-    reference: tuple[str, list[str]] | None = None,
+    reference: Reference | None = None,
 ) -> pd.DataFrame:
     """Read one CSV (optionally .gz) or Parquet file; numbers stay numbers, text stays `str`, NA markers NaN."""
     check_size(path, cfg.max_bytes)
-    return _read_file(path, cfg, dataset, Contract.of(dataset, keep), reference)[0]
+    return _read_file(path, cfg, dataset, Contract.of(dataset, keep), reference)
 
 
 def _read_file(
-    path: Path, cfg: IngestConfig, dataset: DatasetConfig, contract: Contract, reference: tuple[str, list[str]] | None
-) -> tuple[pd.DataFrame, list[str]]:
+    path: Path, cfg: IngestConfig, dataset: DatasetConfig, contract: Contract, reference: Reference | None
+) -> pd.DataFrame:
     """Dispatch on the file's suffix (size already checked)."""
     if ".parquet" in "".join(path.suffixes[-2:]).lower():
         return read_parquet(path, cfg, dataset, contract, reference)
@@ -411,9 +435,9 @@ def read_sql(
     cfg: IngestConfig,
     dataset: DatasetConfig,
     contract: Contract,
-    reference: tuple[str, list[str]] | None,
+    reference: Reference | None,
     chunk_rows: int = SQL_CHUNK_ROWS,
-) -> tuple[pd.DataFrame, list[str]]:
+) -> pd.DataFrame:
     """A query's result, fetched in chunks and aborted once it holds more than ingest.max_bytes in memory."""
     import sqlalchemy as sa
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
@@ -453,7 +477,7 @@ def read_sql(
     kept = contract.check(where, header, reference)
     frame = pd.concat([c[kept] for c in chunks], ignore_index=True)
     frame = mark_missing(frame, cfg.na_values)
-    return settle_types(frame, where, dataset, lambda i: f"result row {i + 1}"), kept
+    return settle_types(frame, where, dataset, lambda i: f"result row {i + 1}", reference)
 
 
 def read_source(
@@ -462,14 +486,14 @@ def read_source(
     cfg: IngestConfig,
     dataset: DatasetConfig,
     contract: Contract,
-    reference: tuple[str, list[str]] | None = None,
-) -> tuple[SourceRead, tuple[str, list[str]]]:
+    reference: Reference | None = None,
+) -> tuple[SourceRead, Reference]:
     """Every row of one declared source, and the column reference later files must match."""
     if source.kind == "sql":
         label = display(source.spec)
-        frame, kept = read_sql(engine_url(root, source), label, source.query or "", cfg, dataset, contract, reference)
+        frame = read_sql(engine_url(root, source), label, source.query or "", cfg, dataset, contract, reference)
         part = {"kind": "sql", "source": label, "query": source.query, "rows": len(frame)}
-        return SourceRead(frame, [part]), reference or (label, kept)
+        return SourceRead(frame, [part]), reference or Reference.of(label, frame)
     if source.kind == "glob":
         files = glob_files(root, source.spec)
         if not files:
@@ -480,8 +504,8 @@ def read_source(
         check_size(files[0], cfg.max_bytes)
     frames, parts = [], []
     for path in files:
-        frame, kept = _read_file(path, cfg, dataset, contract, reference)
-        reference = reference or (str(path), kept)
+        frame = _read_file(path, cfg, dataset, contract, reference)
+        reference = reference or Reference.of(str(path), frame)
         frames.append(frame)
         shown = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
         parts.append({"kind": source.kind, "source": shown, "rows": len(frame)})
@@ -552,7 +576,7 @@ def ingest(
 ) -> Ingested:
     """Read every declared source, normalise labels, sample if asked, and stack into a snapshot."""
     contract = Contract.of(dataset, keep)
-    reference: tuple[str, list[str]] | None = None
+    reference: Reference | None = None
     frames: dict[str, pd.DataFrame] = {}
     provenance: list[dict[str, Any]] = []
     offset = 0

@@ -112,6 +112,18 @@ def test_batch_with_another_column_set_names_the_file(tmp_path: Path) -> None:
         snapshot_of(tmp_path, inferred)
 
 
+def test_open_schema_batch_with_text_where_the_first_had_numbers_fails(tmp_path: Path) -> None:
+    write_batch(tmp_path / "batches/a.csv", 10, 0)
+    bad = write_batch(tmp_path / "batches/b.csv", 10, 10)
+    lines = bad.read_text().splitlines()
+    lines[4] = "n/a" + lines[4][lines[4].index(",") :]
+    bad.write_text("\n".join(lines) + "\n")
+    p = params("ingest.source=batches/*.csv", "dataset.columns=null", "dataset.protected=[]", "dataset.slices=[]")
+    expected = r"batches/b\.csv: column 'age' \(rule: type number, as in .*batches/a\.csv\).*line 5: 'n/a'"
+    with pytest.raises(DataError, match=expected):
+        snapshot_of(tmp_path, p)
+
+
 def test_glob_size_cap_is_for_all_batches_together(tmp_path: Path) -> None:
     a = write_batch(tmp_path / "batches/a.csv", 50, 0)
     write_batch(tmp_path / "batches/b.csv", 50, 50)
