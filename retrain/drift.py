@@ -86,8 +86,9 @@ def feature_drift(
     for name in dataset.features:
         numeric = dataset.schema[name].type != "category"
         entry: dict[str, Any] = {"type": "numeric" if numeric else "category"}
-        if name not in reference.columns:
-            entry.update(psi=None, drifted=False, note="not in the reference snapshot")
+        if name not in reference.columns or name not in current.columns:
+            where = "reference" if name not in reference.columns else "current"
+            entry.update(psi=None, drifted=False, note=f"not in the {where} snapshot")
         else:
             value = column_psi(reference[name], current[name], numeric, cfg.bins)
             entry.update(psi=round(value, 6), drifted=value > cfg.psi_threshold)

@@ -258,7 +258,15 @@ def gx_checks(result: Any, snapshot: pd.DataFrame, dataset: DatasetConfig) -> li
         if not check["success"]:
             check["observed_text"] = _observed_text(check, detail, raised, snapshot, dataset, dict(config.kwargs))
         checks.append(check)
-    return checks
+    order = {name: i for i, name in enumerate(expected_columns(dataset))}
+    table = {"ExpectTableColumnsToMatchSet": -3, "ExpectTableRowCountToBeBetween": -2}
+
+    def position(check: Check) -> tuple[int, str]:
+        """Table checks first, then columns in schema order."""
+        column = check["column"]
+        return (order.get(column, -1) if column else table.get(check["rule"], -1), check["rule"])
+
+    return sorted(checks, key=position)
 
 
 def _sources_of(snapshot: pd.DataFrame, indices: list[Any]) -> list[str]:
@@ -503,16 +511,21 @@ def build_report(
 
 
 def _shown_failures(checks: list[Check]) -> list[Check]:
-    """Failed checks worth a line: a raised check on a column that is missing or mistyped is implied by that."""
-    explained: set[str] = set()
+    """Failed checks worth a line: a check that raised on a missing or mistyped column is implied by that line."""
+    explained: set[str | None] = set()
     for check in checks:
         if check["success"]:
             continue
         if check["rule"] == "ExpectTableColumnsToMatchSet" and isinstance(check.get("observed"), dict):
-            explained.update(check["observed"].get("missing", []))
+            missing = check["observed"].get("missing", [])
+            explained.update([*missing, None] if missing else [])
         if check["rule"] in ("ExpectColumnValuesToBeInTypeList", "ExpectColumnValuesToBeOfType") and check["column"]:
             explained.add(check["column"])
-    return [c for c in checks if not c["success"] and not (c.get("raised") and c.get("column") in explained)]
+    return [
+        c
+        for c in checks
+        if not c["success"] and not (c.get("raised") and (c.get("column") in explained or not c.get("column")))
+    ]
 
 
 def failures(report: dict[str, Any]) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from prefect import task
 
 from retrain.config import Params
 from retrain.drift import feature_drift
-from retrain.errors import DataValidationError
+from retrain.errors import DataError, DataValidationError
 from retrain.ingest import SOURCE_COLUMN
 from retrain.leakage import METRICS, LeakageScores, feature_scores
 from retrain.paths import resolve
@@ -79,7 +79,13 @@ def drift_section(ctx: StageContext, main: pd.DataFrame, reference: str, tmp: Pa
             "reason": "no reference: no champion yet, or the champion was trained on this very snapshot",
         }
     dest = tmp / "reference.parquet"
-    dvcstore.fetch(ctx.root, reference, dest, ctx.params.version.remote)
+    try:
+        dvcstore.fetch(ctx.root, reference, dest, ctx.params.version.remote)
+    except DataError as exc:
+        if cfg.action == "block":
+            raise DataError(f"validate: drift reference (the champion's training snapshot) unavailable: {exc}") from exc
+        logger.warning("validate: drift not measured, the champion's training snapshot is unavailable: %s", exc)
+        return {"status": "unavailable", "action": cfg.action, "reference_data_hash": reference, "reason": str(exc)}
     snapshot = pd.read_parquet(dest)
     if SOURCE_COLUMN in snapshot.columns:
         snapshot = snapshot[snapshot[SOURCE_COLUMN] == "main"]

@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from retrain.config import Params, load_params
-from retrain.errors import DataValidationError
+from retrain.errors import DataError, DataValidationError
 from retrain.ingest import SOURCE_COLUMN
 from retrain.schema import to_json
 from retrain.stages import SCHEMA, SNAPSHOT, VALIDATION
@@ -179,3 +179,19 @@ def test_drift_warns_or_blocks_against_a_reference_pulled_from_the_remote(projec
     assert "drift_psi failed (rule: PSI vs the champion's training snapshot <= 0.25" in age, age
     assert f"DVC md5 {md5}" in age and "action block" in age, age
     assert not (project / VALIDATION).exists()
+
+
+def test_an_unavailable_reference_warns_or_blocks(project: Path, caplog) -> None:
+    put_snapshot(project, adult_snapshot(project))
+    ctx, _ = context(project)
+    lost = "0" * 32
+    make_champion(project, ctx, lost)  # its snapshot is in neither the DVC cache nor the remote
+    ctx, _ = context(project)
+    with caplog.at_level(logging.WARNING, logger="tasks.validate"):
+        validate(ctx)
+    drift = json.loads((project / VALIDATION).read_text())["drift"]
+    assert drift["status"] == "unavailable" and lost in drift["reason"], drift
+    assert "drift not measured" in caplog.text
+    ctx, _ = context(project, ["validate.drift.action=block"])
+    with pytest.raises(DataError, match=r"drift reference .* unavailable"):
+        validate(ctx)

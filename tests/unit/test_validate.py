@@ -207,8 +207,10 @@ def test_text_in_a_numeric_column_names_the_values() -> None:
 
 def test_missing_and_extra_columns_fail_the_column_set() -> None:
     snapshot = adult_rows(1500).drop(columns=["fnlwgt"]).assign(zzz=1)
-    line = line_for(gate(snapshot), "ExpectTableColumnsToMatchSet", None)
+    report = gate(snapshot)
+    line = line_for(report, "ExpectTableColumnsToMatchSet", None)
     assert "missing ['fnlwgt'], unexpected ['zzz']" in line, line
+    assert len(failures(report)) == 1, f"checks that cannot run on the missing column add no lines: {lines(report)}"
 
 
 def test_split_columns_belong_to_the_column_set() -> None:
