@@ -74,9 +74,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                     ordered=ordered,
                 )
                 started = time.perf_counter()
-                model = build_model(
-                    family, result.best_params, dataset.numeric, dataset.categorical, task=dataset.task
-                )
+                model = build_model(family, result.best_params, dataset.numeric, dataset.categorical, task=dataset.task)
                 model.fit(X_train, y_train)
                 fit_seconds = time.perf_counter() - started
                 valid_score = score(metric, y_valid, pipeline_scores(model, X_valid, dataset.task, n_classes))
