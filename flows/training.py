@@ -10,7 +10,7 @@ from prefect.runtime import flow_run
 
 from retrain.config import load_params
 from retrain.paths import project_root, resolve
-from tasks.pipeline import PipelineRun
+from tasks.pipeline import PipelineRun, preflight
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ def retrain_flow(
     """Version, validate, split, train, gate and promote; returns the run summary."""
     root = project_root()
     params = load_params(resolve(root, params_file), overrides)
+    preflight(params)
     is_default = not overrides and resolve(root, params_file) == root / DEFAULT_PARAMS
     run = PipelineRun.start(root, params, trigger, commit_lineage=is_default, flow_run_id=flow_run.get_id())
     try:

@@ -140,6 +140,7 @@ class IngestConfig(Strict):
     na_values: tuple[str, ...] = ("?",)
     label_suffix: str = ""
     delimiter: str = Field(",", min_length=1, max_length=1)
+    drop_missing_target: bool = False
     max_bytes: int = Field(gt=0)
     sample_rows: int | None = Field(None, gt=0)
 

@@ -585,8 +585,19 @@ def ingest(
         frame = read.frame
         if dataset.is_classification:
             frame = normalise_labels(frame, dataset.target, cfg.label_suffix)
-        positions = sample_positions(len(frame), cfg.sample_rows, seed)
         origin = read.origin if read.origin is not None else np.zeros(len(frame), dtype=int)
+        if cfg.drop_missing_target:
+            labelled = frame[dataset.target].notna().to_numpy()
+            if not labelled.all():
+                logger.warning(
+                    "%s: dropped %d of %d rows with no %r (ingest.drop_missing_target)",
+                    source.spec,
+                    int((~labelled).sum()),
+                    len(frame),
+                    dataset.target,
+                )
+                frame, origin = frame[labelled], origin[labelled]
+        positions = sample_positions(len(frame), cfg.sample_rows, seed)
         if positions is not None:
             frame, origin = frame.iloc[positions], origin[positions]
         counts = np.bincount(origin, minlength=len(read.parts))

@@ -130,6 +130,14 @@ class PipelineRun:
         }
 
 
+def preflight(params: Params) -> None:
+    """Config problems that pydantic cannot see (a LightGBM objective that contradicts the task) fail at start."""
+    from retrain.models import check_family
+
+    for family in params.candidates.families:
+        check_family(family, params.dataset.task, getattr(params.candidates, family).fixed)
+
+
 def standalone_stage(root: Path, params: Params, name: str, trigger: str) -> StageOutcome:
     """Run one stage outside any flow (what `dvc repro` calls), tracked as its own MLflow run."""
     from tasks.runner import run_standalone

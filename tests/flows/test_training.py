@@ -106,3 +106,15 @@ def test_missing_target_column_exits_2_and_leaves_champion(project: Path, use_ro
 def test_bad_override_exits_2(project: Path, use_root) -> None:
     use_root(project)
     assert main(["run", "--set", "candidates.n_trails=3"]) == 2
+
+
+def test_objective_contradicting_the_task_fails_before_any_stage(project: Path, use_root, caplog) -> None:
+    use_root(project)
+    snapshot = project / "data/raw/snapshot.parquet"
+    stamp = lambda: snapshot.stat().st_mtime_ns if snapshot.exists() else None  # noqa: E731
+    before = stamp()
+    with caplog.at_level(logging.ERROR):
+        code = main(["run", "--set", "candidates.lightgbm.fixed.objective=regression"])
+    assert code == 2
+    assert "candidates.lightgbm.fixed.objective" in caplog.text, caplog.text[-1000:]
+    assert stamp() == before, "no stage ran"

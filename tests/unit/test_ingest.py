@@ -239,3 +239,15 @@ def test_snapshot_marks_sources(tmp_path: Path) -> None:
     assert list(result.snapshot["income"]) == ["<=50K", "<=50K", ">50K"], "label suffix stripped on every source"
     assert [p["snapshot_rows"] for p in result.provenance] == [[0, 2], [2, 3]], result.provenance
     assert set(build_snapshot({"main": result.snapshot.head(1)})[SOURCE_COLUMN]) == {"main"}
+
+
+def test_rows_without_a_label_are_dropped_only_when_asked(tmp_path: Path) -> None:
+    unlabelled = ROW.rsplit(",", 1)[0] + ",?"
+    adult_csv(tmp_path, [ROW, unlabelled, ROW_Q], "main.csv")
+    sources = {"main": parse_source("main.csv")}
+    kept = ingest(sources, tmp_path, PARAMS.ingest, PARAMS.dataset, seed=0).snapshot
+    assert kept["income"].isna().sum() == 1, "by default the missing label stays, for the gate to reject"
+    cfg = PARAMS.ingest.model_copy(update={"drop_missing_target": True})
+    dropped = ingest(sources, tmp_path, cfg, PARAMS.dataset, seed=0)
+    assert list(dropped.snapshot["income"]) == ["<=50K", ">50K"]
+    assert [p["snapshot_rows"] for p in dropped.provenance] == [[0, 2]], "provenance counts the kept rows"
