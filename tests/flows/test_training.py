@@ -58,6 +58,9 @@ def test_first_run_promotes_a_champion_with_lineage(project: Path, use_root, cap
     assert record["decision"] == "promote" and record["data_hash"] == data_hash
     assert {g["name"] for g in record["gates"]} >= {"beats_baselines", "no_regression_vs_champion"}
     assert (project.parent / "proj-remote" / "files/md5" / data_hash[:2] / data_hash[2:]).is_file(), "pushed to remote"
+    rows = pd.read_parquet(project / "data/processed/test.parquet").head(5).drop(columns=["income"])
+    scores = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(rows)
+    assert len(scores) == 5 and all(0.0 <= s <= 1.0 for s in scores), "served P(>50K) for raw rows"
     dvc_status = subprocess.run(["dvc", "status", "--json"], cwd=project, capture_output=True, text=True, check=True)
     assert json.loads(dvc_status.stdout) == {}, f"dvc status not clean after the flow: {dvc_status.stdout}"
 
