@@ -7,6 +7,7 @@ only when the DVC cache no longer holds them.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,29 +22,19 @@ from prefect.filesystems import LocalFileSystem
 from prefect.results import ResultStore
 from prefect.serializers import JSONSerializer
 
+from retrain.stages import get_stage
 from tasks import dvcstore
-from tasks.baselines import baselines_task
-from tasks.candidates import candidates_task
-from tasks.evaluate import evaluate_task
-from tasks.ingest import ingest_task
-from tasks.promote import promote_task
 from tasks.runtime import CACHE_DIR, StageContext
-from tasks.split import split_task
-from tasks.validate import validate_task
-from tasks.version import version_task
 
 logger = logging.getLogger(__name__)
 
-TASKS: dict[str, Task[..., dict[str, Any]]] = {
-    "ingest": ingest_task,
-    "version": version_task,
-    "validate": validate_task,
-    "split": split_task,
-    "baselines": baselines_task,
-    "candidates": candidates_task,
-    "evaluate": evaluate_task,
-    "promote": promote_task,
-}
+
+def stage_task(name: str) -> Task[..., dict[str, Any]]:
+    """The `<name>_task` of `tasks/<name>.py`, imported on demand: `retrain stage X` (one process per
+    stage under `dvc repro`) then pays only for the libraries its own stage uses."""
+    get_stage(name)
+    module = importlib.import_module(f"tasks.{name}")
+    return getattr(module, f"{name}_task")
 
 
 @dataclass
@@ -77,7 +68,7 @@ def cache_storage(root: Path) -> Path:
 
 def configured(name: str, root: Path, refresh: bool = False) -> Task[..., dict[str, Any]]:
     """The stage task with content-keyed caching and JSON results (promote is never cached)."""
-    task = TASKS[name]
+    task = stage_task(name)
     if name == "promote":
         return task.with_options(cache_policy=NO_CACHE, persist_result=False)
     return task.with_options(
@@ -149,7 +140,7 @@ def run_in_flow(ctx: StageContext) -> StageOutcome:
 def run_standalone(ctx: StageContext, fn: Callable[[StageContext], dict[str, Any]] | None = None) -> StageOutcome:
     """Run a stage without a flow (for `dvc repro`) and share its result with the Prefect cache."""
     started = time.perf_counter()
-    result = (fn or TASKS[ctx.stage].fn)(ctx)
+    result = (fn or stage_task(ctx.stage).fn)(ctx)
     if ctx.stage != "promote":
         cache_outputs(ctx, result)
         key = ctx.cache_key()
