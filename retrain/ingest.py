@@ -187,8 +187,8 @@ class CsvLayout:
 def open_text(path: Path) -> Any:
     """A text handle on a CSV file, decompressing .gz."""
     if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return path.open("r", encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return path.open("r", encoding="utf-8-sig", newline="")
 
 
 def _counted(lines: Iterable[str], where: Path, max_bytes: int) -> Iterator[str]:
@@ -377,7 +377,7 @@ def read_csv(
             keep_default_na=False,
             skipinitialspace=True,
             dtype=text,
-            encoding="utf-8",
+            encoding="utf-8-sig",
         )
     except (ValueError, pd.errors.ParserError, OSError) as exc:
         raise DataError(f"{path}: cannot be parsed: {exc}") from exc

@@ -251,3 +251,11 @@ def test_rows_without_a_label_are_dropped_only_when_asked(tmp_path: Path) -> Non
     dropped = ingest(sources, tmp_path, cfg, PARAMS.dataset, seed=0)
     assert list(dropped.snapshot["income"]) == ["<=50K", ">50K"]
     assert [p["snapshot_rows"] for p in dropped.provenance] == [[0, 2]], "provenance counts the kept rows"
+
+
+def test_utf8_bom_and_crlf_line_ends_read_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes(("\ufeff" + "\r\n".join([HEADER, ROW, ROW_Q]) + "\r\n").encode("utf-8"))
+    frame = read(path)
+    assert list(frame.columns)[0] == "age", "a spreadsheet's byte-order mark is not part of the first column name"
+    assert list(frame["income"]) == ["<=50K", ">50K"]
