@@ -10,8 +10,11 @@ records the task and labels; `load_predictor` reads them back without executing 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -259,6 +262,29 @@ class PipelinePredictor:
         return pipeline_scores(self.pipeline, X[self.features], self.task, len(self.labels or ()) or 2)
 
 
+def canonical_skops(blob: bytes) -> bytes:
+    """The same skops archive with stable member names and timestamps, so equal models give equal bytes.
+
+    skops names array files and objects after `id()` and stamps the current time; all would change
+    the file's md5 (and dvc.lock, and the model hash) on every refit of an identical model.
+    """
+    with zipfile.ZipFile(io.BytesIO(blob)) as source:
+        schema = source.read("schema.json").decode()
+        members = [n for n in source.namelist() if n != "schema.json"]
+        order = sorted(members, key=lambda n: (schema.find(f'"{n}"'), n))
+        names = {old: f"{i:05d}{Path(old).suffix}" for i, old in enumerate(order)}
+        for old, new in names.items():
+            schema = schema.replace(f'"{old}"', f'"{new}"')
+        ids: dict[str, str] = {}
+        schema = re.sub(r'"__id__": (\d+)', lambda m: f'"__id__": {ids.setdefault(m.group(1), str(len(ids)))}', schema)
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as target:
+            for old in order:
+                target.writestr(zipfile.ZipInfo(names[old], date_time=(1980, 1, 1, 0, 0, 0)), source.read(old))
+            target.writestr(zipfile.ZipInfo("schema.json", date_time=(1980, 1, 1, 0, 0, 0)), schema)
+    return out.getvalue()
+
+
 def save_model(
     pipeline: Pipeline,
     family: str,
@@ -293,7 +319,7 @@ def save_model(
         written.append(booster_path)
     else:
         pipe_path = directory / PIPELINE
-        pipe_path.write_bytes(sio.dumps(pipeline))
+        pipe_path.write_bytes(canonical_skops(sio.dumps(pipeline)))
         manifest.update(format="skops")
         written.append(pipe_path)
     manifest_path = directory / MANIFEST

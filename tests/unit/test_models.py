@@ -88,6 +88,8 @@ def test_same_data_gives_the_same_model(tmp_path: Path) -> None:
             scores.append(load_predictor(tmp_path / f"{family}{i}").predict_scores(X))
         texts.append((tmp_path / f"lightgbm{i}" / BOOSTER).read_bytes())
     assert texts[0] == texts[1], "LightGBM model text must be byte-identical for identical fits"
+    skops = [(tmp_path / f"logreg{i}" / PIPELINE).read_bytes() for i in range(2)]
+    assert skops[0] == skops[1], "skops archives of identical fits must be byte-identical (stable names, no clock)"
     assert np.array_equal(scores[0], scores[2]) and np.array_equal(scores[1], scores[3]), "identical scores"
 
 
