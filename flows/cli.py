@@ -140,7 +140,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     """Run one stage on files; dvc.yaml calls this for each stage."""
     from retrain.config import load_params
     from retrain.paths import project_root, resolve
-    from retrain.stages import get_stage
+    from retrain.stages import GATE_RECORD, get_stage
     from tasks.pipeline import standalone_stage
 
     root = project_root()
@@ -149,6 +149,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
     trigger = "dvc" if os.environ.get("DVC_STAGE") else os.environ.get("RETRAIN_TRIGGER", "cli")
     outcome = standalone_stage(root, params, args.name, trigger)
     logger.info("stage %s finished in %.2fs", outcome.name, outcome.seconds)
+    if outcome.result.get("info", {}).get("action") == "rejected":
+        logger.error("promote: the candidate failed a gate; champion unchanged (see %s)", GATE_RECORD)
+        return EXIT_REJECTED
     return EXIT_OK
 
 

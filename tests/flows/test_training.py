@@ -106,6 +106,17 @@ def test_missing_target_column_exits_2_and_leaves_champion(project: Path, use_ro
     assert len(client(project).search_model_versions(f"name = '{MODEL}'")) == n_versions
 
 
+def test_gate_rejection_exits_3_and_leaves_champion(project: Path, use_root, capsys) -> None:
+    use_root(project)
+    before = client(project).get_model_version_by_alias(MODEL, "champion").version
+    code, summary = run_cli(["--set", "evaluate.baseline_margin=0.9"], capsys)
+    assert code == 3, summary
+    assert summary["decision"] == "reject" and "beats_baselines" in summary["failed_gates"], summary
+    assert client(project).get_model_version_by_alias(MODEL, "champion").version == before
+    assert main(["stage", "promote"]) == 3, "`retrain stage promote` (dvc repro) also exits 3 on a rejected record"
+    assert client(project).get_model_version_by_alias(MODEL, "champion").version == before
+
+
 def test_bad_override_exits_2(project: Path, use_root) -> None:
     use_root(project)
     assert main(["run", "--set", "candidates.n_trails=3"]) == 2
