@@ -191,10 +191,29 @@ class SplitConfig(Strict):
         return self
 
 
-class BaselinesConfig(Strict):
-    """Which non-ML reference models every candidate must beat."""
+class HeuristicConfig(Strict):
+    """The non-ML rule baseline: per-category class shares / mean target of one column, or a numeric threshold.
 
-    strategies: tuple[Literal["most_frequent", "stratified", "uniform", "mean", "median"], ...] = Field(min_length=1)
+    A categorical `column` groups by its values; a numeric one splits at `threshold` (None: the training median).
+    """
+
+    column: str = Field(min_length=1)
+    threshold: float | None = None
+
+
+class BaselinesConfig(Strict):
+    """Which non-ML reference models every candidate must beat (`heuristic` needs `heuristic.column`)."""
+
+    strategies: tuple[Literal["most_frequent", "stratified", "uniform", "mean", "median", "heuristic"], ...] = Field(
+        min_length=1
+    )
+    heuristic: HeuristicConfig | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> BaselinesConfig:
+        if "heuristic" in self.strategies and self.heuristic is None:
+            raise ValueError("strategy 'heuristic' needs baselines.heuristic: {column: <feature>}")
+        return self
 
 
 class ParamRange(Strict):
@@ -216,21 +235,48 @@ class ParamRange(Strict):
 
 
 class FamilyConfig(Strict):
-    """A model family: fixed hyperparameters plus the space the search explores."""
+    """A model family: fixed hyperparameters, the space the search explores and its own budget.
+
+    `n_trials` (None: `candidates.n_trials`) and `timeout_seconds` (None: no limit; a run cut by the
+    clock is not reproducible) bound the search; `early_stopping_rounds` (LightGBM only) stops boosting
+    inside each CV fold when the fold's validation loss stops improving.
+    """
 
     fixed: dict[str, Any] = {}
     space: dict[str, ParamRange] = {}
+    n_trials: int | None = Field(default=None, ge=1)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    early_stopping_rounds: int | None = Field(default=None, ge=1)
 
 
 class CandidatesConfig(Strict):
-    """Which families are tuned and how hard."""
+    """Which families are tuned and how hard; `parallel_trials` > 1 is faster but not reproducible (TPE).
 
-    families: tuple[Literal["lightgbm", "logreg", "ridge"], ...] = Field(min_length=1)
+    `storage`: None keeps Optuna studies in memory; `journal:<file>` appends them to a journal file
+    (relative to the project root); a URL with `://` is an Optuna RDB storage.
+    """
+
+    families: tuple[Literal["lightgbm", "hgb", "logreg", "ridge", "stacking"], ...] = Field(min_length=1)
     cv_folds: int = Field(ge=2)
     n_trials: int = Field(ge=1)
+    parallel_trials: int = Field(default=1, ge=1)
+    storage: str | None = None
     lightgbm: FamilyConfig = FamilyConfig()
+    hgb: FamilyConfig = FamilyConfig()
     logreg: FamilyConfig = FamilyConfig()
     ridge: FamilyConfig = FamilyConfig()
+    stacking: FamilyConfig = FamilyConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> CandidatesConfig:
+        bases = [f for f in self.families if f != "stacking"]
+        if "stacking" in self.families and len(set(bases)) < 2:
+            raise ValueError(f"family 'stacking' needs at least two other families to stack, got {bases}")
+        if self.storage is not None and not (self.storage.startswith("journal:") or "://" in self.storage):
+            raise ValueError(
+                f"storage {self.storage!r}: use null (in memory), 'journal:<file>' or an RDB URL (sqlite:///x.db)"
+            )
+        return self
 
 
 class EvaluateConfig(Strict):
@@ -279,7 +325,7 @@ class Params(Strict):
             raise ValueError(
                 f"evaluate.metric {self.evaluate.metric!r} does not fit task {task!r}; use one of {TASK_METRICS[task]}"
             )
-        classification_only = ("logreg", "most_frequent", "stratified", "uniform")
+        classification_only = ("logreg", "most_frequent")
         wrong = classification_only if task == "regression" else ("ridge", "mean", "median")
         bad = [f for f in (*self.candidates.families, *self.baselines.strategies) if f in wrong]
         if bad:

@@ -102,7 +102,7 @@ STAGES: tuple[Stage, ...] = (
         "baselines",
         deps=(SPLITS["train"], SPLITS["valid"]),
         outs=(BASELINES,),
-        params=("baselines.strategies", *_DATASET, "evaluate.metric", "seed"),
+        params=("baselines", *_DATASET, "evaluate.metric", "seed"),
         code=_code("baselines", "baselines", "metrics"),
     ),
     Stage(

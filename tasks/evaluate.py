@@ -85,7 +85,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         candidate_score = score(metric, y_test, candidate_scores)
 
         baselines = [from_dict(b) for b in read_json(ctx.path(BASELINES))["baselines"]]
-        baseline_scores = {b.strategy: score(metric, y_test, b.predict_scores(len(y_test))) for b in baselines}
+        baseline_scores = {b.strategy: score(metric, y_test, b.predict_scores(X_test)) for b in baselines}
 
         champion = registry.champion(ctx.tracking.tracking_uri, ctx.params.promote.model_name, ctx.params.promote.alias)
         champion_score = None
