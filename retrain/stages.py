@@ -117,7 +117,7 @@ STAGES: tuple[Stage, ...] = (
             "evaluate.metric",
             "seed",
         ),
-        code=_code("candidates", "models", "tuning", "metrics"),
+        code=(*_code("candidates", "models", "tuning", "metrics", "diagnostics"), "tasks/tracking.py"),
     ),
     Stage(
         "evaluate",

@@ -16,6 +16,7 @@ from retrain.models import build_model, check_family, pipeline_scores, save_mode
 from retrain.stages import CANDIDATES, SPLITS
 from retrain.tuning import tune
 from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_json
+from tasks.tracking import log_candidate_diagnostics
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
                     }
                 )
                 mlflow.log_dict({"direction": result.direction, "trials": result.trials}, "trials.json")
+                log_candidate_diagnostics(
+                    ctx, family, model, X_train, y_train, X_valid, y_valid, fit_seconds=fit_seconds
+                )
                 summary[family] = {
                     "cv_score": result.cv_score,
                     "valid_score": valid_score,

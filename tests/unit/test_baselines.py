@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from retrain.baselines import fit_baselines, from_dict
+from retrain.baselines import families_vs_baselines, fit_baselines, from_dict
 from retrain.metrics import encode_labels, score
 
 STRATEGIES = {
@@ -80,3 +81,64 @@ def test_encode_labels() -> None:
 def test_unknown_strategy_fails(task: str) -> None:
     with pytest.raises(ValueError, match="unknown baseline"):
         fit_baselines(np.array([0, 1, 2]), ("psychic",), seed=0, task=task, n_classes=3)[0].predict_scores(2)
+
+
+def test_regression_random_draws_follow_the_training_targets() -> None:
+    y = targets("regression", n=20000)
+    fitted = {b.strategy: b for b in fit_baselines(y, ("stratified", "uniform"), seed=3, task="regression")}
+    drawn = fitted["stratified"].predict_scores(20000)
+    assert abs(np.median(drawn) - np.median(y)) < 0.05 * np.median(y), "stratified draws keep the median"
+    assert abs(np.quantile(drawn, 0.9) - np.quantile(y, 0.9)) < 0.1 * np.quantile(y, 0.9), "and the tail"
+    uniform = fitted["uniform"].predict_scores(1000)
+    assert uniform.min() >= y.min() and uniform.max() <= y.max(), "uniform draws stay in the training range"
+    assert np.array_equal(drawn, fitted["stratified"].predict_scores(20000)), "seeded: re-scoring is exact"
+    assert score("r2", y, drawn) < 0, "a random draw is worse than the mean"
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_heuristic_uses_per_category_shares_and_round_trips(task: str) -> None:
+    rng = np.random.default_rng(0)
+    column = pd.Series(rng.choice(["a", "b", "c"], size=3000))
+    n_classes = 3 if task == "multiclass" else 2
+    if task == "regression":
+        y = np.where(column == "a", 10.0, 0.0) + rng.normal(size=3000)
+    else:
+        codes = {"a": n_classes - 1, "b": n_classes - 2, "c": 0}
+        y = column.map(codes).to_numpy() * (rng.random(3000) < 0.9)
+    (baseline,) = fit_baselines(
+        y, ("heuristic",), seed=0, task=task, n_classes=n_classes, heuristic=("col", column, None)
+    )
+    rows = pd.DataFrame({"col": ["a", "b", "zzz", None]})
+    scores = baseline.predict_scores(rows)
+    again = from_dict(json.loads(json.dumps(baseline.to_dict())))
+    assert np.array_equal(again.predict_scores(rows), scores), "JSON round trip re-scores identically"
+    if task == "regression":
+        assert scores[0] == pytest.approx(y[column == "a"].mean()), "the mean target of the category"
+        assert scores[2] == pytest.approx(y.mean()) and scores[3] == pytest.approx(y.mean()), "unseen/missing: prior"
+    elif task == "binary":
+        assert scores[0] == pytest.approx(y[column == "a"].mean()) and scores[1] == 0.0, scores
+    else:
+        assert scores.shape == (4, 3) and np.allclose(scores.sum(axis=1), 1.0), scores
+    full = pd.DataFrame({"col": column})
+    metric = {"binary": "roc_auc", "multiclass": "roc_auc_ovr", "regression": "r2"}[task]
+    floor = 0.8 if task != "regression" else 0.9
+    assert score(metric, y, baseline.predict_scores(full)) > floor, "it learns the rule"
+    with pytest.raises(ValueError, match="needs column 'col'"):
+        baseline.predict_scores(len(rows))
+
+
+def test_heuristic_threshold_on_a_numeric_column() -> None:
+    x = pd.Series(np.arange(1000, dtype=float))
+    y = (x > 600).astype(int).to_numpy()
+    (baseline,) = fit_baselines(y, ("heuristic",), seed=0, heuristic=("x", x, 500.0))
+    scores = baseline.predict_scores(pd.DataFrame({"x": [10.0, 900.0, np.nan]}))
+    assert scores[0] == 0.0 and scores[1] == pytest.approx(399 / 499), scores
+    assert scores[2] == pytest.approx(y.mean()), "missing values get the training prior"
+
+
+def test_families_vs_baselines_marks_who_beats_the_best_baseline() -> None:
+    candidates = {"metric": "log_loss", "families": {"good": {"valid_score": 0.3}, "bad": {"valid_score": 0.5}}}
+    baselines = {"valid_scores": {"most_frequent": 0.6, "heuristic": 0.45, "uniform": float("nan")}}
+    verdict = families_vs_baselines(candidates, baselines)
+    assert verdict["good"]["beats_baselines"] and not verdict["bad"]["beats_baselines"], verdict
+    assert verdict["bad"]["best_baseline"] == "heuristic", "lower log loss is better; NaN baselines are ignored"

@@ -1,0 +1,115 @@
+"""Diagnostics are computed right: staged losses end at the model's loss, curves and tables have the promised shape."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from retrain import diagnostics as diag
+from retrain.metrics import score
+from retrain.models import build_model, pipeline_scores
+
+NUMERIC, CATEGORICAL = ["x1", "x2"], ["c"]
+
+
+def data(task: str, n: int = 1200, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame({"x1": rng.normal(size=n), "x2": rng.normal(size=n), "c": rng.choice(list("abcd"), size=n)})
+    X.loc[rng.random(n) < 0.05, "x2"] = np.nan
+    signal = 1.5 * X["x1"].to_numpy() + (X["c"] == "a").to_numpy() + rng.normal(scale=0.7, size=n)
+    if task == "regression":
+        return X, signal
+    if task == "binary":
+        return X, (signal > 0.3).astype(int)
+    return X, np.digitize(signal, [-0.5, 0.8])
+
+
+def fitted(family: str, task: str) -> tuple:
+    X, y = data(task)
+    params = {"n_estimators": 40, "num_leaves": 7, "verbose": -1, "n_jobs": 1} if family == "lightgbm" else {}
+    model = build_model(family, params, NUMERIC, CATEGORICAL, task=task).fit(X.iloc[:900], y[:900])
+    return model, X.iloc[:900], y[:900], X.iloc[900:], y[900:]
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_boosting_curve_ends_at_the_models_own_loss(task: str) -> None:
+    model, X_train, y_train, X_valid, y_valid = fitted("lightgbm", task)
+    k = 3 if task == "multiclass" else 2
+    curve = diag.boosting_curve(model, {"train": (X_train, y_train), "valid": (X_valid, y_valid)}, task, k)
+    assert curve["steps"] == list(range(1, 41)), "every round when there are fewer than MAX_CURVE_POINTS"
+    final = score(curve["loss"], y_valid, pipeline_scores(model, X_valid, task, k))
+    assert curve["valid"][-1] == pytest.approx(final, rel=1e-9), "the last staged loss is the fitted model's loss"
+    assert all(b <= a + 1e-9 for a, b in itertools.pairwise(curve["train"])), "train loss falls round by round"
+    assert curve["valid"][-1] < curve["valid"][0], "valid loss improves over the rounds"
+
+
+def test_split_metrics_cover_every_task_metric() -> None:
+    y = np.array([0, 1, 1, 0, 1])
+    metrics = diag.split_metrics("binary", y, np.array([0.1, 0.8, 0.7, 0.3, 0.4]))
+    assert set(metrics) == {"roc_auc", "log_loss", "accuracy", "balanced_accuracy"}
+    assert metrics["roc_auc"] == 1.0 and metrics["accuracy"] == 0.8, metrics
+
+
+@pytest.mark.parametrize("family", ["lightgbm", "logreg"])
+def test_learning_curve_sizes_grow_and_end_at_full_train(family: str) -> None:
+    model, X_train, y_train, X_valid, y_valid = fitted(family, "binary")
+    curve = diag.learning_curve(
+        model, X_train, y_train, X_valid, y_valid, task="binary", n_classes=2, metric="roc_auc", seed=1
+    )
+    assert curve["sizes"][0] == diag.MIN_LEARNING_ROWS and curve["sizes"][-1] == 900, curve["sizes"]
+    assert curve["sizes"] == sorted(set(curve["sizes"])), "strictly increasing sizes"
+    full = score("roc_auc", y_valid, pipeline_scores(model, X_valid, "binary", 2))
+    assert curve["valid"][-1] == pytest.approx(full), "the full-size point is the fitted model, not a refit"
+    assert curve["valid"][-1] > curve["valid"][0], "more data helps on this signal"
+    again = diag.learning_curve(
+        model, X_train, y_train, X_valid, y_valid, task="binary", n_classes=2, metric="roc_auc", seed=1
+    )
+    assert again["valid"] == curve["valid"], "seeded: the same subsets give the same curve"
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_sample_table_and_figures(task: str) -> None:
+    model, _, _, X_valid, y_valid = fitted("lightgbm", task)
+    k = 3 if task == "multiclass" else 2
+    labels = None if task == "regression" else ["lo", "mid", "hi"][:k]
+    scores = pipeline_scores(model, X_valid, task, k)
+    table = diag.sample_table(X_valid, y_valid, scores, task=task, labels=labels, n_rows=50, seed=2)
+    extra = ["label", "prediction", "residual"] if task == "regression" else ["label", "prediction", "probability"]
+    assert len(table) == 50 and set(extra) <= set(table.columns), table.columns
+    assert list(table.columns[:3]) == ["x1", "x2", "c"], "the feature columns come first"
+    if task == "regression":
+        figures = diag.regression_figures(y_valid, scores)
+        assert set(figures) == {"predicted_vs_actual", "residuals"}
+    else:
+        assert set(table["label"]) <= set(labels), "labels are shown as names"
+        figures = diag.classification_figures(y_valid, scores, labels)
+        assert set(figures) == {"roc", "pr", "confusion_matrix", "calibration"}
+        n_roc = len(figures["roc"].axes[0].lines)
+        assert n_roc == (2 if task == "binary" else 1 + k + 1), (
+            "binary: one curve + chance; multiclass: micro + per class"
+        )
+    assert all(isinstance(f, Figure) for f in figures.values())
+
+
+def test_importance_is_gain_for_trees_and_permutation_otherwise() -> None:
+    for family in ("lightgbm", "logreg"):
+        model, _, _, X_valid, y_valid = fitted(family, "binary")
+        kind, importance = diag.feature_importance(
+            model,
+            [*NUMERIC, *CATEGORICAL],
+            X_valid,
+            y_valid,
+            lambda X, m=model: pipeline_scores(m, X, "binary", 2),
+            metric="roc_auc",
+            greater_is_better=True,
+            seed=0,
+        )
+        assert kind == ("gain" if family == "lightgbm" else "permutation"), family
+        assert set(importance) == {"x1", "x2", "c"}, importance
+        assert max(importance, key=importance.get) == "x1", f"{family}: x1 carries the signal, {importance}"
+        assert importance["x2"] < importance["x1"] / 5, f"{family}: x2 is noise, {importance}"
+        assert isinstance(diag.importance_figure(kind, importance), Figure)
