@@ -121,6 +121,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     lines = ["", f"{'stage':<12}{'status':<8}{'seconds':>8}"]
     lines += [f"{s['name']:<12}{s['status']:<8}{s['seconds']:>8.2f}" for s in summary["stages"]]
     lines.append("")
+    for family, v in summary.get("families", {}).items():
+        verdict = "beats" if v["beats_baselines"] else "FAILS TO BEAT"
+        lines.append(f"family {family:<12} valid {v['valid_score']:.4f}  {verdict} best baseline {v['best_baseline']}")
     for gate in summary["gates"]:
         lines.append(f"gate {gate['name']:<28} {'PASS' if gate['passed'] else 'FAIL'}  {gate['reason']}")
     lines.append(

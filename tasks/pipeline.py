@@ -8,8 +8,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from retrain.baselines import families_vs_baselines
 from retrain.config import Params
-from retrain.stages import CANDIDATES, GATE_RECORD, SNAPSHOT
+from retrain.stages import BASELINES, CANDIDATES, GATE_RECORD, SNAPSHOT
 from tasks import dvcstore, registry
 from tasks.runner import StageOutcome, end_parent_run, run_in_flow, set_parent_tag, start_parent_run
 from tasks.runtime import (
@@ -112,10 +113,17 @@ class PipelineRun:
         promote = by_name.get("promote", {}).get("info", {})
         record_path = self.root / GATE_RECORD
         gates = read_json(record_path)["gates"] if "evaluate" in by_name and record_path.exists() else []
+        ran = {"baselines", "candidates"} <= set(by_name)
+        families = (
+            families_vs_baselines(read_json(self.root / CANDIDATES / "summary.json"), read_json(self.root / BASELINES))
+            if ran and (self.root / CANDIDATES / "summary.json").exists() and (self.root / BASELINES).exists()
+            else {}
+        )
         return {
             "stages": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 3)} for s in self.stages],
             "metrics": {s.name: s.result.get("metrics", {}) for s in self.stages},
             "gates": gates,
+            "families": families,
             "family": evaluate.get("family"),
             "decision": evaluate.get("decision"),
             "failed_gates": evaluate.get("failed_gates", []),
