@@ -235,21 +235,48 @@ class ParamRange(Strict):
 
 
 class FamilyConfig(Strict):
-    """A model family: fixed hyperparameters plus the space the search explores."""
+    """A model family: fixed hyperparameters, the space the search explores and its own budget.
+
+    `n_trials` (None: `candidates.n_trials`) and `timeout_seconds` (None: no limit; a run cut by the
+    clock is not reproducible) bound the search; `early_stopping_rounds` (LightGBM only) stops boosting
+    inside each CV fold when the fold's validation loss stops improving.
+    """
 
     fixed: dict[str, Any] = {}
     space: dict[str, ParamRange] = {}
+    n_trials: int | None = Field(default=None, ge=1)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    early_stopping_rounds: int | None = Field(default=None, ge=1)
 
 
 class CandidatesConfig(Strict):
-    """Which families are tuned and how hard."""
+    """Which families are tuned and how hard; `parallel_trials` > 1 is faster but not reproducible (TPE).
 
-    families: tuple[Literal["lightgbm", "logreg", "ridge"], ...] = Field(min_length=1)
+    `storage`: None keeps Optuna studies in memory; `journal:<file>` appends them to a journal file
+    (relative to the project root); a URL with `://` is an Optuna RDB storage.
+    """
+
+    families: tuple[Literal["lightgbm", "hgb", "logreg", "ridge", "stacking"], ...] = Field(min_length=1)
     cv_folds: int = Field(ge=2)
     n_trials: int = Field(ge=1)
+    parallel_trials: int = Field(default=1, ge=1)
+    storage: str | None = None
     lightgbm: FamilyConfig = FamilyConfig()
+    hgb: FamilyConfig = FamilyConfig()
     logreg: FamilyConfig = FamilyConfig()
     ridge: FamilyConfig = FamilyConfig()
+    stacking: FamilyConfig = FamilyConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> CandidatesConfig:
+        bases = [f for f in self.families if f != "stacking"]
+        if "stacking" in self.families and len(set(bases)) < 2:
+            raise ValueError(f"family 'stacking' needs at least two other families to stack, got {bases}")
+        if self.storage is not None and not (self.storage.startswith("journal:") or "://" in self.storage):
+            raise ValueError(
+                f"storage {self.storage!r}: use null (in memory), 'journal:<file>' or an RDB URL (sqlite:///x.db)"
+            )
+        return self
 
 
 class EvaluateConfig(Strict):

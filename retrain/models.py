@@ -16,6 +16,7 @@ import logging
 import re
 import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,10 +26,11 @@ import pandas as pd
 import skops.io as sio
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from retrain.errors import ConfigError
 
@@ -38,13 +40,29 @@ MANIFEST = "model.json"
 BOOSTER = "booster.txt"
 PIPELINE = "pipeline.skops"
 
-SKOPS_TRUSTED_TYPES: frozenset[str] = frozenset({"numpy.dtype"})
-"""Types skops may build beyond its own safe defaults; anything else in a file is refused."""
+STACKING = "stacking.json"
+
+SKOPS_TRUSTED_TYPES: frozenset[str] = frozenset(
+    {
+        "numpy.dtype",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "functools.partial",
+        "sklearn.utils.validation.check_array",
+    }
+)
+"""Types skops may build beyond its own safe defaults; anything else in a file is refused.
+
+HistGradientBoosting needs its TreePredictor and, for native categorical features, the
+`partial(check_array)` its internal ColumnTransformer holds (partial is safe here: skops still checks
+the wrapped function against this list).
+"""
 
 FAMILY_TASKS: dict[str, tuple[str, ...]] = {
     "lightgbm": ("binary", "multiclass", "regression"),
+    "hgb": ("binary", "multiclass", "regression"),
     "logreg": ("binary", "multiclass"),
     "ridge": ("regression",),
+    "stacking": ("binary", "multiclass", "regression"),
 }
 """Which tasks each model family can be trained for."""
 
@@ -163,6 +181,29 @@ def _linear_prep(numeric: list[str], categorical: list[str]) -> ColumnTransforme
     )
 
 
+HGB_MAX_CATEGORIES = 250
+"""Categories kept per column for HistGradientBoosting (it bins at most 255); rarer ones share one code."""
+
+
+def _hgb_prep(numeric: list[str], categorical: list[str]) -> ColumnTransformer:
+    """Numbers as they are, categories as ordinal codes (missing and unseen values become NaN)."""
+    return ColumnTransformer(
+        [
+            ("num", "passthrough", numeric),
+            (
+                "cat",
+                OrdinalEncoder(
+                    handle_unknown="use_encoded_value",
+                    unknown_value=np.nan,
+                    encoded_missing_value=np.nan,
+                    max_categories=HGB_MAX_CATEGORIES,
+                ),
+                categorical,
+            ),
+        ]
+    )
+
+
 def build_model(
     family: str, params: Mapping[str, Any], numeric: list[str], categorical: list[str], *, task: str = "binary"
 ) -> Pipeline:
@@ -175,6 +216,13 @@ def build_model(
             else lgb.LGBMClassifier(**lightgbm_params(task, params))
         )
         return Pipeline([("prep", CategoryEncoder(numeric, categorical)), ("model", estimator)])
+    if family == "hgb":
+        hgb = HistGradientBoostingRegressor if task == "regression" else HistGradientBoostingClassifier
+        mask = [False] * len(numeric) + [True] * len(categorical)
+        estimator = hgb(**{"categorical_features": mask, **params})
+        return Pipeline([("prep", _hgb_prep(numeric, categorical)), ("model", estimator)])
+    if family == "stacking":
+        raise ValueError("stacking is assembled from tuned base models (fit_stacking), not built from params")
     estimator = LogisticRegression(**params) if family == "logreg" else Ridge(**params)
     return Pipeline([("prep", _linear_prep(numeric, categorical)), ("model", estimator)])
 
@@ -262,6 +310,112 @@ class PipelinePredictor:
         return pipeline_scores(self.pipeline, X[self.features], self.task, len(self.labels or ()) or 2)
 
 
+STACK_EPS = 1e-6
+"""Probabilities are clipped to [eps, 1 - eps] before taking logits / logs for the meta-learner."""
+
+
+def stack_features(base_scores: Sequence[np.ndarray], task: str) -> np.ndarray:
+    """Meta-learner inputs: each base's logit (binary), log-probabilities (multiclass) or prediction."""
+    columns = []
+    for scores in base_scores:
+        values = np.asarray(scores, dtype=float)
+        if task == "regression":
+            columns.append(values.reshape(-1, 1))
+        elif task == "binary":
+            p = np.clip(values, STACK_EPS, 1.0 - STACK_EPS)
+            columns.append(np.log(p / (1.0 - p)).reshape(-1, 1))
+        else:
+            columns.append(np.log(np.clip(values, STACK_EPS, 1.0)))
+    return np.hstack(columns)
+
+
+@dataclass(frozen=True)
+class MetaLearner:
+    """A stacking meta-learner as plain numbers (logistic / ridge coefficients), so it is saved as JSON."""
+
+    task: str
+    bases: tuple[str, ...]
+    coef: tuple[tuple[float, ...], ...]
+    intercept: tuple[float, ...]
+    classes: tuple[int, ...] | None = None
+
+    def predict(self, features: np.ndarray, n_classes: int) -> np.ndarray:
+        """Scores in the task's shape from `stack_features` of the bases (same order as `bases`)."""
+        z = features @ np.asarray(self.coef, dtype=float).T + np.asarray(self.intercept, dtype=float)
+        if self.task == "regression":
+            return z[:, 0]
+        if z.shape[1] == 1:
+            positive = 1.0 / (1.0 + np.exp(-z[:, 0]))
+            proba = np.column_stack([1.0 - positive, positive])
+        else:
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            proba = e / e.sum(axis=1, keepdims=True)
+        return task_scores(proba, self.task, list(self.classes or (0, 1)), n_classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (what `stacking.json` holds)."""
+        return {
+            "task": self.task,
+            "bases": list(self.bases),
+            "coef": [list(r) for r in self.coef],
+            "intercept": list(self.intercept),
+            "classes": None if self.classes is None else list(self.classes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MetaLearner:
+        """Inverse of `to_dict`."""
+        classes = data.get("classes")
+        return cls(
+            task=data["task"],
+            bases=tuple(data["bases"]),
+            coef=tuple(tuple(float(v) for v in row) for row in data["coef"]),
+            intercept=tuple(float(v) for v in data["intercept"]),
+            classes=None if classes is None else tuple(int(c) for c in classes),
+        )
+
+
+def fit_meta(
+    bases: Sequence[str],
+    base_scores: Sequence[np.ndarray],
+    y: np.ndarray,
+    task: str,
+    params: Mapping[str, Any] | None = None,
+) -> MetaLearner:
+    """Fit the meta-learner (LogisticRegression / Ridge, `candidates.stacking.fixed`) on out-of-fold scores."""
+    features = stack_features(base_scores, task)
+    options = {k: v for k, v in (params or {}).items() if k != "random_state"}
+    if task == "regression":
+        ridge = Ridge(**{"alpha": 1.0, **options}).fit(features, y)
+        return MetaLearner(task, tuple(bases), (tuple(float(v) for v in ridge.coef_),), (float(ridge.intercept_),))
+    logistic = LogisticRegression(**{"C": 1.0, "max_iter": 1000, **options}).fit(features, y)
+    return MetaLearner(
+        task,
+        tuple(bases),
+        tuple(tuple(float(v) for v in row) for row in logistic.coef_),
+        tuple(float(v) for v in logistic.intercept_),
+        tuple(int(c) for c in logistic.classes_),
+    )
+
+
+class StackingPredictor:
+    """Serving form of `stacking`: each base model loaded in its own safe format, plus the JSON meta-learner."""
+
+    def __init__(
+        self, bases: list[Predictor], meta: MetaLearner, features: list[str], *, labels: list[str] | None = None
+    ) -> None:
+        self.bases = bases
+        self.meta = meta
+        self.features = features
+        self.task = meta.task
+        self.labels = labels
+
+    def predict_scores(self, X: pd.DataFrame) -> np.ndarray:
+        """The meta-learner over the bases' scores for the raw rows."""
+        features = stack_features([b.predict_scores(X) for b in self.bases], self.task)
+        return self.meta.predict(features, len(self.labels or ()) or 2)
+
+
 def canonical_skops(blob: bytes) -> bytes:
     """The same skops archive with stable member names and timestamps, so equal models give equal bytes.
 
@@ -327,6 +481,34 @@ def save_model(
     return [manifest_path, *written]
 
 
+def save_stacking(
+    bases: Mapping[str, Pipeline],
+    meta: MetaLearner,
+    features: list[str],
+    directory: Path,
+    *,
+    labels: Sequence[str] | None = None,
+) -> list[Path]:
+    """Write a stacking model: one subdirectory per base (its own safe format) and the meta-learner as JSON."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for family in meta.bases:
+        written += save_model(bases[family], family, features, directory / family, task=meta.task, labels=labels)
+    meta_path = directory / STACKING
+    meta_path.write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n")
+    manifest = {
+        "family": "stacking",
+        "format": "stacking",
+        "features": features,
+        "task": meta.task,
+        "labels": list(labels) if labels is not None and meta.task != "regression" else None,
+        "bases": list(meta.bases),
+    }
+    manifest_path = directory / MANIFEST
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return [manifest_path, meta_path, *written]
+
+
 def load_predictor(directory: Path) -> Predictor:
     """Load a saved model without unpickling: LightGBM text, or skops restricted to trusted types."""
     manifest = json.loads((directory / MANIFEST).read_text())
@@ -346,6 +528,10 @@ def load_predictor(directory: Path) -> Predictor:
             raise ValueError(f"{path}: refusing to load types outside the trusted list: {sorted(refused)}")
         pipeline = sio.load(path, trusted=sorted(untrusted))
         return PipelinePredictor(pipeline, manifest["features"], task=task, labels=labels)
+    if manifest["format"] == "stacking":
+        meta = MetaLearner.from_dict(json.loads((directory / STACKING).read_text()))
+        bases = [load_predictor(directory / family) for family in meta.bases]
+        return StackingPredictor(bases, meta, manifest["features"], labels=labels)
     raise ValueError(f"{directory / MANIFEST}: unknown model format {manifest['format']!r}")
 
 

@@ -3,21 +3,35 @@
 Folds follow the task and the split design (`make_folds`): stratified for classification, shuffled
 KFold for regression, grouped when a group column is set (no group on both sides of a fold), and
 time-ordered (TimeSeriesSplit: always train on the past) when a time column is set.
+
+Each trial reports its running mean fold score after every fold, so a MedianPruner stops trials that
+are already worse than the median of earlier ones; LightGBM trials also stop boosting early inside each
+fold (`early_stopping_rounds`, on the fold's validation loss) and the mean best round count becomes
+`n_estimators` of the refit. Each family has its own budget (`n_trials`, `timeout_seconds`). Parallel
+trials never oversubscribe the cores: threads per model x parallel trials <= os.cpu_count().
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import optuna
 import pandas as pd
+from optuna.storages import BaseStorage
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold, TimeSeriesSplit
+from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
 
 from retrain.config import FamilyConfig, ParamRange
 from retrain.errors import DataError
@@ -28,10 +42,20 @@ logger = logging.getLogger(__name__)
 
 Folds = list[tuple[np.ndarray, np.ndarray]]
 
+THREAD_KEYS = ("n_jobs", "num_threads", "nthread", "nthreads", "num_thread")
+"""LightGBM's names (aliases) for its thread count; the planner sets `n_jobs` and drops the others."""
+
+TPE_STARTUP_TRIALS = 5
+"""Random trials before TPE models the space (Optuna's default of 10 wastes small budgets)."""
+
 
 @dataclass
 class TuningResult:
-    """The outcome of one family's search: best params, its CV score (the metric's real value), every trial."""
+    """The outcome of one family's search: best params, its CV score (the metric's real value), every trial.
+
+    `oof` holds the best trial's out-of-fold scores on the training rows (`oof_rows` says which rows a
+    fold validated: time-ordered folds never validate the first block); stacking fits on them.
+    """
 
     family: str
     best_params: dict[str, Any]
@@ -39,6 +63,10 @@ class TuningResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     direction: str = "maximize"
+    oof: np.ndarray | None = None
+    oof_rows: np.ndarray | None = None
+    n_pruned: int = 0
+    threads: int = 1
 
 
 def suggest(trial: optuna.Trial, name: str, space: ParamRange) -> Any:
@@ -48,6 +76,133 @@ def suggest(trial: optuna.Trial, name: str, space: ParamRange) -> Any:
     if space.int:
         return trial.suggest_int(name, int(space.low), int(space.high), log=space.log)  # type: ignore[arg-type]
     return trial.suggest_float(name, float(space.low), float(space.high), log=space.log)  # type: ignore[arg-type]
+
+
+def plan_threads(requested: Any, parallel_trials: int, cpus: int | None = None) -> tuple[int, int]:
+    """(parallel trials, threads per model) with their product <= the CPU count; the decision is logged."""
+    cpus = cpus or os.cpu_count() or 1
+    parallel = min(parallel_trials, cpus)
+    per_trial = max(1, cpus // parallel)
+    wanted = int(requested) if requested is not None and int(requested) > 0 else per_trial
+    threads = min(wanted, per_trial)
+    if parallel != parallel_trials or threads != wanted:
+        logger.info(
+            "threads: %d parallel trials x %d threads requested on %d CPUs; using %d x %d (never oversubscribe)",
+            parallel_trials,
+            wanted,
+            cpus,
+            parallel,
+            threads,
+        )
+    else:
+        logger.info("threads: %d parallel trials x %d threads per model on %d CPUs", parallel, threads, cpus)
+    return parallel, threads
+
+
+THREADED = ("lightgbm", "hgb")
+"""Families whose `fixed.n_jobs` sets the threads per model (hgb: through threadpoolctl, it has no n_jobs)."""
+
+
+def with_threads(family: str, params: dict[str, Any], threads: int) -> dict[str, Any]:
+    """The params with LightGBM's thread count set to the planned value (the others use threadpoolctl)."""
+    if family not in THREADED:
+        return params
+    rest = {k: v for k, v in params.items() if k not in THREAD_KEYS}
+    return {**rest, "n_jobs": threads} if family == "lightgbm" else rest
+
+
+def optuna_storage(spec: str | None, root: Path | None = None) -> BaseStorage | str | None:
+    """None (in memory), a JournalStorage on `journal:<file>` (relative to root), or the RDB URL itself."""
+    if spec is None:
+        return None
+    if spec.startswith("journal:"):
+        path = Path(spec.removeprefix("journal:"))
+        if not path.is_absolute() and root is not None:
+            path = root / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return spec
+
+
+def fit_model(
+    family: str,
+    params: dict[str, Any],
+    X: pd.DataFrame,
+    y: np.ndarray,
+    *,
+    numeric: list[str],
+    categorical: list[str],
+    task: str,
+    threads: int = 1,
+    eval_set: tuple[pd.DataFrame, np.ndarray] | None = None,
+    early_stopping_rounds: int | None = None,
+) -> Pipeline:
+    """Fit one family's Pipeline; LightGBM with an eval set stops boosting when its loss stops improving."""
+    model = build_model(family, with_threads(family, params, threads), numeric, categorical, task=task)
+    with threadpool_limits(limits=threads):
+        if family == "lightgbm" and eval_set is not None and early_stopping_rounds:
+            prep = model.named_steps["prep"].fit(X)
+            model.named_steps["model"].fit(
+                prep.transform(X),
+                y,
+                eval_X=(prep.transform(eval_set[0]),),
+                eval_y=(eval_set[1],),
+                callbacks=[lgb.early_stopping(early_stopping_rounds, first_metric_only=True, verbose=False)],
+            )
+            return model
+        return model.fit(X, y)
+
+
+def cv_evaluate(
+    family: str,
+    params: dict[str, Any],
+    X: pd.DataFrame,
+    y: np.ndarray,
+    folds: Folds,
+    numeric: list[str],
+    categorical: list[str],
+    metric: str,
+    *,
+    task: str = "binary",
+    n_classes: int = 2,
+    threads: int = 1,
+    early_stopping_rounds: int | None = None,
+    trial: optuna.Trial | None = None,
+) -> tuple[float, np.ndarray, list[int]]:
+    """Mean fold metric, out-of-fold scores and LightGBM's best round per fold (pruned via `trial`).
+
+    NaN if any fold's metric is NaN. After each fold the running mean is reported to the trial, which
+    raises optuna.TrialPruned when the pruner judges it hopeless.
+    """
+    oof = np.zeros((len(y), n_classes) if task == "multiclass" else len(y), dtype=float)
+    scores: list[float] = []
+    rounds: list[int] = []
+    for step, (train_idx, valid_idx) in enumerate(folds):
+        X_valid, y_valid = X.iloc[valid_idx], y[valid_idx]
+        model = fit_model(
+            family,
+            params,
+            X.iloc[train_idx],
+            y[train_idx],
+            numeric=numeric,
+            categorical=categorical,
+            task=task,
+            threads=threads,
+            eval_set=(X_valid, y_valid),
+            early_stopping_rounds=early_stopping_rounds,
+        )
+        best_round = getattr(model.named_steps["model"], "best_iteration_", None)
+        if family == "lightgbm" and early_stopping_rounds and best_round:
+            rounds.append(int(best_round))
+        predicted = pipeline_scores(model, X_valid, task, n_classes)
+        oof[valid_idx] = predicted
+        scores.append(score(metric, y_valid, predicted))
+        running = float(np.mean(scores))
+        if trial is not None and math.isfinite(running):
+            trial.report(running, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"fold {step}: running CV {metric} {running:.4f}")
+    return float(np.mean(scores)), oof, rounds
 
 
 def cv_score(
@@ -64,13 +219,7 @@ def cv_score(
     n_classes: int = 2,
 ) -> float:
     """Mean validation metric over the folds (NaN if any fold's metric is NaN)."""
-    scores = []
-    for train_idx, valid_idx in folds:
-        model = build_model(family, params, numeric, categorical, task=task)
-        model.fit(X.iloc[train_idx], y[train_idx])
-        predicted = pipeline_scores(model, X.iloc[valid_idx], task, n_classes)
-        scores.append(score(metric, y[valid_idx], predicted))
-    return float(np.mean(scores))
+    return cv_evaluate(family, params, X, y, folds, numeric, categorical, metric, task=task, n_classes=n_classes)[0]
 
 
 def make_folds(
@@ -141,31 +290,104 @@ def tune(
     labels: Sequence[str] | None = None,
     groups: pd.Series | np.ndarray | None = None,
     ordered: bool = False,
+    parallel_trials: int = 1,
+    storage: BaseStorage | str | None = None,
+    study_name: str | None = None,
 ) -> TuningResult:
     """TPE search over the family's space, each trial scored by k-fold CV on the training split.
 
     The study optimises in the metric's own direction (maximize r2 / roc_auc, minimize rmse / log_loss),
-    so trial values and the CV score are real metric values.
+    so trial values and the CV score are real metric values. The budget is `cfg.n_trials` (default
+    `n_trials`) and `cfg.timeout_seconds`. With `parallel_trials` 1 (the default) and no timeout the
+    search is reproducible; parallel TPE trials are not.
     """
     started = time.perf_counter()
     folds = make_folds(y, n_folds, seed, task=task, groups=groups, ordered=ordered, labels=labels)
     n_classes = len(labels) if labels is not None and task != "regression" else 2
     direction = get_metric(metric).optuna_direction
+    parallel, threads = plan_threads(cfg.fixed.get("n_jobs") if family in THREADED else None, parallel_trials)
+    early = cfg.early_stopping_rounds if family == "lightgbm" else None
+    oofs: dict[int, np.ndarray] = {}
+    lock = threading.Lock()
 
     def objective(trial: optuna.Trial) -> float:
         params = {"random_state": seed, **cfg.fixed, **{k: suggest(trial, k, s) for k, s in cfg.space.items()}}
-        return cv_score(family, params, X, y, folds, numeric, categorical, metric, task=task, n_classes=n_classes)
+        value, oof, rounds = cv_evaluate(
+            family,
+            params,
+            X,
+            y,
+            folds,
+            numeric,
+            categorical,
+            metric,
+            task=task,
+            n_classes=n_classes,
+            threads=threads,
+            early_stopping_rounds=early,
+            trial=trial,
+        )
+        if rounds:
+            trial.set_user_attr("n_estimators", round(float(np.mean(rounds))))
+        with lock:
+            oofs[trial.number] = oof
+        return value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed))
-    study.optimize(objective, n_trials=n_trials if cfg.space else 1, n_jobs=1)
-    trials = [{"number": t.number, "value": t.value, "state": t.state.name, "params": t.params} for t in study.trials]
+    study = optuna.create_study(
+        direction=direction,
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=TPE_STARTUP_TRIALS, n_warmup_steps=0),
+        storage=storage,
+        study_name=study_name,
+    )
+    budget = (cfg.n_trials or n_trials) if cfg.space else 1
+    study.optimize(objective, n_trials=budget, timeout=cfg.timeout_seconds, n_jobs=parallel)
+    trials = [
+        {
+            "number": t.number,
+            "value": t.value,
+            "state": t.state.name,
+            "params": t.params,
+            **({"n_estimators": t.user_attrs["n_estimators"]} if "n_estimators" in t.user_attrs else {}),
+        }
+        for t in study.trials
+    ]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and math.isfinite(t.value)]
     if not complete:
         raise DataError(
             f"candidates: every {family} trial's CV {metric} was NaN (a fold may lack a class, e.g. with "
             f"grouped or time-ordered folds; or the model's scores were not finite)"
         )
-    best = {"random_state": seed, **cfg.fixed, **study.best_params}
-    logger.info("%s: best CV %s = %.4f (%s) with %s", family, metric, study.best_value, direction, study.best_params)
-    return TuningResult(family, best, float(study.best_value), trials, time.perf_counter() - started, direction)
+    best_trial = study.best_trial
+    best = {"random_state": seed, **cfg.fixed, **best_trial.params}
+    if "n_estimators" in best_trial.user_attrs:
+        best["n_estimators"] = best_trial.user_attrs["n_estimators"]
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    seconds = time.perf_counter() - started
+    logger.info(
+        "%s: best CV %s = %.4f (%s) after %d trials (%d pruned, %.1fs) with %s",
+        family,
+        metric,
+        best_trial.value,
+        direction,
+        len(study.trials),
+        pruned,
+        seconds,
+        best_trial.params,
+    )
+    covered = np.zeros(len(y), dtype=bool)
+    for _, valid_idx in folds:
+        covered[valid_idx] = True
+    return TuningResult(
+        family,
+        best,
+        float(best_trial.value),
+        trials,
+        seconds,
+        direction,
+        oof=oofs.get(best_trial.number),
+        oof_rows=covered,
+        n_pruned=pruned,
+        threads=threads,
+    )

@@ -1,24 +1,90 @@
-"""candidates: tune each model family by cross-validated search, refit the best, save it safely."""
+"""candidates: tune each model family by cross-validated search, refit the best, save it safely.
+
+Per family: the Optuna search (retrain/tuning.py) picks hyperparameters by k-fold CV on train; a refit
+on train alone gives the honest valid score (what `evaluate` selects by); the saved model is a refit
+of the same hyperparameters on train + valid. `stacking` fits a meta-learner on the out-of-fold scores
+of the other families' best trials and saves their train + valid refits beside its coefficients.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 from prefect import task
+from sklearn.pipeline import Pipeline
 
+from retrain.config import CandidatesConfig, DatasetConfig
 from retrain.errors import DataError
 from retrain.metrics import class_labels, encode_target, get_metric, score
-from retrain.models import build_model, check_family, pipeline_scores, save_model
+from retrain.models import check_family, fit_meta, pipeline_scores, save_model, save_stacking, stack_features
 from retrain.stages import CANDIDATES, SPLITS
-from retrain.tuning import tune
+from retrain.tuning import TuningResult, fit_model, make_folds, optuna_storage, plan_threads, tune
 from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_json
 from tasks.tracking import log_candidate_diagnostics
 
 logger = logging.getLogger(__name__)
+
+MLFLOW_BATCH = 1000
+"""mlflow.log_batch accepts at most 1000 metrics per call."""
+
+
+@dataclass
+class Design:
+    """The training data of one candidates run: train and valid rows, targets and the CV layout."""
+
+    dataset: DatasetConfig
+    X_train: pd.DataFrame
+    y_train: np.ndarray
+    X_valid: pd.DataFrame
+    y_valid: np.ndarray
+    groups: pd.Series | None
+    ordered: bool
+    labels: list[str] | None
+    metric: str
+    seed: int
+
+    @property
+    def n_classes(self) -> int:
+        """Classes the scores cover (0 for regression)."""
+        return len(self.labels) if self.labels else 0
+
+
+@dataclass
+class FamilyOutcome:
+    """One family's tuned result, its honest valid score, its final (train + valid) model and timings."""
+
+    result: TuningResult
+    train_model: Pipeline | None
+    final_model: Pipeline | None
+    valid_scores: np.ndarray
+    valid_score: float
+    fit_seconds: float
+    predict_rows_per_second: float
+
+    def summary(self) -> dict[str, Any]:
+        """The summary.json entry (timings are dropped from the file by `_stable`)."""
+        return {
+            "cv_score": self.result.cv_score,
+            "valid_score": self.valid_score,
+            "valid_from": "refit on train only",
+            "final_fit": "train + valid",
+            "best_params": self.result.best_params,
+            "n_trials": len(self.result.trials),
+            "n_pruned": self.result.n_pruned,
+            "tuning_seconds": round(self.result.seconds, 3),
+            "fit_seconds": round(self.fit_seconds, 3),
+            "predict_rows_per_second": round(self.predict_rows_per_second),
+        }
 
 
 def cv_design(ctx: StageContext, train: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series | None, bool]:
@@ -39,76 +105,158 @@ def cv_design(ctx: StageContext, train: pd.DataFrame) -> tuple[pd.DataFrame, pd.
     return train, groups, False
 
 
+def fit_family(
+    family: str, d: Design, cfg: CandidatesConfig, directory: Path, *, storage: Any = None, study: str | None = None
+) -> FamilyOutcome:
+    """Search, refit on train (valid score), refit on train + valid and save the final model."""
+    dataset = d.dataset
+    result = tune(
+        family,
+        getattr(cfg, family),
+        d.X_train,
+        d.y_train,
+        numeric=dataset.numeric,
+        categorical=dataset.categorical,
+        metric=d.metric,
+        n_trials=cfg.n_trials,
+        n_folds=cfg.cv_folds,
+        seed=d.seed,
+        task=dataset.task,
+        labels=d.labels,
+        groups=d.groups,
+        ordered=d.ordered,
+        parallel_trials=cfg.parallel_trials,
+        storage=storage,
+        study_name=study,
+    )
+    _, threads = plan_threads(result.threads, 1)
+    fit = dict(numeric=dataset.numeric, categorical=dataset.categorical, task=dataset.task, threads=threads)
+    started = time.perf_counter()
+    train_model = fit_model(family, result.best_params, d.X_train, d.y_train, **fit)
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    valid_scores = pipeline_scores(train_model, d.X_valid, dataset.task, d.n_classes)
+    rate = len(d.X_valid) / max(time.perf_counter() - started, 1e-9)
+    X_full = pd.concat([d.X_train, d.X_valid], ignore_index=True)
+    y_full = np.concatenate([d.y_train, d.y_valid])
+    final_model = fit_model(family, result.best_params, X_full, y_full, **fit)
+    save_model(final_model, family, dataset.features, directory, task=dataset.task, labels=d.labels)
+    valid_score = score(d.metric, d.y_valid, valid_scores)
+    return FamilyOutcome(result, train_model, final_model, valid_scores, valid_score, fit_seconds, rate)
+
+
+def fit_stacking(bases: dict[str, FamilyOutcome], d: Design, cfg: CandidatesConfig, directory: Path) -> FamilyOutcome:
+    """Meta-learner on the bases' out-of-fold scores: CV-scored on the same folds, valid-scored, saved."""
+    task, names = d.dataset.task, list(bases)
+    started = time.perf_counter()
+    rows = np.logical_and.reduce([b.result.oof_rows for b in bases.values()])
+    oof = [bases[n].result.oof for n in names]
+    features = stack_features(oof, task)
+    params = cfg.stacking.fixed
+    folds = make_folds(d.y_train, cfg.cv_folds, d.seed, task=task, groups=d.groups, ordered=d.ordered, labels=d.labels)
+    fold_scores = []
+    for train_idx, valid_idx in folds:
+        fit_rows = train_idx[rows[train_idx]]
+        if len(np.unique(d.y_train[fit_rows])) < 2:
+            continue  # the first time-ordered fold trains on rows no base fold validated
+        meta = fit_meta(names, [f[fit_rows] for f in oof], d.y_train[fit_rows], task, params)
+        fold_scores.append(score(d.metric, d.y_train[valid_idx], meta.predict(features[valid_idx], d.n_classes or 2)))
+    cv = float(np.mean(fold_scores)) if fold_scores else math.nan
+    meta = fit_meta(names, [f[rows] for f in oof], d.y_train[rows], task, params)
+    seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    valid_scores = meta.predict(stack_features([bases[n].valid_scores for n in names], task), d.n_classes or 2)
+    base_seconds = sum(len(d.X_valid) / b.predict_rows_per_second for b in bases.values())
+    rate = len(d.X_valid) / max(time.perf_counter() - started + base_seconds, 1e-9)
+    save_stacking({n: b.final_model for n, b in bases.items()}, meta, d.dataset.features, directory, labels=d.labels)
+    best = {"meta": params, "bases": names, "coef": [list(r) for r in meta.coef], "intercept": list(meta.intercept)}
+    result = TuningResult("stacking", best, cv, [], seconds, get_metric(d.metric).optuna_direction)
+    logger.info("stacking: meta-learner over %s, coefficients %s", names, best["coef"])
+    return FamilyOutcome(result, None, None, valid_scores, score(d.metric, d.y_valid, valid_scores), seconds, rate)
+
+
+def log_trials(result: TuningResult, metric: str) -> None:
+    """Every trial's CV value (step = trial number) in as few MLflow calls as possible (log_batch)."""
+    active = mlflow.active_run()
+    if active is None:
+        return
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"trial_cv_{metric}", float(t["value"]), now, int(t["number"]))
+        for t in result.trials
+        if t["value"] is not None and math.isfinite(t["value"])
+    ]
+    client = MlflowClient()
+    for start in range(0, len(metrics), MLFLOW_BATCH):
+        client.log_batch(active.info.run_id, metrics=metrics[start : start + MLFLOW_BATCH])
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
-    """One child run per family: search, refit on train, score on valid, write the model files."""
+    """One child run per family: search, refit on train, score on valid, refit on train + valid, save."""
     dataset, cfg, metric = ctx.dataset, ctx.params.candidates, ctx.params.evaluate.metric
-    labels = class_labels(dataset)
-    n_classes = len(labels) if labels else 0
-    for family in cfg.families:
+    bases = [f for f in cfg.families if f != "stacking"]
+    for family in bases:
         check_family(family, dataset.task, getattr(cfg, family).fixed)
+    order = [*bases, *(["stacking"] if "stacking" in cfg.families else [])]
     clear_outputs(ctx)
+    storage = optuna_storage(cfg.storage, ctx.root)
     with stage_run(ctx) as active:
         train, groups, ordered = cv_design(ctx, pd.read_parquet(ctx.path(SPLITS["train"])))
         valid = pd.read_parquet(ctx.path(SPLITS["valid"]))
-        X_train, y_train = train[dataset.features], encode_target(train[dataset.target], dataset)
-        X_valid, y_valid = valid[dataset.features], encode_target(valid[dataset.target], dataset)
+        d = Design(
+            dataset,
+            train[dataset.features],
+            encode_target(train[dataset.target], dataset),
+            valid[dataset.features],
+            encode_target(valid[dataset.target], dataset),
+            groups,
+            ordered,
+            class_labels(dataset),
+            metric,
+            ctx.params.seed,
+        )
         folds = "time-ordered" if ordered else "grouped" if groups is not None else "stratified/shuffled"
         logger.info("candidates: %s task, %s CV folds, metric %s", dataset.task, folds, metric)
-        summary: dict[str, Any] = {}
-        for family in cfg.families:
+        outcomes: dict[str, FamilyOutcome] = {}
+        for family in order:
             family_tags = {**ctx.tracking.tags, "retrain.stage": ctx.stage, "retrain.family": family}
             with mlflow.start_run(run_name=f"candidates/{family}", nested=True, tags=family_tags):
-                result = tune(
-                    family,
-                    getattr(cfg, family),
-                    X_train,
-                    y_train,
-                    numeric=dataset.numeric,
-                    categorical=dataset.categorical,
-                    metric=metric,
-                    n_trials=cfg.n_trials,
-                    n_folds=cfg.cv_folds,
-                    seed=ctx.params.seed,
-                    task=dataset.task,
-                    labels=labels,
-                    groups=groups,
-                    ordered=ordered,
-                )
-                started = time.perf_counter()
-                model = build_model(family, result.best_params, dataset.numeric, dataset.categorical, task=dataset.task)
-                model.fit(X_train, y_train)
-                fit_seconds = time.perf_counter() - started
-                valid_score = score(metric, y_valid, pipeline_scores(model, X_valid, dataset.task, n_classes))
-                save_model(
-                    model,
-                    family,
-                    dataset.features,
-                    ctx.path(f"{CANDIDATES}/{family}"),
-                    task=dataset.task,
-                    labels=labels,
-                )
-                mlflow.log_params({k: str(v) for k, v in result.best_params.items()})
+                directory = ctx.path(f"{CANDIDATES}/{family}")
+                if family == "stacking":
+                    outcome = fit_stacking({b: outcomes[b] for b in bases}, d, cfg, directory)
+                else:
+                    study = f"{family}-{active.info.run_id}"
+                    outcome = fit_family(family, d, cfg, directory, storage=storage, study=study)
+                outcomes[family] = outcome
+                result = outcome.result
+                mlflow.log_params({k: str(v)[:6000] for k, v in result.best_params.items()})
                 mlflow.set_tags({"retrain.task": dataset.task, "retrain.cv_folds": folds})
                 mlflow.log_metrics(
                     {
                         f"cv_{metric}": result.cv_score,
-                        f"valid_{metric}": valid_score,
+                        f"valid_{metric}": outcome.valid_score,
                         "tuning_seconds": result.seconds,
-                        "fit_seconds": fit_seconds,
+                        "fit_seconds": outcome.fit_seconds,
+                        "predict_rows_per_second": outcome.predict_rows_per_second,
+                        "n_trials": float(len(result.trials)),
+                        "n_pruned": float(result.n_pruned),
                     }
                 )
-                mlflow.log_dict({"direction": result.direction, "trials": result.trials}, "trials.json")
+                log_trials(result, metric)
                 log_candidate_diagnostics(
-                    ctx, family, model, X_train, y_train, X_valid, y_valid, fit_seconds=fit_seconds
+                    ctx,
+                    family,
+                    outcome.train_model,
+                    d.X_train,
+                    d.y_train,
+                    d.X_valid,
+                    d.y_valid,
+                    fit_seconds=outcome.fit_seconds,
+                    valid_scores=outcome.valid_scores,
                 )
-                summary[family] = {
-                    "cv_score": result.cv_score,
-                    "valid_score": valid_score,
-                    "best_params": result.best_params,
-                    "n_trials": len(result.trials),
-                    "tuning_seconds": round(result.seconds, 3),
-                }
-                logger.info("candidates: %s CV %.4f, valid %.4f", family, result.cv_score, valid_score)
+                mlflow.log_dict({"direction": result.direction, "trials": result.trials}, "trials.json")
+                logger.info("candidates: %s CV %.4f, valid %.4f", family, result.cv_score, outcome.valid_score)
+        summary = {family: outcome.summary() for family, outcome in outcomes.items()}
         write_json(
             ctx.path(f"{CANDIDATES}/summary.json"),
             {
@@ -121,9 +269,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return finish(ctx, active, {f"valid_{metric}_{f}": s["valid_score"] for f, s in summary.items()})
 
 
+TIMINGS = ("tuning_seconds", "fit_seconds", "predict_rows_per_second")
+"""Wall-clock fields kept out of summary.json (logged to MLflow instead)."""
+
+
 def _stable(summary: dict[str, Any]) -> dict[str, Any]:
     """Drop wall-clock timings from the file so identical models give an identical summary."""
-    return {family: {k: v for k, v in entry.items() if k != "tuning_seconds"} for family, entry in summary.items()}
+    return {family: {k: v for k, v in entry.items() if k not in TIMINGS} for family, entry in summary.items()}
 
 
 candidates_task = task(run, name="candidates")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import skops.io as sio
 
 from retrain.config import FamilyConfig, ParamRange
 from retrain.errors import ConfigError, DataError
@@ -16,6 +17,7 @@ from retrain.models import (
     BOOSTER,
     MANIFEST,
     PIPELINE,
+    SKOPS_TRUSTED_TYPES,
     build_model,
     load_predictor,
     pipeline_scores,
@@ -46,6 +48,7 @@ def frame(n: int = 300, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
 
 PARAMS = {
     "lightgbm": {"n_estimators": 20, "verbose": -1, "deterministic": True, "n_jobs": 1},
+    "hgb": {"max_iter": 30, "random_state": 0},
     "logreg": {"C": 1.0},
     "ridge": {"alpha": 1.0},
 }
@@ -59,7 +62,7 @@ def task_target(X: pd.DataFrame, task: str) -> np.ndarray:
     return (np.digitize(X["a"], [-0.4, 0.4]) + (X["c"] == "x")).clip(0, 2).to_numpy()
 
 
-@pytest.mark.parametrize("family", ["lightgbm", "logreg"])
+@pytest.mark.parametrize("family", ["lightgbm", "hgb", "logreg"])
 def test_save_load_round_trip(tmp_path: Path, family: str) -> None:
     X, y = frame()
     model = build_model(family, PARAMS[family], NUMERIC, CATEGORICAL).fit(X, y)
@@ -143,7 +146,14 @@ def test_tuning_refuses_too_few_rows_for_folds() -> None:
 
 @pytest.mark.parametrize(
     ("family", "task"),
-    [("lightgbm", "multiclass"), ("logreg", "multiclass"), ("lightgbm", "regression"), ("ridge", "regression")],
+    [
+        ("lightgbm", "multiclass"),
+        ("logreg", "multiclass"),
+        ("hgb", "multiclass"),
+        ("lightgbm", "regression"),
+        ("ridge", "regression"),
+        ("hgb", "regression"),
+    ],
 )
 def test_multiclass_and_regression_round_trip(tmp_path: Path, family: str, task: str) -> None:
     X, _ = frame(400)
@@ -187,3 +197,16 @@ def test_objective_that_contradicts_the_task_is_a_config_error() -> None:
     assert huber.named_steps["model"].objective == "huber", "a regression objective that fits is kept"
     with pytest.raises(ConfigError, match="does not apply"):
         build_model("ridge", {}, NUMERIC, CATEGORICAL, task="binary")
+
+
+def test_hgb_uses_native_categories_and_a_minimal_trusted_list(tmp_path: Path) -> None:
+    X, y = frame()
+    model = build_model("hgb", PARAMS["hgb"], NUMERIC, CATEGORICAL).fit(X, y)
+    assert model.named_steps["model"].is_categorical_.tolist() == [False, False, True, True], "native categories"
+    save_model(model, "hgb", [*NUMERIC, *CATEGORICAL], tmp_path / "m")
+    needed = set(sio.get_untrusted_types(file=tmp_path / "m" / PIPELINE))
+    assert needed <= SKOPS_TRUSTED_TYPES, f"hgb needs only listed types: {needed - SKOPS_TRUSTED_TYPES}"
+    assert len(SKOPS_TRUSTED_TYPES - needed) <= 1, f"the list holds nothing hgb does not need but numpy.dtype: {needed}"
+    probe = X.head(3).copy()
+    probe["c"] = "never-seen"
+    assert np.isfinite(load_predictor(tmp_path / "m").predict_scores(probe)).all(), "unseen category scores"

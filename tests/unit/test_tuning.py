@@ -3,13 +3,16 @@ search optimises in the metric's direction."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 
 from retrain.config import FamilyConfig, ParamRange
 from retrain.errors import DataError
-from retrain.tuning import make_folds, tune
+from retrain.tuning import make_folds, optuna_storage, plan_threads, tune
 
 
 def covers_every_row_once(folds: list[tuple[np.ndarray, np.ndarray]], n: int) -> bool:
@@ -87,3 +90,70 @@ def test_search_minimises_a_lower_is_better_metric() -> None:
     )
     values = [t["value"] for t in result.trials]
     assert result.direction == "minimize" and result.cv_score == min(values), f"best is the lowest rmse: {values}"
+
+
+def lgbm_data(n: int = 600) -> tuple[pd.DataFrame, np.ndarray]:
+    """A learnable binary target from one numeric and one categorical column."""
+    rng = np.random.default_rng(1)
+    X = pd.DataFrame({"a": rng.normal(size=n), "c": pd.Series(rng.choice(["x", "y", "z"], size=n), dtype="str")})
+    y = ((X["a"] + (X["c"] == "x") + rng.normal(scale=0.5, size=n)) > 0.5).astype(int).to_numpy()
+    return X, y
+
+
+LGBM = FamilyConfig(
+    fixed={"n_estimators": 400, "verbose": -1, "deterministic": True, "n_jobs": 1},
+    space={
+        "learning_rate": ParamRange(low=0.05, high=0.3, log=True),
+        "num_leaves": ParamRange(low=2, high=32, int=True),
+        "min_child_samples": ParamRange(low=5, high=200, int=True, log=True),
+    },
+    early_stopping_rounds=10,
+)
+
+
+def test_lightgbm_trials_stop_early_and_are_pruned() -> None:
+    X, y = lgbm_data()
+    kwargs = dict(numeric=["a"], categorical=["c"], metric="roc_auc", n_folds=3, seed=0)
+    result = tune("lightgbm", LGBM, X, y, n_trials=14, **kwargs)
+    states = [t["state"] for t in result.trials]
+    assert result.n_pruned > 0 and "PRUNED" in states, f"the median pruner stopped hopeless trials: {states}"
+    rounds = [t["n_estimators"] for t in result.trials if "n_estimators" in t]
+    assert rounds and max(rounds) < 400, f"boosting stopped before n_estimators inside folds: {rounds}"
+    assert result.best_params["n_estimators"] < 400, "the refit uses the folds' mean best round count"
+    assert result.oof is not None and result.oof.shape == (len(y),) and result.oof_rows.all(), "OOF for stacking"
+
+
+def test_family_budget_overrides_the_global_trial_count() -> None:
+    X, y = lgbm_data(300)
+    cfg = LGBM.model_copy(update={"n_trials": 2})
+    result = tune("lightgbm", cfg, X, y, numeric=["a"], categorical=["c"], metric="roc_auc", n_trials=9,
+                  n_folds=2, seed=0)  # fmt: skip
+    assert len(result.trials) == 2, "the family's n_trials wins over candidates.n_trials"
+    tiny = LGBM.model_copy(update={"timeout_seconds": 0.01})
+    cut = tune("lightgbm", tiny, X, y, numeric=["a"], categorical=["c"], metric="roc_auc", n_trials=50,
+               n_folds=2, seed=0)  # fmt: skip
+    assert 1 <= len(cut.trials) < 50, f"timeout_seconds stops the search: {len(cut.trials)} trials"
+
+
+def test_threads_never_oversubscribe() -> None:
+    assert plan_threads(2, 1, cpus=2) == (1, 2)
+    assert plan_threads(2, 2, cpus=2) == (2, 1), "2 parallel trials x 2 threads would need 4 cores"
+    assert plan_threads(8, 16, cpus=4) == (4, 1), "no more parallel trials than cores"
+    assert plan_threads(None, 2, cpus=8) == (2, 4), "unset threads: the cores are shared between trials"
+    for requested in (None, -1, 1, 3, 16):
+        for parallel in (1, 2, 3, 5):
+            trials, threads = plan_threads(requested, parallel, cpus=4)
+            assert trials * threads <= 4, f"{trials} x {threads} > 4 cores ({requested=}, {parallel=})"
+
+
+def test_journal_storage_keeps_the_study(tmp_path: Path) -> None:
+    X, y = lgbm_data(300)
+    storage = optuna_storage("journal:studies/optuna.log", tmp_path)
+    assert (tmp_path / "studies").is_dir(), "a relative journal path is anchored at the project root"
+    result = tune("logreg", FamilyConfig(space={"C": ParamRange(low=0.1, high=10, log=True)}), X, y,
+                  numeric=["a"], categorical=["c"], metric="roc_auc", n_trials=2, n_folds=2, seed=0,
+                  storage=storage, study_name="logreg-test")  # fmt: skip
+    again = optuna_storage("journal:studies/optuna.log", tmp_path)
+    reopened = optuna.load_study(study_name="logreg-test", storage=again)
+    assert [t.value for t in reopened.trials] == [t["value"] for t in result.trials], "trials persisted in the journal"
+    assert optuna_storage(None) is None and optuna_storage("sqlite:///x.db") == "sqlite:///x.db"
