@@ -89,6 +89,7 @@ def test_wine_multiclass_runs_end_to_end(
             },
             "ingest": {"source": "data/source/wine.csv", "test_source": None, "label_suffix": "", "sample_rows": None},
             "validate": {"min_rows": 100},
+            "baselines": {"heuristic": {"column": "proline"}},  # a numeric column: split at its training median
             "evaluate": {"metric": "roc_auc_ovr"},
             "promote": {"model_name": "wine-class"},
         },
