@@ -239,7 +239,9 @@ class FamilyConfig(Strict):
 
     `n_trials` (None: `candidates.n_trials`) and `timeout_seconds` (None: no limit; a run cut by the
     clock is not reproducible) bound the search; `early_stopping_rounds` (LightGBM only) stops boosting
-    inside each CV fold when the fold's validation loss stops improving.
+    inside each CV fold when the fold's validation loss stops improving; the refit then boosts the
+    folds' mean best round count x sqrt(refit rows / fold rows), and `refit_learning_rate_divisor` d
+    refits with learning_rate / d and d times the rounds (slower learning, usually a little better).
     """
 
     fixed: dict[str, Any] = {}
@@ -247,6 +249,7 @@ class FamilyConfig(Strict):
     n_trials: int | None = Field(default=None, ge=1)
     timeout_seconds: float | None = Field(default=None, gt=0)
     early_stopping_rounds: int | None = Field(default=None, ge=1)
+    refit_learning_rate_divisor: float = Field(default=1.0, ge=1.0)
 
 
 class CandidatesConfig(Strict):

@@ -67,6 +67,23 @@ class TuningResult:
     oof_rows: np.ndarray | None = None
     n_pruned: int = 0
     threads: int = 1
+    fold_rows: float = 0.0
+    refit_divisor: float = 1.0
+
+    def refit_params(self, n_rows: int) -> dict[str, Any]:
+        """Best params for a refit on n_rows: early-stopped rounds scaled to the data, learning rate divided.
+
+        The folds' mean best round count was found on `fold_rows` rows; more rows support more rounds,
+        scaled by sqrt(n_rows / fold_rows) (checked on valid, never on test). With a divisor d > 1 the
+        refit learns d times slower for d times more rounds.
+        """
+        params = dict(self.best_params)
+        if "n_estimators" in params and self.fold_rows and any("n_estimators" in t for t in self.trials):
+            scale = math.sqrt(max(n_rows / self.fold_rows, 1.0)) * self.refit_divisor
+            params["n_estimators"] = max(1, round(params["n_estimators"] * scale))
+            if self.refit_divisor != 1.0 and "learning_rate" in params:
+                params["learning_rate"] = params["learning_rate"] / self.refit_divisor
+        return params
 
 
 def suggest(trial: optuna.Trial, name: str, space: ParamRange) -> Any:
@@ -194,7 +211,8 @@ def cv_evaluate(
         best_round = getattr(model.named_steps["model"], "best_iteration_", None)
         if family == "lightgbm" and early_stopping_rounds and best_round:
             rounds.append(int(best_round))
-        predicted = pipeline_scores(model, X_valid, task, n_classes)
+        with threadpool_limits(limits=threads):
+            predicted = pipeline_scores(model, X_valid, task, n_classes)
         oof[valid_idx] = predicted
         scores.append(score(metric, y_valid, predicted))
         running = float(np.mean(scores))
@@ -336,7 +354,7 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS),
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS, multivariate=True),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=TPE_STARTUP_TRIALS, n_warmup_steps=0),
         storage=storage,
         study_name=study_name,
@@ -390,4 +408,6 @@ def tune(
         oof_rows=covered,
         n_pruned=pruned,
         threads=threads,
+        fold_rows=float(np.mean([len(train_idx) for train_idx, _ in folds])),
+        refit_divisor=cfg.refit_learning_rate_divisor if early else 1.0,
     )

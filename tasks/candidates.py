@@ -22,6 +22,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from prefect import task
 from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
 
 from retrain.config import CandidatesConfig, DatasetConfig
 from retrain.errors import DataError
@@ -70,6 +71,7 @@ class FamilyOutcome:
     valid_score: float
     fit_seconds: float
     predict_rows_per_second: float
+    final_params: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The summary.json entry (timings are dropped from the file by `_stable`)."""
@@ -79,6 +81,7 @@ class FamilyOutcome:
             "valid_from": "refit on train only",
             "final_fit": "train + valid",
             "best_params": self.result.best_params,
+            "final_params": self.final_params,
             "n_trials": len(self.result.trials),
             "n_pruned": self.result.n_pruned,
             "tuning_seconds": round(self.result.seconds, 3),
@@ -132,17 +135,19 @@ def fit_family(
     _, threads = plan_threads(result.threads, 1)
     fit = dict(numeric=dataset.numeric, categorical=dataset.categorical, task=dataset.task, threads=threads)
     started = time.perf_counter()
-    train_model = fit_model(family, result.best_params, d.X_train, d.y_train, **fit)
+    train_model = fit_model(family, result.refit_params(len(d.X_train)), d.X_train, d.y_train, **fit)
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    valid_scores = pipeline_scores(train_model, d.X_valid, dataset.task, d.n_classes)
+    with threadpool_limits(limits=threads):
+        valid_scores = pipeline_scores(train_model, d.X_valid, dataset.task, d.n_classes)
     rate = len(d.X_valid) / max(time.perf_counter() - started, 1e-9)
     X_full = pd.concat([d.X_train, d.X_valid], ignore_index=True)
     y_full = np.concatenate([d.y_train, d.y_valid])
-    final_model = fit_model(family, result.best_params, X_full, y_full, **fit)
+    final_params = result.refit_params(len(X_full))
+    final_model = fit_model(family, final_params, X_full, y_full, **fit)
     save_model(final_model, family, dataset.features, directory, task=dataset.task, labels=d.labels)
     valid_score = score(d.metric, d.y_valid, valid_scores)
-    return FamilyOutcome(result, train_model, final_model, valid_scores, valid_score, fit_seconds, rate)
+    return FamilyOutcome(result, train_model, final_model, valid_scores, valid_score, fit_seconds, rate, final_params)
 
 
 def fit_stacking(bases: dict[str, FamilyOutcome], d: Design, cfg: CandidatesConfig, directory: Path) -> FamilyOutcome:

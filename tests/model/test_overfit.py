@@ -3,14 +3,24 @@ the capacity to learn, so a poor real-data score is not a plumbing bug (a sanity
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from threadpoolctl import threadpool_limits
 
 from retrain.metrics import score
 from retrain.models import build_model, fit_meta, pipeline_scores, stack_features
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One OpenMP/BLAS thread: HistGradientBoosting's threads stall when the shared cores are busy."""
+    with threadpool_limits(limits=1):
+        yield
+
 
 N = 50
 NUMERIC, CATEGORICAL = ["a", "b"], ["c", "row_id"]

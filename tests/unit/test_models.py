@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import skops.io as sio
+from threadpoolctl import threadpool_limits
 
 from retrain.config import FamilyConfig, ParamRange
 from retrain.errors import ConfigError, DataError
@@ -26,6 +28,14 @@ from retrain.models import (
     serve_output,
 )
 from retrain.tuning import tune
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One OpenMP/BLAS thread: HistGradientBoosting's threads stall when the shared cores are busy."""
+    with threadpool_limits(limits=1):
+        yield
+
 
 NUMERIC, CATEGORICAL = ["a", "b"], ["c", "b_cat"]
 """Declared categorical order differs from alphabetical on purpose: the booster reads by position."""

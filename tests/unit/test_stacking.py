@@ -21,7 +21,7 @@ from tests.unit.test_models import LABELS, frame, task_target
 
 FIXED = {
     "lightgbm": {"n_estimators": 200, "verbose": -1, "deterministic": True, "n_jobs": 1, "min_child_samples": 5},
-    "hgb": {"max_iter": 30},
+    "hgb": {"max_iter": 30, "n_jobs": 1},
     "logreg": {"max_iter": 500},
     "ridge": {},
 }

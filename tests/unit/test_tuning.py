@@ -157,3 +157,17 @@ def test_journal_storage_keeps_the_study(tmp_path: Path) -> None:
     reopened = optuna.load_study(study_name="logreg-test", storage=again)
     assert [t.value for t in reopened.trials] == [t["value"] for t in result.trials], "trials persisted in the journal"
     assert optuna_storage(None) is None and optuna_storage("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_refit_scales_early_stopped_rounds_and_divides_the_learning_rate() -> None:
+    X, y = lgbm_data(300)
+    cfg = LGBM.model_copy(update={"n_trials": 2, "refit_learning_rate_divisor": 2.0})
+    result = tune("lightgbm", cfg, X, y, numeric=["a"], categorical=["c"], metric="roc_auc", n_trials=2,
+                  n_folds=2, seed=0)  # fmt: skip
+    best = result.best_params
+    refit = result.refit_params(round(result.fold_rows * 4))
+    assert refit["n_estimators"] == round(best["n_estimators"] * 2 * 2), "x sqrt(4) for 4x rows, x 2 for the divisor"
+    assert refit["learning_rate"] == best["learning_rate"] / 2, "half the learning rate"
+    plain = tune("logreg", FamilyConfig(fixed={"max_iter": 300}), X, y, numeric=["a"], categorical=["c"],
+                 metric="roc_auc", n_trials=1, n_folds=2, seed=0)  # fmt: skip
+    assert plain.refit_params(10_000) == plain.best_params, "families without early stopping refit as tuned"
