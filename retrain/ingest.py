@@ -11,7 +11,7 @@ import csv
 import gzip
 import logging
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,8 +89,7 @@ class Contract:
             raise DataError(f"{where}: column {SOURCE_COLUMN!r} is reserved for the snapshot (rule: reserved names)")
         kept = [c for c in header if c not in self.exclude]
         if self.declared is not None:
-            missing = [c for c in self.declared if c not in kept]
-            extra = [c for c in kept if c not in self.declared]
+            missing, extra = differences(self.declared, kept)
             if missing or extra:
                 raise DataError(
                     f"{where}: columns do not match the declared schema (rule: exact column set, dataset.columns + "
@@ -101,14 +100,18 @@ class Contract:
         if missing:
             raise DataError(f"{where}: required columns missing {missing} (rule: target and split columns present)")
         if reference is not None:
-            missing = [c for c in reference.columns if c not in kept]
-            extra = [c for c in kept if c not in reference.columns]
+            missing, extra = differences(reference.columns, kept)
             if missing or extra:
                 raise DataError(
                     f"{where}: columns differ from {reference.where} (rule: every file of every source has the same "
                     f"columns): missing {missing}, unexpected {extra}"
                 )
         return kept
+
+
+def differences(expected: Sequence[str], got: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Columns expected but absent, and columns present but not expected, in their own order."""
+    return [c for c in expected if c not in got], [c for c in got if c not in expected]
 
 
 # --- size cap ------------------------------------------------------------------------------------

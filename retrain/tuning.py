@@ -223,23 +223,6 @@ def cv_evaluate(
     return float(np.mean(scores)), oof, rounds
 
 
-def cv_score(
-    family: str,
-    params: dict[str, Any],
-    X: pd.DataFrame,
-    y: np.ndarray,
-    folds: Folds,
-    numeric: list[str],
-    categorical: list[str],
-    metric: str,
-    *,
-    task: str = "binary",
-    n_classes: int = 2,
-) -> float:
-    """Mean validation metric over the folds (NaN if any fold's metric is NaN)."""
-    return cv_evaluate(family, params, X, y, folds, numeric, categorical, metric, task=task, n_classes=n_classes)[0]
-
-
 def make_folds(
     y: np.ndarray,
     n_folds: int,

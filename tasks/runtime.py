@@ -8,6 +8,7 @@ input (the current champion for `evaluate`). Paths, DataFrames and run metadata 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import shutil
@@ -60,9 +61,9 @@ class StageContext:
         """This stage's row of the DAG table."""
         return get_stage(self.stage)
 
-    @property
+    @functools.cached_property
     def dataset(self) -> DatasetConfig:
-        """The dataset with its effective schema: declared in params, or inferred by ingest (schema.json)."""
+        """The dataset with its effective schema: declared in params, or inferred by ingest (schema.json, read once)."""
         declared = self.params.dataset
         if declared.columns is not None and (declared.labels is not None or not declared.is_classification):
             return declared
