@@ -242,6 +242,9 @@ class FamilyConfig(Strict):
     inside each CV fold when the fold's validation loss stops improving; the refit then boosts the
     folds' mean best round count x sqrt(refit rows / fold rows), and `refit_learning_rate_divisor` d
     refits with learning_rate / d and d times the rounds (slower learning, usually a little better).
+    `pruning_warmup_rounds` (LightGBM only; None: prune between folds only) reports each fold's
+    validation loss to the pruner every few boosting rounds and lets it stop a trial mid-fold once
+    this many rounds are done (not earlier: a high learning rate always looks better at first).
     """
 
     fixed: dict[str, Any] = {}
@@ -250,6 +253,7 @@ class FamilyConfig(Strict):
     timeout_seconds: float | None = Field(default=None, gt=0)
     early_stopping_rounds: int | None = Field(default=None, ge=1)
     refit_learning_rate_divisor: float = Field(default=1.0, ge=1.0)
+    pruning_warmup_rounds: int | None = Field(default=None, ge=1)
 
 
 class CandidatesConfig(Strict):

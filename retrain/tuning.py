@@ -5,9 +5,11 @@ KFold for regression, grouped when a group column is set (no group on both sides
 time-ordered (TimeSeriesSplit: always train on the past) when a time column is set.
 
 Each trial reports its running mean fold score after every fold, so a MedianPruner stops trials that
-are already worse than the median of earlier ones; LightGBM trials also stop boosting early inside each
-fold (`early_stopping_rounds`, on the fold's validation loss) and the mean best round count becomes
-`n_estimators` of the refit. Each family has its own budget (`n_trials`, `timeout_seconds`). Parallel
+are already worse than the median of earlier ones. LightGBM trials with `pruning_warmup_rounds` report
+on boosting rounds instead: every few rounds the fold's validation loss, compared with the other trials
+at the same fold and round, so a hopeless trial stops mid-fold. LightGBM trials also stop boosting early
+inside each fold (`early_stopping_rounds`, on the fold's validation loss) and the mean best round count
+becomes `n_estimators` of the refit. Each family has its own budget (`n_trials`, `timeout_seconds`). Parallel
 trials never oversubscribe the cores: threads per model x parallel trials <= os.cpu_count().
 """
 
@@ -47,6 +49,12 @@ THREAD_KEYS = ("n_jobs", "num_threads", "nthread", "nthreads", "num_thread")
 
 TPE_STARTUP_TRIALS = 5
 """Random trials before TPE models the space (Optuna's default of 10 wastes small budgets)."""
+
+PRUNE_REPORT_EVERY = 10
+"""Boosting rounds between two reports of a fold's validation loss to the pruner."""
+
+ROUND_STEP_STRIDE = 1_000_000
+"""Pruner step of round r in fold f = f * stride + r: trials are compared at the same fold and round."""
 
 
 @dataclass
@@ -141,6 +149,31 @@ def optuna_storage(spec: str | None, root: Path | None = None) -> BaseStorage | 
     return spec
 
 
+class RoundPruning:
+    """LightGBM callback that lets Optuna prune a trial on boosting rounds, not only between folds.
+
+    Reports the first validation metric every `every` rounds, negated when LightGBM's sense of "better"
+    is not the study's (a log loss in a maximize study), and asks the pruner only after `warmup` rounds.
+    """
+
+    order = 40  # after early stopping (30), so a fold that just stopped is not reported once more
+
+    def __init__(self, trial: optuna.Trial, fold: int, warmup: int, maximize: bool, every: int = PRUNE_REPORT_EVERY):
+        self.trial, self.fold, self.warmup, self.maximize, self.every = trial, fold, warmup, maximize, every
+
+    def __call__(self, env: Any) -> None:
+        """Report on every `every`-th round; raise optuna.TrialPruned when the pruner says so."""
+        done = env.iteration + 1
+        if done % self.every or not env.evaluation_result_list:
+            return
+        _, name, value, higher_is_better = env.evaluation_result_list[0][:4]
+        if not math.isfinite(value):
+            return
+        self.trial.report(value if higher_is_better == self.maximize else -value, self.fold * ROUND_STEP_STRIDE + done)
+        if done >= self.warmup and self.trial.should_prune():
+            raise optuna.TrialPruned(f"fold {self.fold} round {done}: validation {name} {value:.4f}")
+
+
 def fit_model(
     family: str,
     params: dict[str, Any],
@@ -153,6 +186,7 @@ def fit_model(
     threads: int = 1,
     eval_set: tuple[pd.DataFrame, np.ndarray] | None = None,
     early_stopping_rounds: int | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> Pipeline:
     """Fit one family's Pipeline; LightGBM with an eval set stops boosting when its loss stops improving."""
     model = build_model(family, with_threads(family, params, threads), numeric, categorical, task=task)
@@ -164,7 +198,10 @@ def fit_model(
                 y,
                 eval_X=(prep.transform(eval_set[0]),),
                 eval_y=(eval_set[1],),
-                callbacks=[lgb.early_stopping(early_stopping_rounds, first_metric_only=True, verbose=False)],
+                callbacks=[
+                    lgb.early_stopping(early_stopping_rounds, first_metric_only=True, verbose=False),
+                    *callbacks,
+                ],
             )
             return model
         return model.fit(X, y)
@@ -185,12 +222,18 @@ def cv_evaluate(
     threads: int = 1,
     early_stopping_rounds: int | None = None,
     trial: optuna.Trial | None = None,
+    pruning_warmup_rounds: int | None = None,
 ) -> tuple[float, np.ndarray, list[int]]:
     """Mean fold metric, out-of-fold scores and LightGBM's best round per fold (pruned via `trial`).
 
     NaN if any fold's metric is NaN. After each fold the running mean is reported to the trial, which
-    raises optuna.TrialPruned when the pruner judges it hopeless.
+    raises optuna.TrialPruned when the pruner judges it hopeless; with `pruning_warmup_rounds` a
+    LightGBM fit reports on boosting rounds instead (`RoundPruning`).
     """
+    on_rounds = (
+        trial is not None and family == "lightgbm" and bool(early_stopping_rounds) and pruning_warmup_rounds is not None
+    )
+    maximize = get_metric(metric).optuna_direction == "maximize"
     oof = np.zeros((len(y), n_classes) if task == "multiclass" else len(y), dtype=float)
     scores: list[float] = []
     rounds: list[int] = []
@@ -207,6 +250,7 @@ def cv_evaluate(
             threads=threads,
             eval_set=(X_valid, y_valid),
             early_stopping_rounds=early_stopping_rounds,
+            callbacks=[RoundPruning(trial, step, pruning_warmup_rounds, maximize)] if on_rounds else (),  # type: ignore[arg-type]
         )
         best_round = getattr(model.named_steps["model"], "best_iteration_", None)
         if family == "lightgbm" and early_stopping_rounds and best_round:
@@ -216,7 +260,7 @@ def cv_evaluate(
         oof[valid_idx] = predicted
         scores.append(score(metric, y_valid, predicted))
         running = float(np.mean(scores))
-        if trial is not None and math.isfinite(running):
+        if trial is not None and not on_rounds and math.isfinite(running):
             trial.report(running, step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"fold {step}: running CV {metric} {running:.4f}")
@@ -327,6 +371,7 @@ def tune(
             threads=threads,
             early_stopping_rounds=early,
             trial=trial,
+            pruning_warmup_rounds=cfg.pruning_warmup_rounds,
         )
         if rounds:
             trial.set_user_attr("n_estimators", round(float(np.mean(rounds))))

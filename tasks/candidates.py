@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,10 @@ from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_
 from tasks.tracking import log_candidate_diagnostics
 
 logger = logging.getLogger(__name__)
+
+SYSTEM_METRICS_INTERVAL = 2.0
+"""Seconds between MLflow's samples of CPU, memory, disk and network during a family's run (a time series);
+the MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL environment variable wins when set."""
 
 MLFLOW_BATCH = 1000
 """mlflow.log_batch accepts at most 1000 metrics per call."""
@@ -223,9 +228,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
         folds = "time-ordered" if ordered else "grouped" if groups is not None else "stratified/shuffled"
         logger.info("candidates: %s task, %s CV folds, metric %s", dataset.task, folds, metric)
         outcomes: dict[str, FamilyOutcome] = {}
+        if "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL" not in os.environ:
+            mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL)
         for family in order:
             family_tags = {**ctx.tracking.tags, "retrain.stage": ctx.stage, "retrain.family": family}
-            with mlflow.start_run(run_name=f"candidates/{family}", nested=True, tags=family_tags):
+            with mlflow.start_run(
+                experiment_id=active.info.experiment_id,  # else MLflow files the child under its default experiment
+                run_name=f"candidates/{family}",
+                nested=True,
+                tags=family_tags,
+                log_system_metrics=True,
+            ):
                 directory = ctx.path(f"{CANDIDATES}/{family}")
                 if family == "stacking":
                     outcome = fit_stacking({b: outcomes[b] for b in bases}, d, cfg, directory)

@@ -45,8 +45,9 @@ def statuses(summary: dict) -> dict[str, str]:
     return {s["name"]: s["status"] for s in summary["stages"]}
 
 
-def test_first_run_promotes_a_champion_with_lineage(project: Path, use_root, capsys) -> None:
+def test_first_run_promotes_a_champion_with_lineage(project: Path, use_root, capsys, monkeypatch) -> None:
     use_root(project)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # small data: short family runs
     code, summary = run_cli([], capsys)
     assert code == 0, summary
     assert set(statuses(summary).values()) == {"ran"}, statuses(summary)
@@ -66,6 +67,12 @@ def test_first_run_promotes_a_champion_with_lineage(project: Path, use_root, cap
     assert len(scores) == 5 and all(0.0 <= s <= 1.0 for s in scores), "served P(>50K) for raw rows"
     dvc_status = subprocess.run(["dvc", "status", "--json"], cwd=project, capture_output=True, text=True, check=True)
     assert json.loads(dvc_status.stdout) == {}, f"dvc status not clean after the flow: {dvc_status.stdout}"
+    [family_run] = client(project).search_runs(
+        [client(project).get_run(version.run_id).info.experiment_id],
+        filter_string="attributes.run_name = 'candidates/lightgbm'",
+    )  # in the project's experiment, next to its parent stage run
+    cpu = client(project).get_metric_history(family_run.info.run_id, "system/cpu_utilization_percentage")
+    assert cpu, "MLflow samples CPU and memory during each family's run"
 
 
 def test_rerun_is_all_cache_hits_and_registers_nothing(project: Path, use_root, capsys) -> None:

@@ -12,7 +12,15 @@ import pytest
 
 from retrain.config import FamilyConfig, ParamRange
 from retrain.errors import DataError
-from retrain.tuning import make_folds, optuna_storage, plan_threads, tune
+from retrain.tuning import (
+    PRUNE_REPORT_EVERY,
+    ROUND_STEP_STRIDE,
+    cv_evaluate,
+    make_folds,
+    optuna_storage,
+    plan_threads,
+    tune,
+)
 
 
 def covers_every_row_once(folds: list[tuple[np.ndarray, np.ndarray]], n: int) -> bool:
@@ -121,6 +129,40 @@ def test_lightgbm_trials_stop_early_and_are_pruned() -> None:
     assert rounds and max(rounds) < 400, f"boosting stopped before n_estimators inside folds: {rounds}"
     assert result.best_params["n_estimators"] < 400, "the refit uses the folds' mean best round count"
     assert result.oof is not None and result.oof.shape == (len(y),) and result.oof_rows.all(), "OOF for stacking"
+
+
+def test_round_pruning_reports_sign_adjusted_loss_and_waits_for_warmup() -> None:
+    X, y = lgbm_data()
+    folds = make_folds(y, 3, 0, task="binary")
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=-1e-6))
+    trial = study.ask()
+    params = {"n_estimators": 400, "verbose": -1, "learning_rate": 0.05, "n_jobs": 1}
+    with pytest.raises(optuna.TrialPruned, match="fold 0 round 30"):
+        cv_evaluate("lightgbm", params, X, y, folds, ["a"], ["c"], "roc_auc", early_stopping_rounds=10, trial=trial,
+                    pruning_warmup_rounds=30)  # fmt: skip
+    reported = study.trials[0].intermediate_values
+    assert sorted(reported) == [10, 20, 30], (
+        f"a report every {PRUNE_REPORT_EVERY} rounds, pruned at warm-up: {reported}"
+    )
+    assert all(v < 0 for v in reported.values()), f"log loss is negated in a maximize study: {reported}"
+
+
+def test_lightgbm_trials_are_pruned_on_boosting_rounds() -> None:
+    X, y = lgbm_data()
+    storage = optuna.storages.InMemoryStorage()
+    cfg = LGBM.model_copy(update={"pruning_warmup_rounds": 20})
+    result = tune("lightgbm", cfg, X, y, numeric=["a"], categorical=["c"], metric="roc_auc", n_trials=14,
+                  n_folds=3, seed=0, storage=storage, study_name="rounds")  # fmt: skip
+    study = optuna.load_study(study_name="rounds", storage=storage)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned and result.n_pruned == len(pruned), "some trials were pruned"
+    for t in pruned:
+        last = max(t.intermediate_values)
+        rounds = last % ROUND_STEP_STRIDE
+        assert rounds >= 20 and rounds % PRUNE_REPORT_EVERY == 0, f"pruned on a boosting round after warm-up: {last}"
+    steps = {s for t in study.trials for s in t.intermediate_values}
+    assert any(s >= ROUND_STEP_STRIDE for s in steps), "later folds report at their own steps"
+    assert not any(s < PRUNE_REPORT_EVERY for s in steps), "no fold-level reports mixed with round reports"
 
 
 def test_family_budget_overrides_the_global_trial_count() -> None:
