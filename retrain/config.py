@@ -286,12 +286,175 @@ class CandidatesConfig(Strict):
         return self
 
 
+class Gate(Strict):
+    """A gate of the policy; `enabled: false` skips it (recorded with status "skipped", it blocks nothing)."""
+
+    enabled: bool = True
+
+
+class MetricBoundsGate(Gate):
+    """Absolute bounds on test metrics: `min` / `max` map a metric name (of the task) to its bound."""
+
+    min: dict[str, float] = {}
+    max: dict[str, float] = {}
+
+
+class BaselineGate(Gate):
+    """The candidate beats the best baseline by `margin`, in the metric's direction."""
+
+    margin: float = 0.0
+
+
+class ChampionGate(Gate):
+    """No regression vs the champion: a seeded paired bootstrap CI of (candidate - champion) on test.
+
+    Passes when the upper end of the `confidence` interval of the improvement (in the better direction)
+    is at least -`tolerance`, i.e. the data cannot show the candidate worse by more than the tolerance.
+    `first_run`: what to do when no champion exists (promote: skip the comparison, logged; reject).
+    """
+
+    tolerance: float = Field(default=0.0, ge=0.0)
+    resamples: int = Field(default=1000, ge=50)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    first_run: Literal["promote", "reject"] = "promote"
+
+
+class SlicesGate(Gate):
+    """The metric per slice: categorical `columns` (empty: dataset.slices), and numeric columns cut into `bands`.
+
+    Slices under `min_rows` test rows are listed, not gated. The worst slice may trail the overall
+    metric by at most `max_gap`; no slice may be worse than the champion's same slice by more than
+    `champion_tolerance`.
+    """
+
+    columns: tuple[str, ...] = ()
+    bands: dict[str, tuple[float, ...]] = {}
+    min_rows: int = Field(default=30, ge=1)
+    max_gap: float = Field(default=1.0, ge=0.0)
+    champion_tolerance: float = Field(default=1.0, ge=0.0)
+
+
+class PerturbationGate(Gate):
+    """Noise numeric features (sigma = `noise_std` x the feature's std), swap categories at `swap_rate`.
+
+    The metric may drop by at most `max_drop`.
+    """
+
+    noise_std: float = Field(default=0.1, ge=0.0)
+    swap_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    max_drop: float = Field(default=0.02, ge=0.0)
+
+
+class InvarianceGate(Gate):
+    """Each attribute (empty: dataset.protected) swapped to each other value must barely move predictions.
+
+    Bounds the share of rows whose predicted class changes and the mean |delta p| (regression: mean
+    |delta prediction| / the target's std on test).
+    """
+
+    attributes: tuple[str, ...] = ()
+    max_flip_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    max_mean_abs_delta: float = Field(default=0.05, ge=0.0)
+
+
+class DirectionalGate(Gate):
+    """Raising an `increasing` feature (by `step_std` x its std) must not lower the score; `decreasing` the reverse.
+
+    The score is P(positive) (binary) or the prediction (regression). A row violates an expectation when
+    its score moves the wrong way by more than `tolerance`; at most `max_violation_rate` of rows may.
+    """
+
+    increasing: tuple[str, ...] = ()
+    decreasing: tuple[str, ...] = ()
+    step_std: float = Field(default=0.5, gt=0.0)
+    tolerance: float = Field(default=1e-6, ge=0.0)
+    max_violation_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+
+
+class CalibrationGate(Gate):
+    """Expected calibration error (`bins` equal-width bins) and Brier score bounded (classification).
+
+    `method` (isotonic | sigmoid) calibrates the model on the validation split first; the calibrated
+    model is then what is gated, registered and served.
+    """
+
+    method: Literal["isotonic", "sigmoid"] | None = None
+    bins: int = Field(default=10, ge=2)
+    max_ece: float = Field(default=0.05, ge=0.0)
+    max_brier: float | None = Field(default=None, ge=0.0)
+
+
+class ConfidenceGate(Gate):
+    """A confidence threshold chosen on validation, stored with the model (classification).
+
+    Confidence is the top class probability; rows under the threshold are abstentions. The threshold is
+    the lowest that reaches `target_precision` (accuracy on the rows kept) on validation, or the one
+    keeping `target_coverage` of them. On test the coverage and precision must reach the minimums.
+    """
+
+    target_precision: float | None = Field(default=None, gt=0.0, le=1.0)
+    target_coverage: float | None = Field(default=None, gt=0.0, le=1.0)
+    min_coverage: float = Field(default=0.0, ge=0.0, le=1.0)
+    min_precision: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ConfidenceGate:
+        if self.enabled and (self.target_precision is None) == (self.target_coverage is None):
+            raise ValueError("set exactly one of target_precision and target_coverage")
+        return self
+
+
+class FairnessGate(Gate):
+    """Demographic-parity and equalized-odds differences per attribute (empty: dataset.protected) bounded.
+
+    Binary tasks, on predictions at `threshold` on P(positive); groups under `min_rows` are ignored.
+    """
+
+    attributes: tuple[str, ...] = ()
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    min_rows: int = Field(default=30, ge=1)
+    max_demographic_parity_difference: float = Field(default=1.0, ge=0.0)
+    max_equalized_odds_difference: float = Field(default=1.0, ge=0.0)
+
+
+class LatencyGate(Gate):
+    """p95 single-row latency (`rows` single-row calls) and model size, absolute and vs the champion."""
+
+    rows: int = Field(default=200, ge=10)
+    max_p95_ms: float = Field(default=50.0, gt=0.0)
+    max_size_mb: float = Field(default=100.0, gt=0.0)
+    max_p95_ratio_vs_champion: float | None = Field(default=None, gt=0.0)
+    max_size_ratio_vs_champion: float | None = Field(default=None, gt=0.0)
+
+
+class ServingGate(Gate):
+    """The model, packaged exactly as it will be registered, loads in a fresh process and predicts."""
+
+    timeout_seconds: float = Field(default=120.0, gt=0.0)
+
+
+class GatesConfig(Strict):
+    """The gate policy: every gate a candidate must pass before `champion` moves to it."""
+
+    metric_bounds: MetricBoundsGate = MetricBoundsGate()
+    baseline: BaselineGate = BaselineGate()
+    champion: ChampionGate = ChampionGate()
+    slices: SlicesGate = SlicesGate()
+    perturbation: PerturbationGate = PerturbationGate()
+    invariance: InvarianceGate = InvarianceGate()
+    directional: DirectionalGate = DirectionalGate()
+    calibration: CalibrationGate = CalibrationGate()
+    confidence: ConfidenceGate = ConfidenceGate(enabled=False)
+    fairness: FairnessGate = FairnessGate()
+    latency: LatencyGate = LatencyGate()
+    serving: ServingGate = ServingGate()
+
+
 class EvaluateConfig(Strict):
-    """The offline gates a candidate must pass before promotion."""
+    """The metric candidates are selected and gated by, and the gate policy."""
 
     metric: str
-    baseline_margin: float
-    champion_tolerance: float = Field(ge=0.0)
+    gates: GatesConfig = GatesConfig()
 
 
 class PromoteConfig(Strict):
@@ -344,7 +507,35 @@ class Params(Strict):
         test = self.ingest.test_source
         if (test is not None and "://" in test) != (self.ingest.test_query is not None):
             raise ValueError("ingest.test_query goes with a database URL in ingest.test_source, and only then")
+        bounds = self.evaluate.gates.metric_bounds
+        unknown = [m for m in (*bounds.min, *bounds.max) if m not in TASK_METRICS[task]]
+        if unknown:
+            raise ValueError(f"evaluate.gates.metric_bounds: metrics {unknown} do not fit task {task!r}")
+        self._check_gate_columns()
         return self
+
+    def _check_gate_columns(self) -> None:
+        """Gate columns must be features (when the schema is declared) and numeric where a step or band is taken."""
+        columns = self.dataset.columns
+        if columns is None:
+            return
+        gates = self.evaluate.gates
+        named = {
+            "slices.columns": gates.slices.columns,
+            "slices.bands": tuple(gates.slices.bands),
+            "invariance.attributes": gates.invariance.attributes,
+            "directional.increasing": gates.directional.increasing,
+            "directional.decreasing": gates.directional.decreasing,
+            "fairness.attributes": gates.fairness.attributes,
+        }
+        for key, names in named.items():
+            unknown = [c for c in names if c not in columns]
+            if unknown:
+                raise ValueError(f"evaluate.gates.{key}: {unknown} are not declared in dataset.columns")
+        for key in ("slices.bands", "directional.increasing", "directional.decreasing"):
+            categorical = [c for c in named[key] if columns[c].type == "category"]
+            if categorical:
+                raise ValueError(f"evaluate.gates.{key}: {categorical} are categorical; numeric columns only")
 
 
 def _error_path(loc: tuple[Any, ...]) -> str:

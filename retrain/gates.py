@@ -9,7 +9,7 @@ value >= threshold; `lower_is_better`: value <= threshold).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from retrain.metrics import get_metric
@@ -17,7 +17,10 @@ from retrain.metrics import get_metric
 
 @dataclass(frozen=True)
 class GateResult:
-    """The outcome of one gate."""
+    """The outcome of one gate: `status` is pass, fail or skipped (disabled or not applicable: blocks nothing).
+
+    `details` holds what a reader needs to see why (per-attribute numbers, intervals, slice tables).
+    """
 
     name: str
     value: float | None
@@ -26,10 +29,22 @@ class GateResult:
     reason: str
     metric: str | None = None
     direction: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False
+
+    @property
+    def status(self) -> str:
+        """pass | fail | skipped."""
+        return "skipped" if self.skipped else "pass" if self.passed else "fail"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form for the gate record."""
-        return asdict(self)
+        return {**asdict(self), "status": self.status}
+
+
+def skipped(name: str, reason: str) -> GateResult:
+    """A gate that did not run (disabled in params, or not applicable to the task); it blocks nothing."""
+    return GateResult(name, None, None, True, reason, skipped=True)
 
 
 def _fmt(value: float | None) -> str:

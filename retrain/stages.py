@@ -124,9 +124,7 @@ STAGES: tuple[Stage, ...] = (
         deps=(SPLITS["test"], BASELINES, CANDIDATES),
         outs=(GATE_RECORD,),
         params=(
-            "evaluate.metric",
-            "evaluate.baseline_margin",
-            "evaluate.champion_tolerance",
+            "evaluate",
             "promote.model_name",
             "promote.alias",
             *_DATASET,

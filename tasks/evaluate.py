@@ -95,8 +95,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
         gates = [
             metric_is_finite(metric, candidate_score),
-            beats_baselines(metric, candidate_score, baseline_scores, cfg.baseline_margin),
-            no_regression(metric, candidate_score, champion_score, cfg.champion_tolerance),
+            beats_baselines(metric, candidate_score, baseline_scores, cfg.gates.baseline.margin),
+            no_regression(metric, candidate_score, champion_score, cfg.gates.champion.tolerance),
         ]
         decision, failed = decide(gates)
         slices = slice_scores(test, dataset.slices, metric, y_test, candidate_scores)

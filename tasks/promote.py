@@ -7,34 +7,26 @@ hash is not registered again, and an alias already in place is not moved.
 from __future__ import annotations
 
 import logging
-from importlib.metadata import version as pkg_version
 from typing import Any
 
 import mlflow
 import pandas as pd
 from filelock import FileLock
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from prefect import task
 
-from retrain.serving import ARTIFACT_KEY
 from retrain.stages import GATE_RECORD, PROMOTION, SPLITS
 from tasks import registry
+from tasks.packaging import pyfunc_kwargs
 from tasks.runtime import StageContext, finish, read_json, stage_run, write_json
 from tasks.version import version_tags
 
 logger = logging.getLogger(__name__)
 
-REQUIREMENTS = ("mlflow", "lightgbm", "scikit-learn", "skops", "pandas", "numpy", "pyarrow")
 
 
 class PromotionRefusedError(RuntimeError):
     """The champion moved between evaluation and promotion (compare-and-set failed)."""
-
-
-def pip_requirements() -> list[str]:
-    """Explicit pins from the installed (locked) versions: inferring them costs seconds per model."""
-    return [f"{name}=={pkg_version(name)}" for name in REQUIREMENTS]
 
 
 def log_and_register(ctx: StageContext, record: dict[str, Any], client: MlflowClient) -> str:
@@ -42,19 +34,7 @@ def log_and_register(ctx: StageContext, record: dict[str, Any], client: MlflowCl
     dataset = ctx.dataset
     model_dir = ctx.path(record["candidate"]["model_dir"])
     example = pd.read_parquet(ctx.path(SPLITS["valid"]), columns=dataset.features).head(5)
-    from retrain.models import load_predictor, serve_output
-
-    # the signature describes what the pyfunc returns: scores, or one probability column per label
-    signature = infer_signature(example, serve_output(load_predictor(model_dir), example))
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(ctx.path("retrain/pyfunc_entry.py")),
-        artifacts={ARTIFACT_KEY: str(model_dir)},
-        code_paths=[str(ctx.path("retrain"))],
-        pip_requirements=pip_requirements(),
-        signature=signature,
-        input_example=example,
-    )
+    info = mlflow.pyfunc.log_model(name="model", **pyfunc_kwargs(ctx.root, model_dir, example))
     tags = {
         registry.MODEL_HASH_TAG: record["candidate"]["model_hash"],
         "retrain.data_hash": str(record["data_hash"]),

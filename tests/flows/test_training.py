@@ -119,7 +119,7 @@ def test_missing_target_column_exits_2_and_leaves_champion(project: Path, use_ro
 def test_gate_rejection_exits_3_and_leaves_champion(project: Path, use_root, capsys) -> None:
     use_root(project)
     before = client(project).get_model_version_by_alias(MODEL, "champion").version
-    code, summary = run_cli(["--set", "evaluate.baseline_margin=0.9"], capsys)
+    code, summary = run_cli(["--set", "evaluate.gates.baseline.margin=0.9"], capsys)
     assert code == 3, summary
     assert summary["decision"] == "reject" and "beats_baselines" in summary["failed_gates"], summary
     assert client(project).get_model_version_by_alias(MODEL, "champion").version == before

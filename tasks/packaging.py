@@ -1,0 +1,38 @@
+"""How a model directory becomes an MLflow pyfunc: one set of arguments for registering and for checking.
+
+`promote` logs the model with these arguments and the serving gate saves it with the same ones into a
+temp dir and loads it in a fresh process, so the gate checks exactly what will be registered.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version as pkg_version
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.models import infer_signature
+
+from retrain.models import load_predictor, serve_output
+from retrain.serving import ARTIFACT_KEY
+
+REQUIREMENTS = ("mlflow", "lightgbm", "scikit-learn", "skops", "pandas", "numpy", "pyarrow")
+
+
+def pip_requirements() -> list[str]:
+    """Explicit pins from the installed (locked) versions: inferring them costs seconds per model."""
+    return [f"{name}=={pkg_version(name)}" for name in REQUIREMENTS]
+
+
+def pyfunc_kwargs(root: Path, model_dir: Path, example: pd.DataFrame) -> dict[str, Any]:
+    """Arguments of mlflow.pyfunc.log_model / save_model for the model directory (models from code)."""
+    # the signature describes what the pyfunc returns: scores, or one probability column per label
+    signature = infer_signature(example, serve_output(load_predictor(model_dir), example))
+    return {
+        "python_model": str(root / "retrain" / "pyfunc_entry.py"),
+        "artifacts": {ARTIFACT_KEY: str(model_dir)},
+        "code_paths": [str(root / "retrain")],
+        "pip_requirements": pip_requirements(),
+        "signature": signature,
+        "input_example": example,
+    }
