@@ -1,4 +1,4 @@
-"""The `retrain` command: run the flow, run one stage for dvc, print the stage table."""
+"""The `retrain` command: run the flow, run one stage for dvc, print the stage table, audit history, rollback."""
 
 from __future__ import annotations
 
@@ -22,13 +22,19 @@ examples:
   retrain run                                   full flow on params.yaml (Adult by default)
   retrain run --set candidates.n_trials=3       override a params key for this run only
   retrain run --set ingest.sample_rows=2000 --json
+  retrain run --dry-run                         every stage and gate; report what promote would do, change nothing
+  retrain history                               every alias move of the model (audit log), oldest first
+  retrain rollback                              champion back to the previous champion (audited)
+  retrain rollback --to 3                       champion to version 3, an earlier champion
   retrain stage split                           one stage on files (what dvc repro calls)
   retrain stages --dvc-yaml > dvc.yaml          regenerate dvc.yaml from the stage table
   retrain data restore adult-income@champion restored/
                                                 the champion's training snapshot, from the DVC remote
 
-exit codes: 0 completed (promoted or nothing to do), 3 candidate rejected by a gate,
-            2 invalid input data or config, 1 anything else
+exit codes: 0 completed (promoted or nothing to do; --dry-run: would promote), 3 candidate rejected by a
+            gate (--dry-run: would reject), 2 invalid input data or config (history/rollback: unknown model,
+            nothing to roll back to), 1 anything else, including a promotion refused because champion moved
+            since evaluation (compare-and-set)
 """
 
 
@@ -57,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a params key (repeatable), like `dvc exp run -S`",
     )
     run.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run every stage and gate, then report what promote would do without registering or moving aliases",
+    )
     stage = sub.add_parser("stage", help="run one stage on files (called by dvc.yaml)")
     stage.add_argument("name", help="stage name")
     stage.add_argument("--params", default="params.yaml")
@@ -78,6 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("dir", metavar="DIR", help="folder to write snapshot.parquet and lineage.json into")
     restore.add_argument("--remote", default=None, help="DVC remote to pull from (default: the one on the version)")
     restore.add_argument("--params", default="params.yaml", help="params file naming the MLflow tracking URI")
+    history = sub.add_parser("history", help="the audit log of alias moves (challenger, champion, rollback)")
+    history.add_argument("--model", default=None, help="registered model (default: promote.model_name in params)")
+    history.add_argument("--params", default="params.yaml", help="params file naming the model and tracking URI")
+    history.add_argument("--json", action="store_true", help="print the entries as JSON on stdout")
+    rollback = sub.add_parser(
+        "rollback",
+        help="point champion back at the previous champion (audited with trigger rollback)",
+        description=(
+            "The previous champion is the from-version of the newest audit entry that moved champion to the "
+            "current version. Exit 0 moved (or already there), 2 unknown model, version, or nothing to roll back to."
+        ),
+    )
+    rollback.add_argument("--model", default=None, help="registered model (default: promote.model_name in params)")
+    rollback.add_argument("--params", default="params.yaml", help="params file naming the model and tracking URI")
+    rollback.add_argument("--to", default=None, metavar="VERSION", help="an explicit earlier champion version")
+    rollback.add_argument("--json", action="store_true", help="print the audit entry as JSON on stdout")
     return parser
 
 
@@ -101,7 +128,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.training import retrain_flow
 
     trigger = os.environ.get("RETRAIN_TRIGGER", "cli")
-    state = retrain_flow(params_file=args.params, overrides=args.overrides, trigger=trigger, return_state=True)
+    state = retrain_flow(
+        params_file=args.params, overrides=args.overrides, trigger=trigger, dry_run=args.dry_run, return_state=True
+    )
     if not state.is_completed():
         exc = state.result(raise_on_failure=False)
         error = exc if isinstance(exc, BaseException) else None
@@ -113,7 +142,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_summary(summary)
     if args.json:
         _emit({"status": "completed", **summary})
-    return EXIT_REJECTED if summary["decision"] == "reject" else EXIT_OK
+    return exit_code_for_promotion(summary["promotion"], summary["decision"])
+
+
+def exit_code_for_promotion(action: str | None, decision: str | None) -> int:
+    """3 for a (would-be) gate rejection, 1 for a refused compare-and-set, else 0."""
+    if action in ("rejected", "would_reject") or decision == "reject":
+        return EXIT_REJECTED
+    if action in ("refused", "would_refuse"):
+        return EXIT_ERROR
+    return EXIT_OK
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -128,8 +166,13 @@ def print_summary(summary: dict[str, Any]) -> None:
         lines.append(f"gate {gate['name']:<28} {'PASS' if gate['passed'] else 'FAIL'}  {gate['reason']}")
     lines.append(
         f"decision: {summary['decision']} ({summary['promotion']}); {summary['model_name']} "
+        f"challenger = version {summary.get('challenger_version')}, "
         f"champion = version {summary['champion_version']}; data {summary['data_hash']}"
     )
+    if summary.get("promotion_message"):
+        lines.append(("DRY RUN: " if summary.get("dry_run") else "") + summary["promotion_message"])
+    for entry in summary.get("audit", []):
+        lines.append(f"audit: {entry_line(entry)}")
     lines.append(f"mlflow run {summary['mlflow_run_id']} at {summary['tracking_uri']}")
     logger.info("\n".join(lines))
 
@@ -152,10 +195,12 @@ def cmd_stage(args: argparse.Namespace) -> int:
     trigger = "dvc" if os.environ.get("DVC_STAGE") else os.environ.get("RETRAIN_TRIGGER", "cli")
     outcome = standalone_stage(root, params, args.name, trigger)
     logger.info("stage %s finished in %.2fs", outcome.name, outcome.seconds)
-    if outcome.result.get("info", {}).get("action") == "rejected":
+    action = outcome.result.get("info", {}).get("action")
+    if action == "rejected":
         logger.error("promote: the candidate failed a gate; champion unchanged (see %s)", GATE_RECORD)
-        return EXIT_REJECTED
-    return EXIT_OK
+    for entry in outcome.result.get("info", {}).get("audit", []):
+        logger.info("audit: %s", entry_line(entry))
+    return exit_code_for_promotion(action, None)
 
 
 def cmd_stages(args: argparse.Namespace) -> int:
@@ -203,13 +248,76 @@ def cmd_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def entry_line(entry: dict[str, Any]) -> str:
+    """One audit entry as a history table row."""
+    failed = ",".join(entry.get("failed_gates") or []) or "-"
+    moved = f"{entry.get('from_version') or '-'} -> {entry.get('to_version')}"
+    return (
+        f"{entry.get('time', '')[:19]:<20}{entry['alias']:<12}{moved:<10}{entry.get('trigger') or '-':<10}"
+        f"{entry.get('decision') or '-':<9}{failed:<16}{entry.get('gate_record') or '-'}"
+    )
+
+
+def _registry_args(args: argparse.Namespace) -> tuple[Any, str, str, str]:
+    """Project root, tracking URI, model name and alias for history/rollback."""
+    from retrain.config import load_params
+    from retrain.paths import project_root, resolve
+    from tasks.runtime import default_tracking_uri
+
+    root = project_root()
+    params = load_params(resolve(root, args.params))
+    uri = params.tracking.tracking_uri or default_tracking_uri(root)
+    return root, uri, args.model or params.promote.model_name, params.promote.alias
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """`retrain history`: every audited alias move of a registered model, oldest first (stdout)."""
+    from mlflow.tracking import MlflowClient
+
+    from tasks import audit, registry
+
+    _, uri, model, _ = _registry_args(args)
+    registry.require_model(MlflowClient(uri), model)
+    entries = audit.entries(uri, model)
+    if args.json:
+        _emit({"model_name": model, "entries": entries})
+        return EXIT_OK
+    header = f"{'time (UTC)':<20}{'alias':<12}{'from->to':<10}{'trigger':<10}{'decision':<9}{'failed':<16}gate record"
+    rows = [entry_line(e) for e in entries] or ["(no alias moves recorded)"]
+    sys.stdout.write("\n".join([f"{model}: {len(entries)} audit entries", header, *rows]) + "\n")
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """`retrain rollback`: champion back to the previous (or --to) champion, under the registry lock, audited."""
+    from tasks import registry
+
+    root, uri, model, alias = _registry_args(args)
+    result = registry.rollback(root, uri, model, alias, args.to)
+    if args.json:
+        _emit(result)
+    elif result["entry"] is None:
+        sys.stdout.write(f"{model}@{alias} is already version {result['to_version']}; nothing changed\n")
+    else:
+        sys.stdout.write(f"{model}@{alias}: {result['from_version']} -> {result['to_version']}\n")
+        sys.stdout.write(f"audit: {entry_line(result['entry'])}\n")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `retrain` console script."""
     args = build_parser().parse_args(argv)
     configure_logging()
     # no network but the package index here: the ephemeral Prefect server's telemetry would only error
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    handlers = {"run": cmd_run, "stage": cmd_stage, "stages": cmd_stages, "data": cmd_data}
+    handlers = {
+        "run": cmd_run,
+        "stage": cmd_stage,
+        "stages": cmd_stages,
+        "data": cmd_data,
+        "history": cmd_history,
+        "rollback": cmd_rollback,
+    }
     try:
         return handlers[args.command](args)
     except RetrainInputError as exc:

@@ -19,14 +19,19 @@ DEFAULT_PARAMS = "params.yaml"
 
 @flow(name="retrain", log_prints=False, validate_parameters=True)
 def retrain_flow(
-    params_file: str = DEFAULT_PARAMS, overrides: list[str] | None = None, trigger: str = "cli"
+    params_file: str = DEFAULT_PARAMS,
+    overrides: list[str] | None = None,
+    trigger: str = "cli",
+    dry_run: bool = False,
 ) -> dict[str, Any]:
-    """Version, validate, split, train, gate and promote; returns the run summary."""
+    """Version, validate, split, train, gate and promote (or, with dry_run, report what promote would do)."""
     root = project_root()
     params = load_params(resolve(root, params_file), overrides)
     preflight(params)
     is_default = not overrides and resolve(root, params_file) == root / DEFAULT_PARAMS
-    run = PipelineRun.start(root, params, trigger, commit_lineage=is_default, flow_run_id=flow_run.get_id())
+    run = PipelineRun.start(
+        root, params, trigger, commit_lineage=is_default and not dry_run, flow_run_id=flow_run.get_id(), dry_run=dry_run
+    )
     try:
         # --- data: snapshot, version, gate, split ---
         run.stage("ingest")
@@ -38,7 +43,7 @@ def retrain_flow(
         candidates = run.stage("candidates")
         # --- offline gates and promotion ---
         run.stage("evaluate", external=run.champion_input(candidates))
-        run.stage("promote")
+        run.stage("promote", external={"dry_run": "true"} if dry_run else None)
         run.record_lineage()
     except BaseException:
         run.finish("FAILED")

@@ -37,10 +37,17 @@ class PipelineRun:
     commit_lineage: bool
     stages: list[StageOutcome] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    dry_run: bool = False
 
     @classmethod
     def start(
-        cls, root: Path, params: Params, trigger: str, commit_lineage: bool, flow_run_id: str | None
+        cls,
+        root: Path,
+        params: Params,
+        trigger: str,
+        commit_lineage: bool,
+        flow_run_id: str | None,
+        dry_run: bool = False,
     ) -> PipelineRun:
         """Open the MLflow parent run, tagged with everything known before the data is read."""
         uri = params.tracking.tracking_uri or default_tracking_uri(root)
@@ -48,8 +55,10 @@ class PipelineRun:
         tags = base_tags(root, params, trigger) | dvcstore.remote_info(root, params.version.remote).tags()
         if flow_run_id:
             tags["retrain.prefect_flow_run_id"] = flow_run_id
-        parent = start_parent_run(uri, experiment_id, tags, name=f"pipeline-{trigger}")
-        return cls(root, params, Tracking(uri, experiment_id, parent, tags), commit_lineage)
+        name = f"pipeline-{trigger}" + ("-dry-run" if dry_run else "")
+        flags = {"retrain.dry_run": "true"} if dry_run else {}
+        parent = start_parent_run(uri, experiment_id, tags | flags, name=name)
+        return cls(root, params, Tracking(uri, experiment_id, parent, tags), commit_lineage, dry_run=dry_run)
 
     def context(self, stage: str, external: dict[str, str] | None = None) -> StageContext:
         """The context a stage task receives."""
@@ -95,14 +104,15 @@ class PipelineRun:
     def record_lineage(self) -> None:
         """Write dvc.lock from the workspace so `dvc status` agrees (skipped for override runs)."""
         if not self.commit_lineage:
-            logger.info("overrides in effect: dvc.lock left as is (the workspace is an experiment)")
+            reason = "dry run: nothing was promoted" if self.dry_run else "the workspace is an experiment"
+            logger.info("overrides or dry run in effect: dvc.lock left as is (%s)", reason)
             return
         dvcstore.commit_pipeline(self.root)
 
     def finish(self, status: str) -> dict[str, Any]:
         """Close the parent run and return the machine-readable summary."""
         summary = self.summary()
-        tags = {"retrain.decision": str(summary.get("decision"))}
+        tags = {"retrain.decision": str(summary.get("decision")), "retrain.promotion": str(summary.get("promotion"))}
         end_parent_run(self.tracking.tracking_uri, self.tracking.parent_run_id or "", status, tags)
         return summary
 
@@ -128,9 +138,13 @@ class PipelineRun:
             "decision": evaluate.get("decision"),
             "failed_gates": evaluate.get("failed_gates", []),
             "promotion": promote.get("action"),
+            "promotion_message": promote.get("message", ""),
+            "dry_run": self.dry_run,
             "model_name": self.params.promote.model_name,
             "model_version": promote.get("version"),
+            "challenger_version": promote.get("challenger_version"),
             "champion_version": promote.get("champion_version"),
+            "audit": promote.get("audit", []),
             "data_hash": self.tracking.tags.get("retrain.data_hash"),
             "mlflow_run_id": self.tracking.parent_run_id,
             "tracking_uri": self.tracking.tracking_uri,

@@ -1,7 +1,9 @@
-"""promote: register a gated candidate and point `champion` at it, only if every gate passed.
+"""promote: register a gated candidate as `challenger`, then move `champion` to it by compare-and-set.
 
 Never cached (it has side effects) and idempotent: a model already registered with the same content
-hash is not registered again, and an alias already in place is not moved.
+hash is not registered again, and an alias already in place is not moved. Every alias move is appended
+to the audit log (tasks/audit.py) inside the registry lock. With `external["dry_run"]` it only reports
+what it would do.
 """
 
 from __future__ import annotations
@@ -11,26 +13,29 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from filelock import FileLock
 from mlflow.tracking import MlflowClient
 from prefect import task
 
 from retrain.stages import GATE_RECORD, PROMOTION, SPLITS
-from tasks import registry
+from tasks import audit, registry
 from tasks.packaging import pyfunc_kwargs
 from tasks.runtime import StageContext, finish, read_json, stage_run, write_json
 from tasks.version import version_tags
 
 logger = logging.getLogger(__name__)
 
+CHALLENGER = "challenger"
+MODEL_CARD = "model_card.html"
 
 
-class PromotionRefusedError(RuntimeError):
-    """The champion moved between evaluation and promotion (compare-and-set failed)."""
+def gate_line(gate: dict[str, Any]) -> str:
+    """`name: pass|fail|skipped` for the version description."""
+    status = gate.get("status") or ("pass" if gate.get("passed") else "fail")
+    return f"{gate['name']}: {status}"
 
 
-def log_and_register(ctx: StageContext, record: dict[str, Any], client: MlflowClient) -> str:
-    """Log the candidate as a models-from-code pyfunc and register it with lineage tags."""
+def log_and_register(ctx: StageContext, record: dict[str, Any], client: MlflowClient, uris: dict[str, str]) -> str:
+    """Log the candidate as a models-from-code pyfunc and register it with lineage and gate-record tags."""
     dataset = ctx.dataset
     model_dir = ctx.path(record["candidate"]["model_dir"])
     example = pd.read_parquet(ctx.path(SPLITS["valid"]), columns=dataset.features).head(5)
@@ -44,58 +49,156 @@ def log_and_register(ctx: StageContext, record: dict[str, Any], client: MlflowCl
         "retrain.task": str(record.get("task", dataset.task)),
         "retrain.metric": f"{record['metric']} ({record.get('direction', 'higher_is_better')})",
         "retrain.gate_decision": record["decision"],
-        "retrain.gate_record": f"runs:/{mlflow.active_run().info.run_id}/gate_record.json",
+        **uris,
     }
     tags |= {k: v for k, v in version_tags(ctx.root).items() if k.startswith("retrain.dvc_remote")}
     version = mlflow.register_model(info.model_uri, ctx.params.promote.model_name, tags=tags)
-    summary = "; ".join(f"{g['name']}: {'pass' if g['passed'] else 'FAIL'}" for g in record["gates"])
+    summary = "; ".join(gate_line(g) for g in record["gates"])
     client.update_model_version(ctx.params.promote.model_name, version.version, description=f"gates: {summary}")
     return str(version.version)
 
 
+def log_record(ctx: StageContext, record: dict[str, Any], run_id: str) -> dict[str, str]:
+    """Log the gate record (and the model card when evaluate wrote one) to this run; their runs:/ URIs as tags."""
+    mlflow.log_dict(record, "gate_record.json")
+    uris = {"retrain.gate_record": f"runs:/{run_id}/gate_record.json"}
+    card = ctx.path(GATE_RECORD).parent / MODEL_CARD
+    if card.is_file():
+        mlflow.log_artifact(str(card))
+        uris["retrain.model_card"] = f"runs:/{run_id}/{MODEL_CARD}"
+    return uris
+
+
+def dry_run(ctx: StageContext, record: dict[str, Any], client: MlflowClient) -> dict[str, Any]:
+    """What promotion would do, touching neither the registry nor any alias."""
+    name, alias = ctx.params.promote.model_name, ctx.params.promote.alias
+    family = record["candidate"]["family"]
+    now = registry.alias_version(client, name, alias) if _model_exists(client, name) else None
+    seen = (record.get("champion") or {}).get("version")
+    if record["decision"] != "promote":
+        action, message = "would_reject", f"would reject: {', '.join(record['failed_gates']) or 'no gate named'}"
+    else:
+        existing = registry.find_version(client, name, record["candidate"]["model_hash"])
+        target = f"existing version {existing}" if existing else "a new version"
+        if existing is not None and existing == now:
+            action, message = "would_keep", f"would keep {alias}: {family} is already {name} version {now}"
+        elif now != seen:
+            action = "would_refuse"
+            message = f"would refuse: {alias} moved from version {seen} to {now} since evaluation"
+        else:
+            action = "would_promote"
+            message = f"would promote {target} of {family} to {CHALLENGER} and {alias} (now version {now})"
+    logger.warning("promote (dry run): %s; nothing registered, no alias moved", message)
+    return {"action": action, "message": message, "champion_version": now}
+
+
+def _model_exists(client: MlflowClient, name: str) -> bool:
+    """Whether the registered model exists (a first run has none)."""
+    try:
+        registry.require_model(client, name)
+    except Exception:
+        return False
+    return True
+
+
+def promote(ctx: StageContext, record: dict[str, Any], client: MlflowClient, uris: dict[str, str]) -> dict[str, Any]:
+    """Under the registry lock: register, set challenger, then compare-and-set champion; audit each move."""
+    name, alias = ctx.params.promote.model_name, ctx.params.promote.alias
+    trigger = ctx.tracking.tags.get("retrain.trigger", "cli")
+    run_id = mlflow.active_run().info.run_id
+    written: list[dict[str, Any]] = []
+
+    def move(which: str, before: str | None, to: str, gate_record: str | None) -> None:
+        """Point an alias and append its audit entry (still under the lock)."""
+        client.set_registered_model_alias(name, which, to)
+        logger.info("promote: %s@%s %s -> %s", name, which, before, to)
+        written.append(
+            audit.append(
+                ctx.tracking.tracking_uri,
+                name,
+                which,
+                before,
+                to,
+                gate_record=gate_record,
+                decision=record["decision"],
+                failed_gates=record["failed_gates"],
+                trigger=trigger,
+                run_id=run_id,
+            )
+        )
+
+    with registry.registry_lock(ctx.root):
+        version = registry.find_version(client, name, record["candidate"]["model_hash"])
+        if version is None:
+            version = log_and_register(ctx, record, client, uris)
+            logger.info("promote: registered %s version %s", name, version)
+        gate_uri = uris["retrain.gate_record"]  # the record that justified this move (this run's)
+        challenger = registry.alias_version(client, name, CHALLENGER)
+        if challenger != version:
+            move(CHALLENGER, challenger, version, gate_uri)
+        now = registry.alias_version(client, name, alias)  # compare-and-set: re-read under the lock
+        seen = (record.get("champion") or {}).get("version")
+        message = ""
+        if now == version:
+            action = "already_champion"
+        elif now != seen:
+            action = "refused"
+            message = (
+                f"promote: REFUSED: {alias} moved from version {seen} (seen by evaluate) to {now} since "
+                f"evaluation; {alias} left at {now}, version {version} kept as {CHALLENGER}; "
+                "re-run to evaluate against the new champion"
+            )
+            logger.error("%s", message)
+        else:
+            move(alias, now, version, gate_uri)
+            action = "promoted"
+        champion = registry.alias_version(client, name, alias)
+    return {
+        "action": action,
+        "message": message,
+        "version": version,
+        "challenger_version": version,
+        "champion_version": champion,
+        "audit": written,
+    }
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
-    """Register and move the alias under a lock, refusing if the champion moved since evaluation."""
+    """Promote a candidate whose gate record says so; report (and change nothing) for a reject or a dry run."""
     name, alias = ctx.params.promote.model_name, ctx.params.promote.alias
     record = read_json(ctx.path(GATE_RECORD))
     client = MlflowClient(ctx.tracking.tracking_uri)
     with stage_run(ctx) as active:
-        mlflow.log_dict(record, "gate_record.json")
-        lock = FileLock(str(ctx.root / ".retrain" / "registry.lock"))
-        with lock:
-            current = registry.champion(ctx.tracking.tracking_uri, name, alias)
-            if record["decision"] != "promote":
-                action = "rejected"
-                version = None
-                logger.warning(
-                    "promote: candidate rejected by gates %s; %s left unchanged", record["failed_gates"], alias
-                )
-            else:
-                seen = (record.get("champion") or {}).get("version")
-                now = (current or {}).get("version")
-                if now != seen and not (current and current.get("model_hash") == record["candidate"]["model_hash"]):
-                    raise PromotionRefusedError(
-                        f"promote: {alias} moved from version {seen} to {now} since evaluation; refusing"
-                    )
-                version = registry.find_version(client, name, record["candidate"]["model_hash"])
-                action = "already_champion" if version is not None and version == now else "promoted"
-                if version is None:
-                    version = log_and_register(ctx, record, client)
-                    logger.info("promote: registered %s version %s", name, version)
-                if version != now:
-                    client.set_registered_model_alias(name, alias, version)
-                    logger.info("promote: %s -> %s version %s (was %s)", alias, name, version, now)
-                current = registry.champion(ctx.tracking.tracking_uri, name, alias)
+        uris = log_record(ctx, record, active.info.run_id)
+        if ctx.external.get("dry_run") == "true":
+            outcome = dry_run(ctx, record, client) | {"version": None, "challenger_version": None, "audit": []}
+            mlflow.set_tag("retrain.promotion", outcome["action"])
+            mlflow.set_tag("retrain.dry_run", "true")
+            return finish(ctx, active, dry_run=True, **outcome)
+        if record["decision"] != "promote":
+            champion = registry.alias_version(client, name, alias) if _model_exists(client, name) else None
+            message = f"candidate rejected by gates {', '.join(record['failed_gates'])}; {alias} left at {champion}"
+            logger.warning("promote: %s", message)
+            outcome = {
+                "action": "rejected",
+                "message": message,
+                "version": None,
+                "challenger_version": None,
+                "champion_version": champion,
+                "audit": [],
+            }
+        else:
+            outcome = promote(ctx, record, client, uris)
         promotion = {
             "decision": record["decision"],
             "failed_gates": record["failed_gates"],
             "model_name": name,
-            "version": version,
-            "champion_version": (current or {}).get("version"),
             "model_hash": record["candidate"]["model_hash"],
+            **outcome,
         }
         write_json(ctx.path(PROMOTION), promotion)
-        mlflow.set_tag("retrain.promotion", action)
-        return finish(ctx, active, action=action, version=version, champion_version=promotion["champion_version"])
+        mlflow.set_tag("retrain.promotion", outcome["action"])
+        return finish(ctx, active, dry_run=False, **outcome)
 
 
 promote_task = task(run, name="promote")
