@@ -42,7 +42,13 @@ VALIDATION = "models/validate/report.json"
 SPLITS = {part: f"data/processed/{part}.parquet" for part in ("train", "valid", "test")}
 BASELINES = "models/baselines/baselines.json"
 CANDIDATES = "models/candidates"
+EVALUATE = "models/evaluate"
 GATE_RECORD = "models/evaluate/gate_record.json"
+VALID_SCORES = "models/candidates/valid_scores.parquet"
+"""Each family's valid scores from its train-only refit (calibration and the confidence threshold use them)."""
+EVALUATED_MODEL = "models/evaluate/model"
+"""The model as gated and registered: the selected candidate plus its calibration and confidence files."""
+MODEL_CARD = "models/evaluate/model_card.html"
 PROMOTION = "models/promote/promotion.json"
 
 _DATASET = (

@@ -29,7 +29,7 @@ from retrain.config import CandidatesConfig, DatasetConfig
 from retrain.errors import DataError
 from retrain.metrics import class_labels, encode_target, get_metric, score
 from retrain.models import check_family, fit_meta, pipeline_scores, save_model, save_stacking, stack_features
-from retrain.stages import CANDIDATES, SPLITS
+from retrain.stages import CANDIDATES, SPLITS, VALID_SCORES
 from retrain.tuning import TuningResult, fit_model, make_folds, optuna_storage, plan_threads, tune
 from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_json
 from tasks.tracking import log_candidate_diagnostics
@@ -275,6 +275,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 mlflow.log_dict({"direction": result.direction, "trials": result.trials}, "trials.json")
                 logger.info("candidates: %s CV %.4f, valid %.4f", family, result.cv_score, outcome.valid_score)
         summary = {family: outcome.summary() for family, outcome in outcomes.items()}
+        save_valid_scores(ctx.path(VALID_SCORES), {f: o.valid_scores for f, o in outcomes.items()})
         write_json(
             ctx.path(f"{CANDIDATES}/summary.json"),
             {
@@ -285,6 +286,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
             },
         )
         return finish(ctx, active, {f"valid_{metric}_{f}": s["valid_score"] for f, s in summary.items()})
+
+
+def save_valid_scores(path: Path, scores: dict[str, np.ndarray]) -> None:
+    """Each family's valid scores from its train-only refit: evaluate calibrates and picks thresholds on them."""
+    columns: dict[str, np.ndarray] = {}
+    for family, values in scores.items():
+        if values.ndim == 1:
+            columns[family] = values
+        else:
+            columns |= {f"{family}:{k}": values[:, k] for k in range(values.shape[1])}
+    pd.DataFrame(columns).to_parquet(path, index=False)
 
 
 TIMINGS = ("tuning_seconds", "fit_seconds", "predict_rows_per_second")

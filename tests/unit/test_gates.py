@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from retrain.gates import beats_baselines, decide, metric_is_finite, no_regression
+from retrain.config import ChampionGate, MetricBoundsGate, SlicesGate
+from retrain.gates import (
+    _weighted_auc,
+    beats_baselines,
+    decide,
+    metric_bounds,
+    metric_is_finite,
+    no_regression,
+    no_regression_bootstrap,
+    slice_keys,
+    slice_table,
+    slices_gate,
+)
 
 
 def test_beats_baselines_margin() -> None:
@@ -56,3 +71,72 @@ def test_decide_lists_failed_gates() -> None:
     gates = [metric_is_finite("roc_auc", 0.8), beats_baselines("roc_auc", 0.51, {"u": 0.5}, 0.05)]
     assert decide(gates) == ("reject", ["beats_baselines"])
     assert decide(gates[:1]) == ("promote", [])
+
+
+def scored(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, a good model's scores and a clearly worse model's scores."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.3).astype(int)
+    good = np.clip(0.25 + 0.4 * y + rng.normal(0, 0.2, n), 0.001, 0.999)
+    worse = np.clip(0.25 + 0.15 * y + rng.normal(0, 0.2, n), 0.001, 0.999)
+    return y, good, worse
+
+
+def test_weighted_auc_matches_sklearn_on_a_resample() -> None:
+    y, good, _ = scored(1000)
+    idx = np.random.default_rng(3).integers(0, len(y), len(y))
+    counts = np.bincount(idx, minlength=len(y))[None, :].astype(float)
+    rounded = np.round(good, 2)  # ties are counted half, as sklearn does
+    assert _weighted_auc(y, rounded, counts)[0] == pytest.approx(roc_auc_score(y[idx], rounded[idx]), abs=1e-12)
+
+
+def test_paired_bootstrap_passes_an_equal_model_and_rejects_a_worse_one() -> None:
+    y, good, worse = scored()
+    cfg = ChampionGate(tolerance=0.002, resamples=200)
+    same = no_regression_bootstrap(cfg, "roc_auc", y, good, good.copy(), seed=0)
+    assert same.passed and same.details["ci_low"] == 0.0 == same.details["ci_high"], same.reason
+    bad = no_regression_bootstrap(cfg, "roc_auc", y, worse, good, seed=0)
+    assert not bad.passed and bad.details["ci_high"] < 0, f"a clearly worse candidate fails: {bad.reason}"
+    assert "may be worse" in bad.reason and bad.threshold == -0.002, bad.reason
+    better = no_regression_bootstrap(cfg, "roc_auc", y, good, worse, seed=0)
+    assert better.passed and better.value > 0, better.reason
+    again = no_regression_bootstrap(cfg, "roc_auc", y, worse, good, seed=0)
+    assert again.details == bad.details, "seeded: the same resamples give the same interval"
+
+
+def test_paired_bootstrap_lower_is_better_metric_and_first_run_policy() -> None:
+    y, good, worse = scored(600)
+    cfg = ChampionGate(tolerance=0.0, resamples=60)
+    assert not no_regression_bootstrap(cfg, "log_loss", y, worse, good, seed=1).passed, "a higher loss regresses"
+    assert no_regression_bootstrap(cfg, "log_loss", y, good, worse, seed=1).passed
+    first = no_regression_bootstrap(cfg, "roc_auc", y, good, None, seed=1)
+    assert first.passed and "first-run policy 'promote'" in first.reason, first.reason
+    strict = no_regression_bootstrap(cfg.model_copy(update={"first_run": "reject"}), "roc_auc", y, good, None, seed=1)
+    assert not strict.passed, "first_run: reject refuses to promote without a champion"
+
+
+def test_metric_bounds() -> None:
+    cfg = MetricBoundsGate(min={"roc_auc": 0.85}, max={"log_loss": 0.4})
+    assert metric_bounds(cfg, {"roc_auc": 0.9, "log_loss": 0.3}).passed
+    low = metric_bounds(cfg, {"roc_auc": 0.8, "log_loss": 0.3})
+    assert not low.passed and low.metric == "roc_auc" and low.threshold == 0.85, low
+    assert not metric_bounds(cfg, {"roc_auc": math.nan, "log_loss": 0.3}).passed, "NaN never meets a bound"
+    assert metric_bounds(MetricBoundsGate(), {"roc_auc": 0.5}).skipped, "no bounds: skipped, not passed silently"
+
+
+def test_slice_bands_and_gap_and_champion_drop() -> None:
+    age = pd.Series([20, 29, 30, 44, 45, 70, None], dtype="float")
+    assert list(slice_keys(age, [30, 45])) == ["< 30", "< 30", "30-45", "30-45", ">= 45", ">= 45", "(missing)"]
+    y, good, _ = scored(2000)
+    X = pd.DataFrame({"group": np.where(np.arange(2000) < 1000, "a", "b")})
+    hurt = good.copy()
+    hurt[1000:] = np.random.default_rng(2).random(1000)  # slice b: no signal
+    table = slice_table(X, ["group"], {}, "roc_auc", y, hurt, min_rows=30)
+    overall = roc_auc_score(y, hurt)
+    gate = slices_gate(SlicesGate(max_gap=0.05), "roc_auc", overall, table, None)
+    assert not gate.passed and gate.details["worst_gap_slice"] == "group=b", gate.reason
+    champion = slice_table(X, ["group"], {}, "roc_auc", y, good, min_rows=30)
+    vs = slices_gate(SlicesGate(max_gap=1.0, champion_tolerance=0.01), "roc_auc", overall, table, champion)
+    assert not vs.passed and "group=b" in vs.reason and vs.details["worst_drop"] > 0.3, vs.reason
+    small = slice_table(X, ["group"], {}, "roc_auc", y, hurt, min_rows=5000)
+    assert slices_gate(SlicesGate(), "roc_auc", overall, small, None).skipped, "no slice big enough: skipped"
