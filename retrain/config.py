@@ -308,8 +308,9 @@ class BaselineGate(Gate):
 class ChampionGate(Gate):
     """No regression vs the champion: a seeded paired bootstrap CI of (candidate - champion) on test.
 
-    Passes when the upper end of the `confidence` interval of the improvement (in the better direction)
-    is at least -`tolerance`, i.e. the data cannot show the candidate worse by more than the tolerance.
+    Non-inferiority: passes when the lower end of the two-sided `confidence` interval of the improvement
+    (candidate - champion in the better direction) is >= -`tolerance`, i.e. the test data show the
+    candidate is not worse than the champion by more than the tolerance.
     `first_run`: what to do when no champion exists (promote: skip the comparison, logged; reject).
     """
 
