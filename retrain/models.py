@@ -32,6 +32,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
+from retrain.calibration import Calibrator
 from retrain.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ BOOSTER = "booster.txt"
 PIPELINE = "pipeline.skops"
 
 STACKING = "stacking.json"
+CALIBRATION = "calibration.json"
+"""Optional: a probability calibrator (retrain.calibration.Calibrator as JSON) applied to the scores."""
+CONFIDENCE = "confidence.json"
+"""Optional: the confidence threshold chosen on validation (abstain below it), read by serving."""
 
 SKOPS_TRUSTED_TYPES: frozenset[str] = frozenset(
     {
@@ -509,7 +514,56 @@ def save_stacking(
     return [manifest_path, meta_path, *written]
 
 
+class CalibratedPredictor:
+    """Any predictor with a JSON calibrator applied to its scores (what is gated is what is served)."""
+
+    def __init__(self, inner: Predictor, calibrator: Calibrator) -> None:
+        self.inner = inner
+        self.calibrator = calibrator
+        self.features = inner.features
+        self.task = inner.task
+        self.labels = inner.labels
+
+    def predict_scores(self, X: pd.DataFrame) -> np.ndarray:
+        """The inner model's scores, calibrated."""
+        return self.calibrator.apply(self.inner.predict_scores(X))
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Deterministic JSON (sorted keys, fixed indent): identical inputs give byte-identical files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def save_calibration(directory: Path, calibrator: Calibrator) -> None:
+    """Store the calibrator next to a saved model; `load_predictor` then applies it."""
+    _write_json(directory / CALIBRATION, calibrator.to_dict())
+
+
+def save_confidence(directory: Path, threshold: float, labels: Sequence[str] | None) -> None:
+    """Store the validation-chosen confidence threshold (and class labels) next to a saved model."""
+    _write_json(
+        directory / CONFIDENCE,
+        {"threshold": float(threshold), "labels": None if labels is None else [str(v) for v in labels]},
+    )
+
+
+def load_confidence(directory: Path) -> dict | None:
+    """The stored confidence decision ({"threshold", "labels"}), or None when the model has none."""
+    path = directory / CONFIDENCE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def load_predictor(directory: Path) -> Predictor:
+    """Load a saved model (calibrated when calibration.json is present) without unpickling anything."""
+    predictor = _load_uncalibrated(directory)
+    path = directory / CALIBRATION
+    if path.exists():
+        return CalibratedPredictor(predictor, Calibrator.from_dict(json.loads(path.read_text())))
+    return predictor
+
+
+def _load_uncalibrated(directory: Path) -> Predictor:
     """Load a saved model without unpickling: LightGBM text, or skops restricted to trusted types."""
     manifest = json.loads((directory / MANIFEST).read_text())
     task = manifest.get("task", "binary")
