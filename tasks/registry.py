@@ -132,16 +132,15 @@ def rollback(root: Path, tracking_uri: str, model_name: str, alias: str, to: str
                     f"{model_name} version {target} was never {alias} according to the audit log; "
                     f"`retrain history` lists the versions you can roll back to"
                 )
+        result: dict[str, Any] = {
+            "model_name": model_name,
+            "alias": alias,
+            "from_version": current,
+            "to_version": target,
+        }
         if target == current:
             logger.info("rollback: %s@%s is already version %s; nothing to do", model_name, alias, target)
-            entry = None
-            return {
-                "model_name": model_name,
-                "alias": alias,
-                "from_version": current,
-                "to_version": target,
-                "entry": entry,
-            }
+            return result | {"entry": None}
         version = client.get_model_version(model_name, target)
         client.set_registered_model_alias(model_name, alias, target)
         logger.info("rollback: %s@%s %s -> %s", model_name, alias, current, target)
@@ -156,4 +155,4 @@ def rollback(root: Path, tracking_uri: str, model_name: str, alias: str, to: str
             trigger="rollback",
             run_id=None,
         )
-    return {"model_name": model_name, "alias": alias, "from_version": current, "to_version": target, "entry": entry}
+    return result | {"entry": entry}
