@@ -44,17 +44,25 @@ def _column_std(column: pd.Series) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def _with_column(X: pd.DataFrame, column: str, values: pd.Series | np.ndarray) -> pd.DataFrame:
-    """A copy of X with one column replaced (other columns shared, never modified)."""
-    out = X.copy(deep=False)
-    out[column] = values
-    return out
+def _rescored(score_fn: ScoreFn, X: pd.DataFrame, column: str, values: pd.Series, rows: np.ndarray) -> np.ndarray:
+    """Scores of the `rows` (boolean mask) of X with one column replaced: one call, only the edited rows.
+
+    Scoring is row-wise (every Predictor is), so unedited rows need no rescoring.
+    """
+    index = np.flatnonzero(rows)
+    part = X.iloc[index].copy()
+    part[column] = pd.Series(values.iloc[index].to_numpy(), index=part.index).astype(values.dtype)
+    return np.asarray(score_fn(part), dtype=float)
 
 
 def _noised_numeric(column: pd.Series, sigma: float, rng: np.random.Generator) -> pd.Series:
-    """column + N(0, sigma^2); missing stays missing; integral columns are rounded and keep their dtype."""
+    """column + N(0, sigma^2) clipped to the observed range (no negative ages or gains); missing stays
+    missing; integral columns are rounded and keep their dtype."""
     noise = rng.normal(0.0, sigma, size=len(column)) if sigma > 0 else np.zeros(len(column))
-    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float, na_value=np.nan) + noise
+    original = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    values = original + noise
+    if not np.isnan(original).all():
+        values = np.clip(values, np.nanmin(original), np.nanmax(original))
     if _is_integral(column):
         values = np.round(values)
         if pd.api.types.is_integer_dtype(column.dtype) and not np.isnan(values).any():
@@ -62,8 +70,8 @@ def _noised_numeric(column: pd.Series, sigma: float, rng: np.random.Generator) -
     return pd.Series(values, index=column.index, name=column.name)
 
 
-def _swapped_categorical(column: pd.Series, rate: float, rng: np.random.Generator) -> tuple[pd.Series, int]:
-    """Each present value replaced with probability `rate` by another observed value (uniformly); count swapped."""
+def _swapped_categorical(column: pd.Series, rate: float, rng: np.random.Generator) -> pd.Series:
+    """Each present value replaced with probability `rate` by another observed value (uniformly)."""
     present = column.notna().to_numpy()
     labels = np.array([str(v) for v in column.to_numpy(dtype=object)], dtype=object)
     labels[~present] = None
@@ -71,13 +79,13 @@ def _swapped_categorical(column: pd.Series, rate: float, rng: np.random.Generato
     draws = rng.random(len(column))
     picks = rng.integers(0, max(len(uniques) - 1, 1), size=len(column))
     if len(uniques) < 2 or rate <= 0:
-        return column, 0
+        return column
     swap = present & (draws < rate)
     codes = pd.Categorical(labels, categories=uniques).codes
     replacement = picks + (picks >= codes)  # skip the row's own value: always a different category
     values = column.to_numpy(dtype=object, copy=True)
     values[swap] = np.asarray(uniques, dtype=object)[replacement[swap]]
-    return pd.Series(values, index=column.index, name=column.name).astype(column.dtype), int(swap.sum())
+    return pd.Series(values, index=column.index, name=column.name).astype(column.dtype)
 
 
 def perturbation_gate(
@@ -107,14 +115,12 @@ def perturbation_gate(
     if missing:
         raise ConfigError(f"perturbation: features {missing} are not columns of the scored rows")
     edited: dict[str, pd.Series] = {}
-    changed: dict[str, int] = {}
     for column in numeric:
-        sigma = cfg.noise_std * _column_std(X[column])
-        edited[column] = _noised_numeric(X[column], sigma, rng)
-        changed[column] = int(X[column].notna().sum()) if sigma > 0 else 0
+        edited[column] = _noised_numeric(X[column], cfg.noise_std * _column_std(X[column]), rng)
     for column in categorical:
-        edited[column], changed[column] = _swapped_categorical(X[column], cfg.swap_rate, rng)
-    clean = score(metric, y, score_fn(X))
+        edited[column] = _swapped_categorical(X[column], cfg.swap_rate, rng)
+    base = np.asarray(score_fn(X), dtype=float)
+    clean = score(metric, y, base)
     noised_frame = X.copy(deep=False)
     for column, values in edited.items():
         noised_frame[column] = values
@@ -122,11 +128,12 @@ def perturbation_gate(
     drop = sign * (clean - noised)
     per_feature: dict[str, dict[str, Any]] = {}
     for column in columns:
-        if changed[column] == 0:
-            per_feature[column] = {"rows_changed": 0, "drop": 0.0}
-            continue
-        alone = score(metric, y, score_fn(_with_column(X, column, edited[column])))
-        per_feature[column] = {"rows_changed": changed[column], "drop": _json(sign * (clean - alone))}
+        before, after = X[column].to_numpy(dtype=object), edited[column].to_numpy(dtype=object)
+        rows = X[column].notna().to_numpy() & (before != after)
+        alone = base.copy()
+        if rows.any():
+            alone[rows] = _rescored(score_fn, X, column, edited[column], rows)
+        per_feature[column] = {"rows_changed": int(rows.sum()), "drop": _json(sign * (clean - score(metric, y, alone)))}
     details: dict[str, Any] = {
         "metric": metric,
         "clean": _json(clean),
@@ -218,9 +225,9 @@ def invariance_gate(
             if n == 0:
                 continue
             swapped = column.where(~present, value).astype(column.dtype)
-            after = np.asarray(score_fn(_with_column(X, attribute, swapped)), dtype=float)
-            delta = float(np.mean(_abs_delta(base, after)[counted])) / scale
-            flip = float(np.mean((_classes(after) != base_class)[counted])) if classification else 0.0
+            after = _rescored(score_fn, X, attribute, swapped, counted)
+            delta = float(np.mean(_abs_delta(base[counted], after))) / scale
+            flip = float(np.mean(_classes(after) != base_class[counted])) if classification else 0.0
             table[str(value)] = {"rows": n, "flip_rate": _json(flip), "mean_abs_delta": _json(delta)}
             worst_flip, worst_delta = max(worst_flip, flip), max(worst_delta, delta)
             if classification:
@@ -306,8 +313,7 @@ def directional_gate(
             raised = column + int(step)
         else:
             raised = pd.to_numeric(column, errors="coerce").astype(float) + step
-        after = np.asarray(score_fn(_with_column(X, feature, raised)), dtype=float).reshape(-1)
-        moved = (after - base)[present]
+        moved = _rescored(score_fn, X, feature, raised, present).reshape(-1) - base[present]
         wrong = ~np.isfinite(moved) | (-direction * moved > cfg.tolerance)  # a NaN score is a violation
         entry.update(
             violation_rate=_json(float(np.mean(wrong))),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -82,7 +83,8 @@ def test_perturbation_passes_a_smooth_model_and_fails_an_exact_value_rule() -> N
         seed=0,
     )
     assert smooth.passed and smooth.name == "perturbation", smooth.reason
-    assert smooth.details["features"]["x1"]["rows_changed"] == len(TEST), smooth.details
+    changed = smooth.details["features"]["x1"]["rows_changed"]
+    assert len(TEST) - 5 <= changed < len(TEST), f"every x1 changes except the extremes clipped to the range: {changed}"
     parity_fn = fitted("parity", min_child_samples=2, num_leaves=63, n_estimators=200)
     y = target(TEST, "parity", 2)
     fragile = perturbation_gate(
@@ -91,6 +93,7 @@ def test_perturbation_passes_a_smooth_model_and_fails_an_exact_value_rule() -> N
     assert fragile.details["clean"] > 0.85, f"the parity model must work on clean rows: {fragile.details}"
     assert not fragile.passed and fragile.value > 0.2, fragile.reason
     assert "most fragile feature code" in fragile.reason, fragile.reason
+    json.dumps(fragile.to_dict(), allow_nan=False)  # the gate record must stay strict JSON
     no_noise = perturbation_gate(
         parity_fn,
         TEST,
@@ -138,6 +141,7 @@ def test_invariance_passes_a_model_ignoring_sex_and_fails_one_built_on_it() -> N
     assert table["M"]["rows"] == int((TEST["sex"] == "F").sum()), "only rows whose value changes count"
     assert biased.details["worst_flip_rate"] > 0.3, biased.details
     assert "sex set to" in biased.reason, biased.reason
+    json.dumps(biased.to_dict(), allow_nan=False)  # the gate record must stay strict JSON
 
 
 def test_invariance_multiclass_regression_and_missing_attribute() -> None:
@@ -180,6 +184,7 @@ def test_directional_fails_a_model_forced_the_wrong_way() -> None:
     bad = directional_gate(wrong, TEST, task="binary", cfg=cfg)
     assert not bad.passed and bad.value > 0.3, bad.reason
     assert bad.reason.startswith("x1 +"), bad.reason
+    json.dumps(bad.to_dict(), allow_nan=False)  # the gate record must stay strict JSON
     reverse = directional_gate(
         wrong, TEST, task="binary", cfg=DirectionalGate(decreasing=("x1",), max_violation_rate=0.01)
     )

@@ -87,6 +87,7 @@ def test_calibrated_model_passes_overconfident_fails_then_passes_after_calibrati
     over = calibration_gate(y_test, sharpen(p_test), task="binary", cfg=cfg)
     assert not over.passed and over.value > 0.1, over.reason
     assert "worst bin" in over.reason and over.details["reliability"], over.details
+    json.dumps(over.to_dict(), allow_nan=False)  # the gate record must stay strict JSON
     for method in ("isotonic", "sigmoid"):
         calibrator = fit_calibrator(method, sharpen(p_valid), y_valid, "binary")
         fixed = calibration_gate(
@@ -139,12 +140,12 @@ def test_multiclass_calibrator_renormalises_and_round_trips_json() -> None:
         assert json.dumps(again.to_dict(), sort_keys=True) == text, "and the same JSON"
 
 
-def test_saved_calibration_is_applied_by_load_predictor(tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["lightgbm", "logreg"])
+def test_saved_calibration_is_applied_by_load_predictor(tmp_path: Path, family: str) -> None:
     X, y = rows(500, seed=3)
-    model = build_model(
-        "lightgbm", {"n_estimators": 30, "verbose": -1, "deterministic": True, "n_jobs": 1}, NUMERIC, CATEGORICAL
-    ).fit(X, y)
-    save_model(model, "lightgbm", [*NUMERIC, *CATEGORICAL], tmp_path / "m", labels=["no", "yes"])
+    params = {"n_estimators": 30, "verbose": -1, "deterministic": True, "n_jobs": 1} if family == "lightgbm" else {}
+    model = build_model(family, params, NUMERIC, CATEGORICAL).fit(X, y)
+    save_model(model, family, [*NUMERIC, *CATEGORICAL], tmp_path / "m", labels=["no", "yes"])
     raw = load_predictor(tmp_path / "m").predict_scores(X)
     calibrator = fit_calibrator("isotonic", sharpen(raw), y, "binary")
     for i in range(2):
@@ -177,10 +178,12 @@ def test_confidence_numbers_on_a_hand_made_example() -> None:
         (predicted[kept] == y[kept]).mean()
     ), gate.details
     assert gate.passed, gate.reason
+    json.dumps(gate.to_dict(), allow_nan=False)  # the gate record must stay strict JSON
     strict = confidence_gate(y, p, 0.5, task="binary", cfg=cfg)
     assert not strict.passed and strict.value == pytest.approx(4 / 6), f"all kept, 4 of 6 right: {strict.reason}"
     empty = confidence_gate(y, p, 0.99, task="binary", cfg=cfg)
     assert not empty.passed and empty.value is None and "no test row" in empty.reason, empty.reason
+    json.dumps(empty.to_dict(), allow_nan=False)
     assert confidence_gate(y, p, 0.5, task="regression", cfg=cfg).skipped
 
 

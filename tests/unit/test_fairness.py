@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import numpy as np
@@ -73,6 +74,7 @@ def test_fair_model_passes_and_biased_model_fails() -> None:
     selection = {g: ((p >= 0.5) & (X["sex"] == g).to_numpy()).sum() / (X["sex"] == g).sum() for g in ("F", "M")}
     assert sex["demographic_parity_difference"] == pytest.approx(abs(selection["M"] - selection["F"]), abs=1e-5)
     assert biased.value > 0.3 and "sex:" in biased.reason and "> max" in biased.reason, biased.reason
+    json.dumps(biased.to_dict(), allow_nan=False)  # the gate record must stay strict JSON
 
 
 def test_threshold_changes_predictions() -> None:
