@@ -117,7 +117,7 @@ def test_restore_by_number_or_uri_from_the_local_cache(project: Path, use_root, 
 def test_unknown_model_alias_or_remote_exits_2(project: Path, use_root, capsys, caplog, tmp_path: Path) -> None:
     use_root(project)
     cases = {
-        f"{MODEL}@nope": "has no alias 'nope' (aliases: {'champion'",
+        f"{MODEL}@nope": "has no alias 'nope' (aliases: {",  # champion and challenger
         "no-such-model@champion": "model 'no-such-model' is not registered",
         f"{MODEL}/99": "has no version 99",
         "just-a-name": "give MODEL@ALIAS, MODEL/VERSION",
