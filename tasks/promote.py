@@ -16,6 +16,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from prefect import task
 
+from retrain.errors import ConfigError
 from retrain.stages import GATE_RECORD, PROMOTION, SPLITS
 from tasks import audit, registry
 from tasks.packaging import pyfunc_kwargs
@@ -89,14 +90,15 @@ def dry_run(ctx: StageContext, record: dict[str, Any], client: MlflowClient) -> 
             action = "would_promote"
             message = f"would promote {target} of {family} to {CHALLENGER} and {alias} (now version {now})"
     logger.warning("promote (dry run): %s; nothing registered, no alias moved", message)
-    return {"action": action, "message": message, "champion_version": now}
+    challenger = registry.alias_version(client, name, CHALLENGER) if _model_exists(client, name) else None
+    return {"action": action, "message": message, "champion_version": now, "challenger_version": challenger}
 
 
 def _model_exists(client: MlflowClient, name: str) -> bool:
     """Whether the registered model exists (a first run has none)."""
     try:
         registry.require_model(client, name)
-    except Exception:
+    except ConfigError:
         return False
     return True
 
@@ -171,19 +173,20 @@ def run(ctx: StageContext) -> dict[str, Any]:
     with stage_run(ctx) as active:
         uris = log_record(ctx, record, active.info.run_id)
         if ctx.external.get("dry_run") == "true":
-            outcome = dry_run(ctx, record, client) | {"version": None, "challenger_version": None, "audit": []}
+            outcome = dry_run(ctx, record, client) | {"version": None, "audit": []}
             mlflow.set_tag("retrain.promotion", outcome["action"])
             mlflow.set_tag("retrain.dry_run", "true")
             return finish(ctx, active, dry_run=True, **outcome)
         if record["decision"] != "promote":
-            champion = registry.alias_version(client, name, alias) if _model_exists(client, name) else None
+            exists = _model_exists(client, name)
+            champion = registry.alias_version(client, name, alias) if exists else None
             message = f"candidate rejected by gates {', '.join(record['failed_gates'])}; {alias} left at {champion}"
             logger.warning("promote: %s", message)
             outcome = {
                 "action": "rejected",
                 "message": message,
                 "version": None,
-                "challenger_version": None,
+                "challenger_version": registry.alias_version(client, name, CHALLENGER) if exists else None,
                 "champion_version": champion,
                 "audit": [],
             }
