@@ -210,3 +210,33 @@ def test_directional_integer_step_missing_rows_and_applicability() -> None:
     assert directional_gate(spy, X, task="binary", cfg=DirectionalGate()).skipped, "nothing declared: skipped"
     with pytest.raises(ConfigError, match="sex"):
         directional_gate(spy, X, task="binary", cfg=DirectionalGate(increasing=("sex",)))
+
+
+def test_perturbation_on_regression_and_multiclass_metrics() -> None:
+    cfg = PerturbationGate(noise_std=0.5, swap_rate=0.0, max_drop=0.02)
+    y = (TEST["x1"] + 0.5 * TEST["x2"]).to_numpy(float)
+    regression = perturbation_gate(
+        fitted("fair", task="regression"),
+        TEST,
+        y,
+        metric="rmse",
+        numeric=NUMERIC,
+        categorical=CATEGORICAL,
+        cfg=cfg,
+        seed=0,
+    )
+    assert not regression.passed and regression.details["perturbed"] > regression.details["clean"], regression.reason
+    assert regression.details["features"]["sex"]["rows_changed"] == 0, "swap_rate 0 leaves categories alone"
+    X = rows(600, seed=1)
+    model = build_model("lightgbm", LGBM, NUMERIC, CATEGORICAL, task="multiclass").fit(X, np.digitize(X["x1"], [0, 1]))
+    multi = perturbation_gate(
+        lambda f: pipeline_scores(model, f, "multiclass", 3),
+        TEST,
+        np.digitize(TEST["x1"], [0, 1]),
+        metric="roc_auc_ovr",
+        numeric=NUMERIC,
+        categorical=CATEGORICAL,
+        cfg=cfg,
+        seed=0,
+    )
+    assert multi.value > 0.02 and "most fragile feature x1" in multi.reason, multi.reason
