@@ -1,0 +1,276 @@
+"""The serving artifact: fast path equals the model, decision output, no unpickling, serving gate, mlflow serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io as sio
+from mlflow.pyfunc import PythonModelContext
+from threadpoolctl import threadpool_limits
+
+from retrain.config import ServingGate
+from retrain.models import PIPELINE, build_model, load_predictor, save_model, serve_output
+from retrain.serving import ABSTAIN, ARTIFACT_KEY, CONFIDENCE_FILE, FastLightGBM, RetrainModel, decisions
+from tasks.packaging import pyfunc_kwargs
+from tasks.servecheck import _compare, serving_gate
+from tests.unit.test_models import CATEGORICAL, NUMERIC, PARAMS, frame, task_target
+
+ROOT = Path(__file__).resolve().parents[2]
+FEATURES = [*NUMERIC, *CATEGORICAL]
+BINARY_LABELS = ["no", "yes"]
+THRESHOLD = 0.8
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One OpenMP/BLAS thread: the cores are shared."""
+    with threadpool_limits(limits=1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def lgbm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small binary LightGBM model directory with a stored confidence threshold."""
+    X, y = frame()
+    model = build_model("lightgbm", PARAMS["lightgbm"], NUMERIC, CATEGORICAL).fit(X, y)
+    directory = tmp_path_factory.mktemp("lgbm") / "model"
+    save_model(model, "lightgbm", FEATURES, directory, labels=BINARY_LABELS)
+    (directory / CONFIDENCE_FILE).write_text(json.dumps({"threshold": THRESHOLD, "labels": BINARY_LABELS}))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def logreg_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small multiclass skops (logistic regression) model directory, served without the fast path."""
+    X, _ = frame()
+    model = build_model("logreg", {"max_iter": 500}, NUMERIC, CATEGORICAL, task="multiclass")
+    model.fit(X, task_target(X, "multiclass"))
+    directory = tmp_path_factory.mktemp("logreg") / "model"
+    save_model(model, "logreg", FEATURES, directory, task="multiclass", labels=["low", "mid", "high"])
+    (directory / CONFIDENCE_FILE).write_text(json.dumps({"threshold": 0.6, "labels": ["low", "mid", "high"]}))
+    return directory
+
+
+def pyfunc(model_dir: Path) -> RetrainModel:
+    """The pyfunc class loaded in process, as MLflow would (load_context with the artifact path)."""
+    model = RetrainModel()
+    model.load_context(PythonModelContext(artifacts={ARTIFACT_KEY: str(model_dir)}, model_config={}))
+    return model
+
+
+def awkward_rows() -> pd.DataFrame:
+    """Rows a client may send: unseen and missing categories, numbers as text, an extra column, object dtypes."""
+    X, _ = frame(n=80, seed=3)
+    X = X.astype(object)
+    X.loc[0, "c"] = "never-seen"
+    X.loc[1, "b_cat"] = None
+    X.loc[2, "a"] = "1.5"
+    X.loc[3, "a"] = "junk"
+    X.loc[4, "b"] = np.nan
+    X.loc[5, "c"] = np.nan
+    X["extra"] = "ignored"
+    return X[["extra", *reversed(FEATURES)]]
+
+
+def test_fast_path_equals_the_model(lgbm_dir: Path) -> None:
+    predictor = load_predictor(lgbm_dir)
+    fast = FastLightGBM(predictor)
+    for X in (frame(n=200, seed=1)[0], awkward_rows()):
+        reference = predictor.predict_scores(X)
+        assert np.array_equal(fast.predict_scores(X), reference), "batch: fast encoding changes the scores"
+        singles = np.concatenate([fast.predict_scores(X.iloc[[i]]) for i in range(12)])
+        assert np.array_equal(singles, reference[:12]), "single rows: fast encoding changes the scores"
+
+
+def test_decision_output_binary(lgbm_dir: Path) -> None:
+    model, X = pyfunc(lgbm_dir), frame(n=120, seed=2)[0]
+    scores = model.predict(None, X)  # type: ignore[arg-type]
+    assert np.array_equal(scores, serve_output(load_predictor(lgbm_dir), X)), "default output is unchanged"
+    out = model.predict(None, X, params={"output": "decision"})  # type: ignore[arg-type]
+    assert list(out.columns) == ["label", "confidence", "decision"]
+    expected_label = np.where(scores >= 0.5, "yes", "no")
+    assert (out["label"].to_numpy() == expected_label).all(), "label is the most probable class"
+    assert np.allclose(out["confidence"], np.maximum(scores, 1 - scores)), "confidence is the top-class probability"
+    abstain = out["confidence"] < THRESHOLD
+    assert 0 < abstain.sum() < len(out), f"the fixture should have rows on both sides of {THRESHOLD}"
+    assert (out.loc[abstain, "decision"] == ABSTAIN).all(), "under the threshold: abstain"
+    assert (out.loc[~abstain, "decision"] == out.loc[~abstain, "label"]).all(), "at or over it: the label"
+    with pytest.raises(ValueError, match=r"params\.output must be one of"):
+        model.predict(None, X, params={"output": "bogus"})  # type: ignore[arg-type]
+
+
+def test_decision_output_multiclass_and_missing_threshold(logreg_dir: Path, tmp_path: Path) -> None:
+    X = frame(n=90, seed=4)[0]
+    out = pyfunc(logreg_dir).predict(None, X, params={"output": "decision"})  # type: ignore[arg-type]
+    proba = load_predictor(logreg_dir).predict_scores(X)
+    assert (out["label"].to_numpy() == np.array(["low", "mid", "high"])[proba.argmax(1)]).all(), "argmax label"
+    assert np.allclose(out["confidence"], proba.max(1)), "top-class probability"
+    no_threshold = tmp_path / "model"
+    shutil.copytree(logreg_dir, no_threshold)
+    (no_threshold / CONFIDENCE_FILE).unlink()
+    with pytest.raises(ValueError, match=CONFIDENCE_FILE):
+        pyfunc(no_threshold).predict(None, X, params={"output": "decision"})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="regression"):
+        decisions(np.zeros(3), "regression", [], 0.5)
+
+
+class Boom:
+    """A pickle payload: unpickling it creates a marker file (what an attacker's code would do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def test_tampered_artifacts_are_never_unpickled(logreg_dir: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "tampered"
+    shutil.copytree(logreg_dir, bad)
+    (bad / "model.pkl").write_bytes(pickle.dumps(Boom(marker)))
+    # a skops archive holding a type outside the trusted list (this test's Boom class)
+    (bad / PIPELINE).write_bytes(sio.dumps(Boom(marker)))
+    untrusted = f"{Boom.__module__}.Boom"
+    with pytest.raises(ValueError, match=untrusted.replace(".", r"\.")):
+        load_predictor(bad)
+    # the same through MLflow: the pyfunc is saved from code, so MLflow has no pickle of ours to load either
+    saved = tmp_path / "pyfunc"
+    mlflow.pyfunc.save_model(str(saved), **pyfunc_kwargs(ROOT, logreg_dir, frame(n=5)[0]))
+    pickles = sorted(p.relative_to(saved).as_posix() for p in saved.rglob("*") if p.suffix in {".pkl", ".pickle"})
+    assert pickles == [], f"a models-from-code pyfunc should hold no pickle, found {pickles}"
+    artifact = saved / "artifacts" / logreg_dir.name
+    shutil.rmtree(artifact)
+    shutil.copytree(bad, artifact)
+    (saved / "python_model.pkl").write_bytes(pickle.dumps(Boom(marker)))
+    with pytest.raises(Exception, match=untrusted.replace(".", r"\.")):
+        mlflow.pyfunc.load_model(str(saved))
+    assert not marker.exists(), "a pickle in the model directory was executed"
+    live = tmp_path / "payload-works"
+    pickle.loads(pickle.dumps(Boom(live)))
+    assert live.exists(), "the payload is live: unpickling it does create the marker"
+
+
+def test_serving_gate_passes_in_a_fresh_process_and_names_failures(lgbm_dir: Path, tmp_path: Path) -> None:
+    example = frame(n=5, seed=6)[0]
+    expected = load_predictor(lgbm_dir).predict_scores(example)
+    result = serving_gate(ROOT, lgbm_dir, example, expected, cfg=ServingGate())
+    assert result.passed, result.reason
+    assert result.details["max_abs_diff"] == 0.0, result.details
+    broken = tmp_path / "broken"
+    shutil.copytree(lgbm_dir, broken)
+    (broken / "booster.txt").write_text("tree\nnot a booster\n")
+    result = serving_gate(ROOT, broken, example, expected, cfg=ServingGate())
+    assert not result.passed and "packaging" in result.reason, result.reason
+    timeout = serving_gate(ROOT, lgbm_dir, example, expected, cfg=ServingGate(timeout_seconds=0.01))
+    assert not timeout.passed and "timeout_seconds = 0.01" in timeout.reason, timeout.reason
+    off = serving_gate(ROOT, lgbm_dir, example, expected, cfg=ServingGate(enabled=False))
+    assert off.skipped and off.passed, "a disabled gate is skipped and blocks nothing"
+
+
+def test_serving_gate_compares_outputs() -> None:
+    want = np.array([0.1, 0.2, 0.3])
+    assert _compare(want.copy(), want, {"seconds": 1.0}).passed, "equal outputs pass"
+    off = _compare(want + np.array([0, 1e-6, 0]), want, {"seconds": 1.0})
+    assert not off.passed and "row 1" in off.reason, off.reason
+    shape = _compare(want[:2], want, {"seconds": 1.0})
+    assert not shape.passed and "shape" in shape.reason, shape.reason
+
+
+def free_port() -> int:
+    """A port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def post(url: str, payload: dict) -> dict:
+    """POST JSON, return JSON (raise with the body on HTTP errors)."""
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"{url}: HTTP {exc.code}: {exc.read().decode()[:800]}") from exc
+
+
+def test_mlflow_models_serve_answers_invocations(lgbm_dir: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.create_experiment("serve", artifact_location=(tmp_path / "artifacts").as_uri())
+        X = frame(n=6, seed=7)[0]
+        with mlflow.start_run(experiment_id=experiment):
+            info = mlflow.pyfunc.log_model(
+                name="model", registered_model_name="serve-test", **pyfunc_kwargs(ROOT, lgbm_dir, X.head(3))
+            )
+        mlflow.MlflowClient().set_registered_model_alias("serve-test", "champion", info.registered_model_version)
+        local = mlflow.pyfunc.load_model("models:/serve-test@champion")
+    finally:
+        mlflow.set_tracking_uri(None)
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        "models:/serve-test@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, f"mlflow models serve exited: {log.read_text()[-1500:]}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"no /ping answer in 90 s: {log.read_text()[-1500:]}"
+            time.sleep(0.5)
+        split = json.loads(X.to_json(orient="split", index=False))
+        scores = post(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": split})["predictions"]
+        assert np.allclose(scores, local.predict(X), rtol=1e-9), "served scores equal the local pyfunc's"
+        decided = post(
+            f"http://127.0.0.1:{port}/invocations", {"dataframe_split": split, "params": {"output": "decision"}}
+        )["predictions"]
+        expected = local.predict(X, params={"output": "decision"})
+        assert [row["decision"] for row in decided] == expected["decision"].tolist(), decided
+        assert np.allclose([row["confidence"] for row in decided], expected["confidence"]), decided
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
