@@ -61,7 +61,9 @@ def _timed(predict, X: pd.DataFrame) -> float:
 def main(argv: list[str] | None = None) -> dict:
     """Load the model, time each layer, print a table and return the numbers."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    for noisy in ("mlflow", "alembic", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     mlflow.set_tracking_uri(args.tracking_uri)
     uri = f"models:/{args.model}@{args.alias}"
     model = mlflow.pyfunc.load_model(uri)
@@ -72,8 +74,10 @@ def main(argv: list[str] | None = None) -> dict:
     layers = {
         "pyfunc (PyFuncModel.predict: schema enforcement + ours)": model.predict,
         "python model (RetrainModel.predict)": lambda f: python_model.predict(None, f),
-        "predictor.predict_scores": predictor.predict_scores,
+        "predictor.predict_scores (retrain.models, pandas encoding)": predictor.predict_scores,
     }
+    if getattr(python_model, "fast", None) is not None:
+        layers["FastLightGBM.predict_scores (serving path)"] = python_model.fast.predict_scores
     if hasattr(predictor, "booster"):
         layers["encode_frame only"] = lambda f: encode_frame(f, predictor.numeric, predictor.categories)
         encoded = encode_frame(X, predictor.numeric, predictor.categories)
@@ -81,14 +85,15 @@ def main(argv: list[str] | None = None) -> dict:
             encoded.loc[f.index], num_threads=1
         )
     results: dict[str, dict] = {"model": uri, "rows": args.rows, "layers": {}}
-    print(f"{uri}: {type(predictor).__name__}, {len(features)} features, {len(X)} test rows")
-    print(f"{'layer':58s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s}")
+    logger.info(f"{uri}: {type(predictor).__name__}, {len(features)} features, {len(X)} test rows")
+    logger.info(f"serving code: {sys.modules[type(python_model).__module__].__file__}")
+    logger.info(f"{'layer':60s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s}")
     for name, predict in layers.items():
         stats = single_row_latency_ms(predict, X, args.rows)
         results["layers"][name] = stats
-        print(f"{name:58s} {stats['p50_ms']:8.3f} {stats['p95_ms']:8.3f} {stats['p99_ms']:8.3f}")
+        logger.info(f"{name:60s} {stats['p50_ms']:8.3f} {stats['p95_ms']:8.3f} {stats['p99_ms']:8.3f}")
     results["batch_rows_per_s"] = batch_rows_per_second(model.predict, X)
-    print(f"batch through the pyfunc: {results['batch_rows_per_s']:,.0f} rows/s ({len(X)} rows per call)")
+    logger.info(f"batch through the pyfunc: {results['batch_rows_per_s']:,.0f} rows/s ({len(X)} rows per call)")
     if args.profile:
         singles = [X.iloc[[i % len(X)]] for i in range(args.rows)]
         profiler = cProfile.Profile()
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
             model.predict(frame)
         profiler.disable()
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
-    print(json.dumps(results))
+    logger.info(json.dumps(results))
     return results
 
 
