@@ -155,10 +155,14 @@ def test_tampered_artifacts_are_never_unpickled(logreg_dir: Path, tmp_path: Path
     mlflow.pyfunc.save_model(str(saved), **pyfunc_kwargs(ROOT, logreg_dir, frame(n=5)[0]))
     pickles = sorted(p.relative_to(saved).as_posix() for p in saved.rglob("*") if p.suffix in {".pkl", ".pickle"})
     assert pickles == [], f"a models-from-code pyfunc should hold no pickle, found {pickles}"
+    # pickles dropped next to intact artifacts are ignored: the model loads and predicts, nothing runs
     artifact = saved / "artifacts" / logreg_dir.name
+    (saved / "python_model.pkl").write_bytes(pickle.dumps(Boom(marker)))
+    (artifact / "model.pkl").write_bytes(pickle.dumps(Boom(marker)))
+    assert len(mlflow.pyfunc.load_model(str(saved)).predict(frame(n=4)[0])) == 4, "the intact model still serves"
+    assert not marker.exists(), "a pickle dropped into the MLflow model directory was executed"
     shutil.rmtree(artifact)
     shutil.copytree(bad, artifact)
-    (saved / "python_model.pkl").write_bytes(pickle.dumps(Boom(marker)))
     with pytest.raises(Exception, match=untrusted.replace(".", r"\.")):
         mlflow.pyfunc.load_model(str(saved))
     assert not marker.exists(), "a pickle in the model directory was executed"
@@ -178,6 +182,13 @@ def test_serving_gate_passes_in_a_fresh_process_and_names_failures(lgbm_dir: Pat
     (broken / "booster.txt").write_text("tree\nnot a booster\n")
     result = serving_gate(ROOT, broken, example, expected, cfg=ServingGate())
     assert not result.passed and "packaging" in result.reason, result.reason
+    # loads in this process's packaging step, fails only when the pyfunc itself loads in the fresh process
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(lgbm_dir, mismatched)
+    (mismatched / CONFIDENCE_FILE).write_text(json.dumps({"threshold": 0.5, "labels": ["a", "b"]}))
+    result = serving_gate(ROOT, mismatched, example, expected, cfg=ServingGate())
+    assert not result.passed and "fresh process failed" in result.reason, result.reason
+    assert "differ from the model's labels" in result.reason, f"the child's error is named: {result.reason}"
     timeout = serving_gate(ROOT, lgbm_dir, example, expected, cfg=ServingGate(timeout_seconds=0.01))
     assert not timeout.passed and "timeout_seconds = 0.01" in timeout.reason, timeout.reason
     off = serving_gate(ROOT, lgbm_dir, example, expected, cfg=ServingGate(enabled=False))
