@@ -260,7 +260,9 @@ class CandidatesConfig(Strict):
     """Which families are tuned and how hard; `parallel_trials` > 1 is faster but not reproducible (TPE).
 
     `storage`: None keeps Optuna studies in memory; `journal:<file>` appends them to a journal file
-    (relative to the project root); a URL with `://` is an Optuna RDB storage.
+    (relative to the project root); a URL with `://` is an Optuna RDB storage. `monotone` maps numeric
+    features to 1 (the score may only rise with it) or -1; LightGBM and HistGradientBoosting are built
+    with those constraints (logreg / ridge cannot be: the directional gate still checks whatever wins).
     """
 
     families: tuple[Literal["lightgbm", "hgb", "logreg", "ridge", "stacking"], ...] = Field(min_length=1)
@@ -268,6 +270,7 @@ class CandidatesConfig(Strict):
     n_trials: int = Field(ge=1)
     parallel_trials: int = Field(default=1, ge=1)
     storage: str | None = None
+    monotone: dict[str, Literal[-1, 1]] = {}
     lightgbm: FamilyConfig = FamilyConfig()
     hgb: FamilyConfig = FamilyConfig()
     logreg: FamilyConfig = FamilyConfig()
@@ -521,6 +524,9 @@ class Params(Strict):
         if columns is None:
             return
         gates = self.evaluate.gates
+        monotone = [c for c in self.candidates.monotone if c not in columns or columns[c].type == "category"]
+        if monotone:
+            raise ValueError(f"candidates.monotone: {monotone} are not numeric columns of dataset.columns")
         named = {
             "slices.columns": gates.slices.columns,
             "slices.bands": tuple(gates.slices.bands),

@@ -209,6 +209,24 @@ def _hgb_prep(numeric: list[str], categorical: list[str]) -> ColumnTransformer:
     )
 
 
+def monotone_params(
+    family: str, monotone: Mapping[str, int], numeric: list[str], categorical: list[str]
+) -> dict[str, Any]:
+    """The family's monotone-constraint hyperparameter, in the column order its preprocessing produces."""
+    if not monotone:
+        return {}
+    order = [*numeric, *categorical]  # encode_frame and _hgb_prep both put numeric columns first
+    unknown = [c for c in monotone if c not in numeric]
+    if unknown:
+        raise ConfigError(f"candidates.monotone: {unknown} are not numeric features")
+    signs = [int(monotone.get(c, 0)) for c in order]
+    if family == "lightgbm":
+        return {"monotone_constraints": signs}
+    if family == "hgb":
+        return {"monotonic_cst": signs}
+    return {}
+
+
 def build_model(
     family: str, params: Mapping[str, Any], numeric: list[str], categorical: list[str], *, task: str = "binary"
 ) -> Pipeline:

@@ -28,7 +28,15 @@ from threadpoolctl import threadpool_limits
 from retrain.config import CandidatesConfig, DatasetConfig
 from retrain.errors import DataError
 from retrain.metrics import class_labels, encode_target, get_metric, score
-from retrain.models import check_family, fit_meta, pipeline_scores, save_model, save_stacking, stack_features
+from retrain.models import (
+    check_family,
+    fit_meta,
+    monotone_params,
+    pipeline_scores,
+    save_model,
+    save_stacking,
+    stack_features,
+)
 from retrain.stages import CANDIDATES, SPLITS, VALID_SCORES
 from retrain.tuning import TuningResult, fit_model, make_folds, optuna_storage, plan_threads, tune
 from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_json
@@ -118,9 +126,15 @@ def fit_family(
 ) -> FamilyOutcome:
     """Search, refit on train (valid score), refit on train + valid and save the final model."""
     dataset = d.dataset
+    family_cfg = getattr(cfg, family)
+    constraints = monotone_params(family, cfg.monotone, dataset.numeric, dataset.categorical)
+    if constraints:
+        family_cfg = family_cfg.model_copy(update={"fixed": {**family_cfg.fixed, **constraints}})
+    elif cfg.monotone:
+        logger.warning("candidates: %s cannot be built with monotone constraints %s", family, dict(cfg.monotone))
     result = tune(
         family,
-        getattr(cfg, family),
+        family_cfg,
         d.X_train,
         d.y_train,
         numeric=dataset.numeric,

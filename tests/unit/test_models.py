@@ -22,6 +22,7 @@ from retrain.models import (
     SKOPS_TRUSTED_TYPES,
     build_model,
     load_predictor,
+    monotone_params,
     pipeline_scores,
     save_model,
     scores_from_output,
@@ -220,3 +221,22 @@ def test_hgb_uses_native_categories_and_a_minimal_trusted_list(tmp_path: Path) -
     probe = X.head(3).copy()
     probe["c"] = "never-seen"
     assert np.isfinite(load_predictor(tmp_path / "m").predict_scores(probe)).all(), "unseen category scores"
+
+
+@pytest.mark.parametrize("family", ["lightgbm", "hgb"])
+def test_monotone_constraints_make_the_score_rise_with_the_feature(family: str) -> None:
+    rng = np.random.default_rng(0)
+    n = 800
+    X = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n), "c": rng.choice(["x", "y"], size=n)})
+    X["c"] = X["c"].astype("str")
+    y = ((np.sin(3 * X["a"]) + X["b"] + rng.normal(scale=0.3, size=n)) > 0).astype(int).to_numpy()  # a: not monotone
+    params = monotone_params(family, {"a": 1}, ["a", "b"], ["c"])
+    assert params, f"{family} takes monotone constraints"
+    fixed = {"n_estimators": 50, "verbose": -1} if family == "lightgbm" else {"max_iter": 50}
+    model = build_model(family, {**fixed, **params}, ["a", "b"], ["c"]).fit(X, y)
+    grid = pd.DataFrame({"a": np.linspace(-2, 2, 41), "b": 0.0, "c": "x"}).astype({"c": "str"})
+    scores = model.predict_proba(grid)[:, 1]
+    assert np.all(np.diff(scores) >= -1e-12), f"{family}: P rises with a (+1): {np.diff(scores).min()}"
+    assert monotone_params("logreg", {"a": 1}, ["a", "b"], ["c"]) == {}, "linear families take no constraint"
+    with pytest.raises(ConfigError, match=r"candidates\.monotone"):
+        monotone_params(family, {"c": 1}, ["a", "b"], ["c"])
