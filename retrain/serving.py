@@ -36,6 +36,8 @@ CONFIDENCE_FILE = "confidence.json"
 OUTPUTS = ("scores", "decision")
 """Values of the `output` predict parameter; "scores" is the default."""
 ABSTAIN = "abstain"
+LAYOUT_CACHE = 64
+"""Column layouts (names in request order) remembered per model, so a client's fixed layout is resolved once."""
 SMALL_BATCH = 32
 """Up to this many rows are encoded value by value in Python; larger batches column by column (vectorised)."""
 
@@ -83,10 +85,12 @@ class FastLightGBM:
         positions = self._positions.get(columns)
         if positions is None:
             where = {c: i for i, c in enumerate(columns)}
-            positions = self._positions[columns] = (
+            positions = (
                 [where[c] for c in self.numeric],
                 [(where[c], self.codes[c]) for c in self.categorical],
             )
+            if len(self._positions) < LAYOUT_CACHE:
+                self._positions[columns] = positions
         numeric, categorical = positions
         rows = X.to_numpy(dtype=object)
         return np.array(
@@ -162,6 +166,7 @@ class RetrainModel(PythonModel):
             FastLightGBM(self.predictor) if isinstance(self.predictor, LightGBMPredictor) else None
         )
         self.features = list(self.predictor.features)
+        self._checked: set[tuple[Any, ...]] = set()
         self.confidence = read_confidence(model_dir)
         labels = self.predictor.labels
         stored = self.confidence["labels"] if self.confidence is not None else []
@@ -181,13 +186,23 @@ class RetrainModel(PythonModel):
                 return served
             scores = served.to_numpy(dtype=float) if isinstance(served, pd.DataFrame) else served
         else:
-            missing = [c for c in self.features if c not in model_input.columns]
-            if missing:
-                raise ValueError(f"input is missing feature columns {missing}")
+            self._check_columns(model_input)
             scores = self.fast.predict_scores(model_input)
             if output == "scores":
                 return _as_output(scores, self.predictor, model_input.index)
         return self._decide(scores, model_input.index)
+
+    def _check_columns(self, X: pd.DataFrame) -> None:
+        """Missing feature columns fail with their names; a column layout seen before is not checked again."""
+        columns = tuple(X.columns)
+        if columns in self._checked:
+            return
+        present = set(columns)
+        missing = [c for c in self.features if c not in present]
+        if missing:
+            raise ValueError(f"input is missing feature columns {missing}")
+        if len(self._checked) < LAYOUT_CACHE:
+            self._checked.add(columns)
 
     def _decide(self, scores: np.ndarray, index: pd.Index) -> pd.DataFrame:
         """The decision frame; a model saved without confidence.json cannot abstain, so it refuses."""
@@ -205,3 +220,10 @@ def _as_output(scores: np.ndarray, predictor: Predictor, index: pd.Index) -> np.
     if predictor.task == "multiclass":
         return pd.DataFrame(scores, columns=[str(v) for v in predictor.labels or ()], index=index)
     return np.asarray(scores, dtype=float)
+
+
+def load_serving_model(model_dir: Path) -> RetrainModel:
+    """The pyfunc's Python model loaded in this process, as MLflow loads it (for latency measurement and tests)."""
+    model = RetrainModel()
+    model.load_context(PythonModelContext(artifacts={ARTIFACT_KEY: str(model_dir)}, model_config={}))
+    return model

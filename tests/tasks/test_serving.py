@@ -111,6 +111,8 @@ def test_decision_output_binary(lgbm_dir: Path) -> None:
     assert 0 < abstain.sum() < len(out), f"the fixture should have rows on both sides of {THRESHOLD}"
     assert (out.loc[abstain, "decision"] == ABSTAIN).all(), "under the threshold: abstain"
     assert (out.loc[~abstain, "decision"] == out.loc[~abstain, "label"]).all(), "at or over it: the label"
+    with pytest.raises(ValueError, match=r"missing feature columns \['a'\]"):
+        model.predict(None, X.drop(columns="a"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"params\.output must be one of"):
         model.predict(None, X, params={"output": "bogus"})  # type: ignore[arg-type]
 
