@@ -163,7 +163,7 @@ class RetrainModel(PythonModel):
         model_dir = Path(context.artifacts[ARTIFACT_KEY])
         self.predictor: Predictor = load_predictor(model_dir)
         self.fast: FastLightGBM | None = (
-            FastLightGBM(self.predictor) if isinstance(self.predictor, LightGBMPredictor) else None
+            FastLightGBM(self.predictor) if type(self.predictor) is LightGBMPredictor else None
         )
         self.features = list(self.predictor.features)
         self._checked: set[tuple[Any, ...]] = set()
