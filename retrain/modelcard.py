@@ -77,6 +77,11 @@ def curves(y: np.ndarray, scores: np.ndarray, task: str, labels: Sequence[str] |
     """
     y = np.asarray(y)
     s = np.asarray(scores, dtype=float)
+    finite = np.isfinite(s) if s.ndim == 1 else np.isfinite(s).all(axis=1)
+    if task in ("binary", "multiclass", "regression") and not finite.all():
+        # NaN / inf scores (a broken candidate) are left out of the curves and counted, never a crash
+        out = curves(y[finite], s[finite], task, labels, bins) if finite.any() else {"task": task}
+        return {**out, "nonfinite_rows": int((~finite).sum())}
     if task == "binary":
         y01 = y.astype(int)
         return {"task": task, **_binary_curves(y01, s), "calibration": _reliability(s, y01.astype(float), bins)}
@@ -357,6 +362,8 @@ def render_model_card(record: dict) -> str:
     """Self-contained HTML (inline CSS and base64 PNG plots, no external references) from a gate record."""
     curve = record.get("curves") or {}
     plots = _plots(curve) if curve else ""
+    if curve.get("nonfinite_rows"):
+        plots = f'<p class="fail">{_e(curve["nonfinite_rows"])} test rows had non-finite scores (left out)</p>' + plots
     sections = [
         _header(record),
         _gates(record),

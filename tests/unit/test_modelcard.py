@@ -194,3 +194,14 @@ def test_card_is_robust_to_missing_sections() -> None:
     bare = parse(render_model_card({"decision": "promote"}))
     assert bare.headings[:2] == ["Model card: model", "Gates"], bare.headings
     assert not bare.images, "no curves, no plots"
+
+
+def test_nonfinite_scores_are_counted_not_fatal() -> None:
+    y, p = binary_data(200)
+    p[:10] = np.nan
+    c = curves(y, p, "binary", None)
+    assert c["nonfinite_rows"] == 10 and c["roc"]["auc"] is not None, c.keys()
+    json.dumps(c, allow_nan=False)
+    broken = curves(y, np.full(200, np.nan), "binary", None)
+    assert broken == {"task": "binary", "nonfinite_rows": 200}, broken
+    assert "200 test rows had non-finite scores" in render_model_card(record(broken)), "the card says so"
