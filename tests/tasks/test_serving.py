@@ -24,8 +24,9 @@ import skops.io as sio
 from mlflow.pyfunc import PythonModelContext
 from threadpoolctl import threadpool_limits
 
+from retrain.calibration import fit_calibrator
 from retrain.config import ServingGate
-from retrain.models import PIPELINE, build_model, load_predictor, save_model, serve_output
+from retrain.models import PIPELINE, build_model, load_predictor, save_calibration, save_model, serve_output
 from retrain.serving import ABSTAIN, ARTIFACT_KEY, CONFIDENCE_FILE, FastLightGBM, RetrainModel, decisions
 from tasks.packaging import pyfunc_kwargs
 from tasks.servecheck import _compare, serving_gate
@@ -96,6 +97,21 @@ def test_fast_path_equals_the_model(lgbm_dir: Path) -> None:
         assert np.array_equal(fast.predict_scores(X), reference), "batch: fast encoding changes the scores"
         singles = np.concatenate([fast.predict_scores(X.iloc[[i]]) for i in range(12)])
         assert np.array_equal(singles, reference[:12]), "single rows: fast encoding changes the scores"
+
+
+def test_calibrated_and_stacked_lightgbm_serve_the_same_scores(lgbm_dir: Path, tmp_path: Path) -> None:
+    X, y = frame(n=200, seed=5)
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(lgbm_dir, calibrated)
+    raw = load_predictor(lgbm_dir).predict_scores(X)
+    save_calibration(calibrated, fit_calibrator("isotonic", raw, y, "binary"))
+    predictor = load_predictor(calibrated)
+    served = pyfunc(calibrated)
+    assert isinstance(served.predictor.inner, FastLightGBM), "the calibrated model's LightGBM uses the fast path"
+    assert np.array_equal(served.predict(None, X), predictor.predict_scores(X)), "calibration is still applied"
+    assert not np.array_equal(predictor.predict_scores(X), raw), "the fixture's calibrator changes the scores"
+    singles = np.concatenate([served.predict(None, X.iloc[[i]]) for i in range(5)])
+    assert np.array_equal(singles, predictor.predict_scores(X)[:5]), "single rows: identical calibrated scores"
 
 
 def test_decision_output_binary(lgbm_dir: Path) -> None:
