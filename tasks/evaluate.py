@@ -1,30 +1,62 @@
-"""evaluate: score the best candidate on test against the baselines and the champion; write the gate record."""
+"""evaluate: build the model as it would ship, run the whole gate policy on test, write one gate record.
+
+The model directory `models/evaluate/model` is the selected candidate plus, when configured, its
+calibrator and confidence threshold (both fitted on the valid scores of the family's train-only refit,
+never on test). That directory is what every gate scores and what `promote` registers.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.tracking import MlflowClient
 from prefect import task
 
 from retrain.baselines import from_dict
+from retrain.behaviour import directional_gate, invariance_gate, perturbation_gate
+from retrain.calibration import (
+    calibration_gate,
+    choose_threshold,
+    confidence_gate,
+    fit_calibrator,
+)
+from retrain.config import TASK_METRICS, DatasetConfig, GatesConfig
 from retrain.errors import DataError
-from retrain.gates import beats_baselines, decide, metric_is_finite, no_regression
+from retrain.fairness import fairness_gate
+from retrain.gates import (
+    GateResult,
+    beats_baselines,
+    decide,
+    metric_bounds,
+    metric_is_finite,
+    no_regression_bootstrap,
+    skipped,
+    slice_table,
+    slices_gate,
+)
+from retrain.latency import directory_size_mb, latency_gate, single_row_latency_ms
 from retrain.metrics import class_labels, encode_target, get_metric, is_better, score
-from retrain.models import load_predictor
-from retrain.stages import BASELINES, CANDIDATES, GATE_RECORD, SPLITS
+from retrain.modelcard import curves, render_model_card
+from retrain.models import Predictor, load_predictor, save_calibration, save_confidence, serve_output
+from retrain.stages import BASELINES, CANDIDATES, EVALUATED_MODEL, GATE_RECORD, MODEL_CARD, SPLITS, VALID_SCORES
 from tasks import registry
 from tasks.runtime import StageContext, clear_outputs, finish, read_json, stage_run, tree_md5, write_json
+from tasks.servecheck import serving_gate
 
 logger = logging.getLogger(__name__)
 
-MIN_SLICE_ROWS = 30
-"""A slice value is scored only with at least this many test rows (smaller ones are listed with their n)."""
+EXAMPLE_ROWS = 5
+"""Valid rows used as the input example (signature) and by the serving gate."""
 
 
 def select_candidate(summary: dict[str, Any], metric: str | None = None) -> str:
@@ -38,98 +70,274 @@ def select_candidate(summary: dict[str, Any], metric: str | None = None) -> str:
     return best
 
 
-def slice_scores(
-    test: pd.DataFrame, columns: tuple[str, ...], metric: str, y: np.ndarray, scores: np.ndarray
-) -> dict[str, list[dict[str, Any]]]:
-    """The metric per value of each slice column on test, with n; values under MIN_SLICE_ROWS rows are not scored."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for column in columns:
-        if column not in test.columns:
-            raise DataError(f"evaluate: slice column {column!r} (dataset.slices) is not in {SPLITS['test']}")
-        keys = test[column].astype("str").where(test[column].notna(), "(missing)").to_numpy()
-        entries = []
-        values, counts = np.unique(keys, return_counts=True)
-        for value, n in sorted(zip(values, counts, strict=True), key=lambda vc: (-vc[1], vc[0])):
-            entry: dict[str, Any] = {"value": str(value), "n": int(n), "metric": None}
-            if n >= MIN_SLICE_ROWS:
-                mask = keys == value
-                result = score(metric, y[mask], scores[mask])
-                entry["metric"] = result if math.isfinite(result) else None
-            else:
-                entry["skipped"] = f"fewer than {MIN_SLICE_ROWS} test rows"
-            entries.append(entry)
-        out[column] = entries
-    return out
-
-
 def metric_key(*parts: str) -> str:
     """An MLflow-safe metric name (letters, digits, `_ - . / :` and spaces only)."""
     return re.sub(r"[^\w./: -]", "_", "_".join(parts))
 
 
+def family_valid_scores(path: Path, family: str, task: str) -> np.ndarray:
+    """The family's valid scores from its train-only refit, in the shapes of `predict_scores`."""
+    frame = pd.read_parquet(path)
+    if task == "multiclass":
+        columns = [c for c in frame.columns if c.startswith(f"{family}:")]
+        return frame[sorted(columns, key=lambda c: int(c.split(":")[1]))].to_numpy()
+    return frame[family].to_numpy()
+
+
+def build_model(ctx: StageContext, family: str, y_valid: np.ndarray, gates: GatesConfig) -> tuple[Path, dict[str, Any]]:
+    """Copy the candidate to models/evaluate/model and add its calibrator and confidence threshold."""
+    dataset = ctx.dataset
+    target = ctx.path(EVALUATED_MODEL)
+    shutil.copytree(ctx.path(f"{CANDIDATES}/{family}"), target)
+    info: dict[str, Any] = {"calibration": None, "confidence_threshold": None}
+    needs_valid = gates.calibration.method is not None or (gates.confidence.enabled and dataset.task != "regression")
+    if not needs_valid:
+        return target, info
+    valid = family_valid_scores(ctx.path(VALID_SCORES), family, dataset.task)
+    if gates.calibration.method is not None:
+        calibrator = fit_calibrator(gates.calibration.method, valid, y_valid, dataset.task)
+        save_calibration(target, calibrator)
+        valid = calibrator.apply(valid)
+        info["calibration"] = gates.calibration.method
+        logger.info("evaluate: %s calibrated on valid (%s)", family, gates.calibration.method)
+    if gates.confidence.enabled and dataset.task != "regression":
+        threshold = choose_threshold(y_valid, valid, task=dataset.task, cfg=gates.confidence)
+        save_confidence(target, threshold, class_labels(dataset))
+        info["confidence_threshold"] = threshold
+    return target, info
+
+
+def timed(seconds: dict[str, float], name: str, gate: Callable[[], GateResult]) -> GateResult:
+    """Run one gate, keeping its wall time for the record (the gates' cost is part of the product)."""
+    started = time.perf_counter()
+    result = gate()
+    seconds[name] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def champion_record(tracking_uri: str, champion: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The champion's own gate record (for its latency and size), if its version points at one."""
+    if champion is None:
+        return None
+    try:
+        version = MlflowClient(tracking_uri).get_model_version(champion["model_name"], champion["version"])
+        uri = version.tags.get("retrain.gate_record")
+        return mlflow.artifacts.load_dict(uri) if uri else None
+    except Exception as exc:  # an unreadable record only disables the relative latency / size bounds
+        logger.warning("evaluate: champion gate record %s unreadable (%s); relative bounds skipped", uri, exc)
+        return None
+
+
+def run_gates(
+    ctx: StageContext,
+    predictor: Predictor,
+    model_dir: Path,
+    X_test: pd.DataFrame,
+    y_test: np.ndarray,
+    scores: np.ndarray,
+    example: pd.DataFrame,
+    context: dict[str, Any],
+) -> tuple[list[GateResult], dict[str, Any]]:
+    """Every gate of evaluate.gates, in policy order; disabled ones are recorded as skipped."""
+    dataset, cfg, metric = ctx.dataset, ctx.params.evaluate.gates, ctx.params.evaluate.metric
+    task, seed = dataset.task, ctx.params.seed
+    protected = dataset.protected
+    columns = cfg.slices.columns or dataset.slices
+    attributes = cfg.fairness.attributes or protected
+    swapped = cfg.invariance.attributes or protected
+    named = [*columns, *cfg.slices.bands, *attributes, *swapped, *cfg.directional.increasing]
+    require_columns(X_test, [*named, *cfg.directional.decreasing], "evaluate.gates")
+    seconds: dict[str, float] = {}
+    extra: dict[str, Any] = {"gate_seconds": seconds}
+    candidate_score = context["candidate_score"]
+    champion_scores = context["champion_scores"]
+    gates: list[GateResult] = [metric_is_finite(metric, candidate_score)]
+
+    def add(name: str, enabled: bool, gate: Callable[[], GateResult]) -> None:
+        gates.append(timed(seconds, name, gate) if enabled else skipped(name, f"disabled (evaluate.gates.{name})"))
+
+    bounded = {*cfg.metric_bounds.min, *cfg.metric_bounds.max}
+    all_metrics = {m: score(m, y_test, scores) for m in TASK_METRICS[task] if m in bounded}
+    extra["metrics"] = all_metrics
+    add("metric_bounds", cfg.metric_bounds.enabled, lambda: metric_bounds(cfg.metric_bounds, all_metrics))
+    add(
+        "beats_baselines",
+        cfg.baseline.enabled,
+        lambda: beats_baselines(metric, candidate_score, context["baseline_scores"], cfg.baseline.margin),
+    )
+    add(
+        "no_regression_vs_champion",
+        cfg.champion.enabled,
+        lambda: no_regression_bootstrap(cfg.champion, metric, y_test, scores, champion_scores, seed),
+    )
+
+    table = slice_table(X_test, columns, cfg.slices.bands, metric, y_test, scores, cfg.slices.min_rows)
+    champion_table = (
+        slice_table(X_test, columns, cfg.slices.bands, metric, y_test, champion_scores, cfg.slices.min_rows)
+        if champion_scores is not None
+        else None
+    )
+    add("slices", cfg.slices.enabled, lambda: slices_gate(cfg.slices, metric, candidate_score, table, champion_table))
+    extra["slices"] = {"min_rows": cfg.slices.min_rows, "columns": table}
+
+    score_fn = predictor.predict_scores
+    add(
+        "perturbation",
+        cfg.perturbation.enabled,
+        lambda: perturbation_gate(
+            score_fn, X_test, y_test, metric=metric, numeric=dataset.numeric, categorical=dataset.categorical,
+            cfg=cfg.perturbation, seed=seed,
+        ),
+    )  # fmt: skip
+    y_std = float(np.std(y_test)) if task == "regression" else None
+    add(
+        "invariance",
+        cfg.invariance.enabled,
+        lambda: invariance_gate(
+            score_fn, X_test, attributes=swapped, task=task, cfg=cfg.invariance,
+            y_std=y_std,
+        ),
+    )  # fmt: skip
+    integers = [c for c, spec in dataset.schema.items() if spec.type == "int"]
+    add(
+        "directional",
+        cfg.directional.enabled,
+        lambda: directional_gate(score_fn, X_test, task=task, cfg=cfg.directional, integer_columns=integers),
+    )
+    add(
+        "calibration", cfg.calibration.enabled, lambda: calibration_gate(y_test, scores, task=task, cfg=cfg.calibration)
+    )
+    threshold = context["confidence_threshold"]
+    add(
+        "confidence",
+        cfg.confidence.enabled,
+        lambda: (
+            confidence_gate(y_test, scores, threshold, task=task, cfg=cfg.confidence)
+            if threshold is not None
+            else skipped("confidence", f"no confidence threshold for a {task} task")
+        ),
+    )
+    add(
+        "fairness",
+        cfg.fairness.enabled,
+        lambda: fairness_gate(y_test, scores, {a: X_test[a] for a in attributes}, task=task, cfg=cfg.fairness),
+    )
+
+    latency: dict[str, float] = {}
+    if cfg.latency.enabled:
+        latency = single_row_latency_ms(lambda rows: serve_output(predictor, rows), X_test, cfg.latency.rows)
+        latency["size_mb"] = directory_size_mb(model_dir)
+    extra["latency"] = latency
+    previous = (context["champion_record"] or {}).get("latency") or None
+    add(
+        "latency",
+        cfg.latency.enabled,
+        lambda: latency_gate(latency, latency["size_mb"], cfg=cfg.latency, champion=previous),
+    )
+    add(
+        "serving",
+        cfg.serving.enabled,
+        lambda: serving_gate(ctx.root, model_dir, example, serve_output(predictor, example), cfg=cfg.serving),
+    )
+    return gates, extra
+
+
+def champion_scores_on(champion: dict[str, Any] | None, X: pd.DataFrame, dataset: DatasetConfig) -> np.ndarray | None:
+    """The registered champion's scores on the same rows, through its pyfunc (exactly as it is served)."""
+    if champion is None:
+        return None
+    return registry.load_champion_scores(champion, X, dataset.task, class_labels(dataset))
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
-    """Apply every gate to the selected candidate on the test split and write one gate record."""
+    """Apply every gate to the selected candidate on the test split and write the gate record and model card."""
     dataset, cfg, metric = ctx.dataset, ctx.params.evaluate, ctx.params.evaluate.metric
     direction = get_metric(metric).direction
-    labels = class_labels(dataset)
     clear_outputs(ctx)
     with stage_run(ctx) as active:
         test = pd.read_parquet(ctx.path(SPLITS["test"]))
+        valid = pd.read_parquet(ctx.path(SPLITS["valid"]))
         y_test = encode_target(test[dataset.target], dataset)
+        y_valid = encode_target(valid[dataset.target], dataset)
         X_test = test[dataset.features]
+        example = valid[dataset.features].head(EXAMPLE_ROWS)
 
         summary = read_json(ctx.path(f"{CANDIDATES}/summary.json"))
         family = select_candidate(summary, metric)
-        model_dir = ctx.path(f"{CANDIDATES}/{family}")
-        candidate_scores = load_predictor(model_dir).predict_scores(X_test)
-        candidate_score = score(metric, y_test, candidate_scores)
+        model_dir, built = build_model(ctx, family, y_valid, cfg.gates)
+        predictor = load_predictor(model_dir)
+        scores = predictor.predict_scores(X_test)
+        candidate_score = score(metric, y_test, scores)
 
         baselines = [from_dict(b) for b in read_json(ctx.path(BASELINES))["baselines"]]
         baseline_scores = {b.strategy: score(metric, y_test, b.predict_scores(X_test)) for b in baselines}
 
         champion = registry.champion(ctx.tracking.tracking_uri, ctx.params.promote.model_name, ctx.params.promote.alias)
-        champion_score = None
-        if champion is not None:
-            champion_raw = registry.load_champion_scores(champion, X_test, dataset.task, labels)
-            champion_score = score(metric, y_test, champion_raw)
-
-        gates = [
-            metric_is_finite(metric, candidate_score),
-            beats_baselines(metric, candidate_score, baseline_scores, cfg.gates.baseline.margin),
-            no_regression(metric, candidate_score, champion_score, cfg.gates.champion.tolerance),
-        ]
+        champion_raw = champion_scores_on(champion, X_test, dataset)
+        champion_score = score(metric, y_test, champion_raw) if champion_raw is not None else None
+        context = {
+            "candidate_score": candidate_score,
+            "baseline_scores": baseline_scores,
+            "champion_scores": champion_raw,
+            "champion_record": champion_record(ctx.tracking.tracking_uri, champion),
+            "confidence_threshold": built["confidence_threshold"],
+        }
+        gates, extra = run_gates(ctx, predictor, model_dir, X_test, y_test, scores, example, context)
         decision, failed = decide(gates)
-        slices = slice_scores(test, dataset.slices, metric, y_test, candidate_scores)
         record = {
-            "candidate": {"family": family, "model_dir": f"{CANDIDATES}/{family}", "model_hash": tree_md5(model_dir)},
+            "candidate": {"family": family, "model_dir": EVALUATED_MODEL, "model_hash": tree_md5(model_dir)},
+            "model_name": ctx.params.promote.model_name,
             "task": dataset.task,
             "metric": metric,
             "direction": direction,
             "scores": {"candidate": candidate_score, "baselines": baseline_scores, "champion": champion_score},
             "champion": champion,
             "gates": [g.to_dict() for g in gates],
-            "slices": {"min_rows": MIN_SLICE_ROWS, "columns": slices},
             "decision": decision,
             "failed_gates": failed,
+            "calibration": built["calibration"],
+            "confidence_threshold": built["confidence_threshold"],
+            "curves": curves(y_test, scores, dataset.task, class_labels(dataset), cfg.gates.calibration.bins),
             "data_hash": ctx.tracking.tags.get("retrain.data_hash"),
             "git_commit": ctx.tracking.tags.get("retrain.git_commit"),
             "params_hash": ctx.tracking.tags.get("retrain.params_hash"),
+            **extra,
         }
         write_json(ctx.path(GATE_RECORD), record)
+        ctx.path(MODEL_CARD).write_text(render_model_card(record))
         mlflow.log_dict(record, "gate_record.json")
+        mlflow.log_artifact(str(ctx.path(MODEL_CARD)))
         for gate in gates:
-            logger.info("gate %s: %s (%s)", gate.name, "PASS" if gate.passed else "FAIL", gate.reason)
+            logger.info("gate %s: %s (%s)", gate.name, gate.status.upper(), gate.reason)
+        mlflow.log_metrics(gate_metrics(record, metric))
         metrics = {f"test_{metric}": candidate_score, **{f"test_{metric}_{k}": v for k, v in baseline_scores.items()}}
         if champion_score is not None:
             metrics[f"test_{metric}_champion"] = champion_score
-        slice_metrics = {}
-        for column, entries in slices.items():
-            for entry in entries:
-                slice_metrics[metric_key("test_n_slice", column, entry["value"])] = float(entry["n"])
-                if entry["metric"] is not None:
-                    slice_metrics[metric_key(f"test_{metric}_slice", column, entry["value"])] = entry["metric"]
-        mlflow.log_metrics(slice_metrics)
         return finish(ctx, active, metrics, decision=decision, failed_gates=failed, family=family)
+
+
+def gate_metrics(record: dict[str, Any], metric: str) -> dict[str, float]:
+    """Per-gate values and per-slice metrics as MLflow metrics (finite ones only)."""
+    out: dict[str, float] = {}
+    for gate in record["gates"]:
+        if gate["value"] is not None and math.isfinite(gate["value"]):
+            out[metric_key("gate", gate["name"])] = float(gate["value"])
+        out[metric_key("gate_passed", gate["name"])] = 1.0 if gate["status"] == "pass" else 0.0
+    for column, entries in record["slices"]["columns"].items():
+        for entry in entries:
+            out[metric_key("test_n_slice", column, entry["value"])] = float(entry["n"])
+            if entry["metric"] is not None:
+                out[metric_key(f"test_{metric}_slice", column, entry["value"])] = entry["metric"]
+    for key, value in record.get("latency", {}).items():
+        out[metric_key("latency", key)] = float(value)
+    return out
+
+
+def require_columns(X: pd.DataFrame, columns: list[str], key: str) -> None:
+    """Gate columns must exist in the test split (an inferred schema is checked only here)."""
+    missing = [c for c in columns if c not in X.columns]
+    if missing:
+        raise DataError(f"evaluate: {key} columns {missing} are not in {SPLITS['test']}")
 
 
 evaluate_task = task(run, name="evaluate")

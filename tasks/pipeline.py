@@ -10,7 +10,7 @@ from typing import Any
 
 from retrain.baselines import families_vs_baselines
 from retrain.config import Params
-from retrain.stages import BASELINES, CANDIDATES, GATE_RECORD, SNAPSHOT
+from retrain.stages import BASELINES, CANDIDATES, EVALUATED_MODEL, GATE_RECORD, SNAPSHOT
 from tasks import dvcstore, registry
 from tasks.runner import StageOutcome, end_parent_run, run_in_flow, set_parent_tag, start_parent_run
 from tasks.runtime import (
@@ -93,6 +93,9 @@ class PipelineRun:
             return {"champion": "none"}
         families = {rel.split("/")[2] for rel in candidates["outs"] if rel.count("/") >= 3}
         own = {tree_md5(self.root / CANDIDATES / f) for f in families}
+        shipped = self.root / EVALUATED_MODEL  # what the last evaluate built (candidate + calibration files)
+        if shipped.is_dir():
+            own.add(tree_md5(shipped))
         return {"champion": "none" if current.get("model_hash") in own else str(current.get("model_hash"))}
 
     def reference_input(self) -> dict[str, str]:
