@@ -48,6 +48,7 @@ from retrain.latency import directory_size_mb, latency_gate, single_row_latency_
 from retrain.metrics import class_labels, encode_target, get_metric, is_better, score
 from retrain.modelcard import curves, render_model_card
 from retrain.models import Predictor, load_predictor, save_calibration, save_confidence, serve_output
+from retrain.serving import load_serving_model
 from retrain.stages import BASELINES, CANDIDATES, EVALUATED_MODEL, GATE_RECORD, MODEL_CARD, SPLITS, VALID_SCORES
 from tasks import registry
 from tasks.runtime import StageContext, clear_outputs, finish, read_json, stage_run, tree_md5, write_json
@@ -225,7 +226,8 @@ def run_gates(
 
     latency: dict[str, float] = {}
     if cfg.latency.enabled:
-        latency = single_row_latency_ms(lambda rows: serve_output(predictor, rows), X_test, cfg.latency.rows)
+        served = load_serving_model(model_dir)  # the registered pyfunc's own predict path
+        latency = single_row_latency_ms(lambda rows: served.predict(None, rows), X_test, cfg.latency.rows)
         latency["size_mb"] = directory_size_mb(model_dir)
     extra["latency"] = latency
     previous = (context["champion_record"] or {}).get("latency") or None
