@@ -94,7 +94,15 @@ def test_wine_multiclass_runs_end_to_end(
             "promote": {"model_name": "wine-class"},
         },
     )
-    # replaced, not merged: Adult's `objective: binary` would contradict the task (a ConfigError)
+    # replaced, not merged: Adult's gate columns and `objective: binary` do not exist / fit here
+    params["candidates"]["monotone"] = {}
+    params["evaluate"]["gates"] = {
+        "metric_bounds": {"min": {"roc_auc_ovr": 0.9}},
+        "champion": {"resamples": 100},
+        "slices": {"enabled": False},
+        "calibration": {"max_ece": 0.3},  # 36 test rows
+        "confidence": {"target_precision": 0.9, "min_coverage": 0.3, "min_precision": 0.7},
+    }
     params["candidates"]["lightgbm"] = {
         "fixed": {"verbose": -1, "deterministic": True, "n_jobs": 2},
         "space": {
@@ -107,6 +115,8 @@ def test_wine_multiclass_runs_end_to_end(
     assert summary["decision"] == "promote", summary
     model, record = champion_model(root, "wine-class")
     assert record["task"] == "multiclass" and record["scores"]["candidate"] > 0.9, record["scores"]
+    status = {g["name"]: g["status"] for g in record["gates"]}
+    assert status["confidence"] == "pass" and status["fairness"] == "skipped", f"multiclass gates: {status}"
     probabilities = model.predict(frame.drop(columns=["target"]).head(20))
     assert isinstance(probabilities, pd.DataFrame), type(probabilities)
     assert list(probabilities.columns) == ["class_0", "class_1", "class_2"], "one column per label, label order"
