@@ -94,6 +94,33 @@ class TuningResult:
         return params
 
 
+@dataclass
+class Progress:
+    """Optuna callback: one log line per finished trial with counts, the best so far and an ETA."""
+
+    family: str
+    metric: str
+    budget: int
+    timeout: float | None
+    started: float
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Log `trial k/n`, its state and value, the best value, pruned count, elapsed seconds and the ETA."""
+        done = len(study.trials)
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / max(done, 1) * max(self.budget - done, 0)
+        if self.timeout is not None:
+            eta = min(eta, max(self.timeout - elapsed, 0.0))
+        pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        best = f"{study.best_value:.4f}" if complete else "-"
+        value = f"{trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
+        logger.info(
+            "%s: trial %d/%d %s, best CV %s %s, %d pruned, %.0fs elapsed, ETA %.0fs",
+            self.family, done, self.budget, value, self.metric, best, pruned, elapsed, eta,
+        )  # fmt: skip
+
+
 def suggest(trial: optuna.Trial, name: str, space: ParamRange) -> Any:
     """Draw one hyperparameter from its declared range."""
     if space.choices is not None:
@@ -388,7 +415,8 @@ def tune(
         study_name=study_name,
     )
     budget = (cfg.n_trials or n_trials) if cfg.space else 1
-    study.optimize(objective, n_trials=budget, timeout=cfg.timeout_seconds, n_jobs=parallel)
+    progress = Progress(family, metric, budget, cfg.timeout_seconds, started)
+    study.optimize(objective, n_trials=budget, timeout=cfg.timeout_seconds, n_jobs=parallel, callbacks=[progress])
     trials = [
         {
             "number": t.number,

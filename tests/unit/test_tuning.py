@@ -213,3 +213,13 @@ def test_refit_scales_early_stopped_rounds_and_divides_the_learning_rate() -> No
     plain = tune("logreg", FamilyConfig(fixed={"max_iter": 300}), X, y, numeric=["a"], categorical=["c"],
                  metric="roc_auc", n_trials=1, n_folds=2, seed=0)  # fmt: skip
     assert plain.refit_params(10_000) == plain.best_params, "families without early stopping refit as tuned"
+
+
+def test_each_trial_logs_progress_with_an_eta(caplog: pytest.LogCaptureFixture) -> None:
+    X, y = lgbm_data(300)
+    cfg = LGBM.model_copy(update={"n_trials": 3})
+    with caplog.at_level("INFO", logger="retrain.tuning"):
+        tune("lightgbm", cfg, X, y, numeric=["a"], categorical=["c"], metric="roc_auc", n_trials=3, n_folds=2, seed=0)
+    lines = [r.getMessage() for r in caplog.records if "trial " in r.getMessage() and "ETA" in r.getMessage()]
+    assert [line.split(" ")[2] for line in lines] == ["1/3", "2/3", "3/3"], lines
+    assert lines[-1].endswith("ETA 0s"), f"nothing left after the last trial: {lines[-1]}"
