@@ -8,10 +8,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from retrain.baselines import families_vs_baselines
 from retrain.config import Params
 from retrain.stages import BASELINES, CANDIDATES, EVALUATED_MODEL, GATE_RECORD, SNAPSHOT
-from tasks import dvcstore, registry
+from tasks import dvcstore, recovery, registry
 from tasks.runner import StageOutcome, end_parent_run, run_in_flow, set_parent_tag, start_parent_run
 from tasks.runtime import (
     StageContext,
@@ -38,6 +40,8 @@ class PipelineRun:
     stages: list[StageOutcome] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     dry_run: bool = False
+    lock: FileLock | None = None
+    recovered: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def start(
@@ -49,16 +53,26 @@ class PipelineRun:
         flow_run_id: str | None,
         dry_run: bool = False,
     ) -> PipelineRun:
-        """Open the MLflow parent run, tagged with everything known before the data is read."""
-        uri = params.tracking.tracking_uri or default_tracking_uri(root)
-        experiment_id = ensure_experiment(uri, params.tracking.experiment, root)
-        tags = base_tags(root, params, trigger) | dvcstore.remote_info(root, params.version.remote).tags()
-        if flow_run_id:
-            tags["retrain.prefect_flow_run_id"] = flow_run_id
-        name = f"pipeline-{trigger}" + ("-dry-run" if dry_run else "")
-        flags = {"retrain.dry_run": "true"} if dry_run else {}
-        parent = start_parent_run(uri, experiment_id, tags | flags, name=name)
-        return cls(root, params, Tracking(uri, experiment_id, parent, tags), commit_lineage, dry_run=dry_run)
+        """Take the workspace lock, close what a killed run left RUNNING, then open the tagged MLflow parent run.
+
+        The lock is held until `finish` (or released by the OS if this process dies).
+        """
+        lock = recovery.acquire(root, trigger, f"flow run {flow_run_id or '-'}")
+        try:
+            uri = params.tracking.tracking_uri or default_tracking_uri(root)
+            experiment_id = ensure_experiment(uri, params.tracking.experiment, root)
+            recovered = recovery.recover(uri, experiment_id)
+            tags = base_tags(root, params, trigger) | dvcstore.remote_info(root, params.version.remote).tags()
+            if flow_run_id:
+                tags["retrain.prefect_flow_run_id"] = flow_run_id
+            name = f"pipeline-{trigger}" + ("-dry-run" if dry_run else "")
+            flags = {"retrain.dry_run": "true"} if dry_run else {}
+            parent = start_parent_run(uri, experiment_id, tags | flags | recovery.process_tags(), name=name)
+        except BaseException:
+            lock.release()
+            raise
+        tracking = Tracking(uri, experiment_id, parent, tags)
+        return cls(root, params, tracking, commit_lineage, dry_run=dry_run, lock=lock, recovered=recovered)
 
     def context(self, stage: str, external: dict[str, str] | None = None) -> StageContext:
         """The context a stage task receives."""
@@ -110,13 +124,27 @@ class PipelineRun:
             reason = "dry run: nothing was promoted" if self.dry_run else "the workspace is an experiment"
             logger.info("overrides or dry run in effect: dvc.lock left as is (%s)", reason)
             return
-        dvcstore.commit_pipeline(self.root)
+        from dvc.lock import LockError
+
+        try:
+            dvcstore.commit_pipeline(self.root)
+        except LockError as exc:
+            # a `dvc repro` holds DVC's repo lock and waits for our workspace lock: it writes dvc.lock itself
+            logger.warning("dvc.lock left as is: DVC's repo lock is held (a `dvc repro` is waiting): %s", exc)
 
     def finish(self, status: str) -> dict[str, Any]:
-        """Close the parent run and return the machine-readable summary."""
-        summary = self.summary()
-        tags = {"retrain.decision": str(summary.get("decision")), "retrain.promotion": str(summary.get("promotion"))}
-        end_parent_run(self.tracking.tracking_uri, self.tracking.parent_run_id or "", status, tags)
+        """Close the parent run, release the workspace lock and return the machine-readable summary."""
+        try:
+            summary = self.summary()
+            tags = {
+                "retrain.decision": str(summary.get("decision")),
+                "retrain.promotion": str(summary.get("promotion")),
+            }
+            end_parent_run(self.tracking.tracking_uri, self.tracking.parent_run_id or "", status, tags)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
         return summary
 
     def summary(self) -> dict[str, Any]:
@@ -151,6 +179,7 @@ class PipelineRun:
             "data_hash": self.tracking.tags.get("retrain.data_hash"),
             "mlflow_run_id": self.tracking.parent_run_id,
             "tracking_uri": self.tracking.tracking_uri,
+            "recovered": self.recovered,
             "seconds": round(time.perf_counter() - self.started, 3),
         }
 
@@ -164,7 +193,13 @@ def preflight(params: Params) -> None:
 
 
 def standalone_stage(root: Path, params: Params, name: str, trigger: str) -> StageOutcome:
-    """Run one stage outside any flow (what `dvc repro` calls), tracked as its own MLflow run."""
+    """Run one stage outside any flow (what `dvc repro` calls) under the workspace lock, as its own MLflow run."""
+    with recovery.workspace_lock(root, trigger, f"stage {name}"):
+        return _standalone_stage(root, params, name, trigger)
+
+
+def _standalone_stage(root: Path, params: Params, name: str, trigger: str) -> StageOutcome:
+    """`standalone_stage` once the lock is held; closes stale stage runs of killed `retrain stage` processes."""
     from tasks.runner import run_standalone
     from tasks.runtime import output_manifest
 
@@ -175,9 +210,9 @@ def standalone_stage(root: Path, params: Params, name: str, trigger: str) -> Sta
         tags["retrain.data_hash"] = dvcstore.file_md5(snapshot)
     if name not in ("ingest", "version"):
         tags |= version_tags(root)
-    run = PipelineRun(
-        root, params, Tracking(uri, ensure_experiment(uri, params.tracking.experiment, root), None, tags), False
-    )
+    experiment_id = ensure_experiment(uri, params.tracking.experiment, root)
+    recovery.recover(uri, experiment_id, prefect=False)
+    run = PipelineRun(root, params, Tracking(uri, experiment_id, None, tags), False)
     external: dict[str, str] = {}
     if name == "evaluate":
         external = run.champion_input({"outs": output_manifest(run.context("candidates"))})

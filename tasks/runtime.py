@@ -220,7 +220,9 @@ def base_tags(root: Path, params: Params, trigger: str) -> dict[str, str]:
 def stage_run(ctx: StageContext) -> Iterator[mlflow.ActiveRun]:
     """An MLflow child run named after the stage, tagged like its parent, closed FAILED on error."""
     mlflow.set_tracking_uri(ctx.tracking.tracking_uri)
-    tags = {**ctx.tracking.tags, "retrain.stage": ctx.stage, "retrain.cached": "false"}
+    from tasks.recovery import process_tags
+
+    tags = {**ctx.tracking.tags, "retrain.stage": ctx.stage, "retrain.cached": "false", **process_tags()}
     with mlflow.start_run(
         experiment_id=ctx.tracking.experiment_id,
         run_name=ctx.stage,

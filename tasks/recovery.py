@@ -1,0 +1,186 @@
+"""Safe concurrency and crash recovery on one workspace: the workspace lock, and cleanup after a killed run.
+
+Lock order: `.retrain/workspace.lock` (whole flow run, or one `retrain stage`) is taken first, then
+`.retrain/registry.lock` (promote, rollback) inside it; never the reverse. See docs/concurrency.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+from filelock import FileLock, Timeout
+from mlflow.tracking import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+WORKSPACE_LOCK = ".retrain/workspace.lock"
+HOLDER_FILE = ".retrain/workspace.lock.json"
+TIMEOUT_ENV = "RETRAIN_LOCK_TIMEOUT"
+DEFAULT_TIMEOUT = 2 * 3600.0
+POLL_SECONDS = 2.0
+RECOVERED_TAG = "retrain.recovered"
+FLOW_RUN_TAG = "retrain.prefect_flow_run_id"
+PID_TAG, HOST_TAG, STARTED_TAG = "retrain.pid", "retrain.host", "retrain.process_started"
+
+
+class WorkspaceBusyError(RuntimeError):
+    """Another run held the workspace lock for longer than the configured wait (exit code 1)."""
+
+
+def process_tags() -> dict[str, str]:
+    """Whose run this is: pid, host and process start time (so a reused pid is not mistaken for the owner)."""
+    return {
+        PID_TAG: str(os.getpid()),
+        HOST_TAG: socket.gethostname(),
+        STARTED_TAG: f"{psutil.Process().create_time():.2f}",
+    }
+
+
+def lock_timeout() -> float:
+    """Seconds to wait for the workspace lock: $RETRAIN_LOCK_TIMEOUT, else 2 h (a schedule must not hang forever)."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise WorkspaceBusyError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from exc
+    return value if value >= 0 else DEFAULT_TIMEOUT
+
+
+def holder(root: Path) -> dict[str, Any]:
+    """Who holds (or last held) the workspace lock: pid, host, trigger, since; {} when unknown."""
+    try:
+        return json.loads((root / HOLDER_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def describe(info: dict[str, Any]) -> str:
+    """The holder as one log line."""
+    if not info:
+        return "an unknown process"
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(info.get("since", 0))))
+    return f"pid {info.get('pid')} on {info.get('host')} ({info.get('trigger')}: {info.get('what')}) since {since}"
+
+
+@contextlib.contextmanager
+def workspace_lock(root: Path, trigger: str, what: str, timeout: float | None = None) -> Iterator[None]:
+    """Hold the workspace lock (DVC workspace + registry) for a whole run; wait for a holder, logging who it is."""
+    handle = acquire(root, trigger, what, timeout)
+    try:
+        yield
+    finally:
+        handle.release()
+
+
+def acquire(root: Path, trigger: str, what: str, timeout: float | None = None) -> FileLock:
+    """Take the workspace lock (the OS releases it if the holder dies); WorkspaceBusyError after `timeout`."""
+    path = root / WORKSPACE_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), thread_local=False)
+    limit = lock_timeout() if timeout is None else timeout
+    deadline = time.monotonic() + limit
+    announced: dict[str, Any] | None = None
+    while True:
+        try:
+            lock.acquire(timeout=min(POLL_SECONDS, max(deadline - time.monotonic(), 0.0)))
+            break
+        except Timeout:
+            current = holder(root)
+            if current != announced:
+                logger.warning("workspace lock %s is held by %s; waiting (up to %.0fs)", path, describe(current), limit)
+                announced = current
+            if time.monotonic() >= deadline:
+                raise WorkspaceBusyError(
+                    f"workspace lock {path} still held by {describe(current)} after {limit:.0f}s "
+                    f"(raise {TIMEOUT_ENV} or wait for that run to finish)"
+                ) from None
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "trigger": trigger, "what": what, "since": time.time()}
+    tmp = root / (HOLDER_FILE + ".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(root / HOLDER_FILE)
+    if announced is not None:
+        logger.info("workspace lock acquired after waiting")
+    return lock
+
+
+def owner_alive(tags: dict[str, str]) -> bool | None:
+    """Is the process that started a run still alive? None when unknown (no pid tags, or another host)."""
+    if PID_TAG not in tags or tags.get(HOST_TAG) != socket.gethostname():
+        return None
+    try:
+        proc = psutil.Process(int(tags[PID_TAG]))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = tags.get(STARTED_TAG)
+        return started is None or abs(proc.create_time() - float(started)) < 1.0
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+
+
+def recover(tracking_uri: str, experiment_id: str, prefect: bool = True) -> dict[str, list[str]]:
+    """Close what dead processes left RUNNING: MLflow runs -> FAILED, their Prefect flow runs -> CRASHED.
+
+    Only runs tagged with this host and a pid that is no longer alive are touched; call it while holding
+    the workspace lock. With prefect=False (`retrain stage`, no Prefect backend) runs that belong to a
+    flow run are left for the next flow run. Returns the ids it changed.
+    """
+    client = MlflowClient(tracking_uri)
+    stale = [
+        run
+        for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+        if owner_alive(run.data.tags) is False and (prefect or FLOW_RUN_TAG not in run.data.tags)
+    ]
+    note = (
+        f"closed by pid {os.getpid()} on {socket.gethostname()} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+    )
+    flow_runs = sorted({run.data.tags[FLOW_RUN_TAG] for run in stale if FLOW_RUN_TAG in run.data.tags})
+    for run in stale:
+        logger.warning(
+            "run %s (%s) was left RUNNING by dead pid %s: marking it FAILED",
+            run.info.run_id,
+            run.data.tags.get("mlflow.runName", "?"),
+            run.data.tags.get(PID_TAG),
+        )
+        client.set_tag(run.info.run_id, RECOVERED_TAG, note)
+        client.set_terminated(run.info.run_id, status="FAILED")
+    crashed = crash_flow_runs(flow_runs, note) if flow_runs else []
+    return {"mlflow_runs": [run.info.run_id for run in stale], "prefect_flow_runs": crashed}
+
+
+def crash_flow_runs(flow_run_ids: list[str], note: str) -> list[str]:
+    """Mark the dead process's Prefect flow runs CRASHED (only those still in a running/pending state)."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    changed = []
+    with get_client(sync_client=True) as client:
+        for flow_run_id in flow_run_ids:
+            try:
+                flow_run = client.read_flow_run(UUID(flow_run_id))
+            except Exception as exc:
+                logger.warning("Prefect flow run %s not found on this backend (%s); left as is", flow_run_id, exc)
+                continue
+            if flow_run.state is None or flow_run.state.is_final():
+                continue
+            logger.warning(
+                "Prefect flow run %s (%s) was left %s: marking it CRASHED",
+                flow_run_id,
+                flow_run.name,
+                flow_run.state.name,
+            )
+            client.set_flow_run_state(UUID(flow_run_id), Crashed(message=f"process killed; {note}"), force=True)
+            changed.append(flow_run_id)
+    return changed
