@@ -47,3 +47,16 @@ lock: ## re-resolve requirements.lock from pyproject.toml (needs network to the 
 
 clean: ## remove pipeline outputs and local stores (keeps .venv and the DVC remote)
 	rm -rf data/raw data/processed models/*/ .retrain mlflow.db mlartifacts
+
+.PHONY: servers servers-stop servers-status serve
+servers: install ## start the Prefect server (:4200) and MLflow UI (:5000) on 127.0.0.1, wait until healthy
+	$(BIN)/python scripts/servers.py start
+
+servers-stop: ## stop the servers started by `make servers` (SIGTERM, then SIGKILL)
+	$(BIN)/python scripts/servers.py stop
+
+servers-status: ## pid and health of the local servers
+	$(BIN)/python scripts/servers.py status
+
+serve: install ## serve the scheduled and manual deployments from this process (needs PREFECT_API_URL)
+	$(BIN)/retrain serve

@@ -30,6 +30,7 @@ examples:
   retrain stages --dvc-yaml > dvc.yaml          regenerate dvc.yaml from the stage table
   retrain data restore adult-income@champion restored/
                                                 the champion's training snapshot, from the DVC remote
+  retrain serve                                 serve the scheduled + manual deployments (needs PREFECT_API_URL)
 
 exit codes: 0 completed (promoted or nothing to do; --dry-run: would promote), 3 candidate rejected by a
             gate (--dry-run: would reject), 2 invalid input data or config (history/rollback: unknown model,
@@ -105,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--params", default="params.yaml", help="params file naming the model and tracking URI")
     rollback.add_argument("--to", default=None, metavar="VERSION", help="an explicit earlier champion version")
     rollback.add_argument("--json", action="store_true", help="print the audit entry as JSON on stdout")
+    serve = sub.add_parser(
+        "serve",
+        help="serve the scheduled and manual deployments from this process (Prefect flow.serve)",
+        description=(
+            "Registers retrain-scheduled (cron, trigger=schedule) and retrain-manual (trigger=ui) with the Prefect "
+            "API in PREFECT_API_URL and runs their flow runs here until Ctrl-C; no work pool or worker needed. "
+            "Start the servers first: `make servers`, then `export PREFECT_API_URL=http://127.0.0.1:4200/api`."
+        ),
+    )
+    serve.add_argument("--cron", default=None, help="cron of the scheduled deployment (default: 0 3 * * 1)")
+    serve.add_argument("--timezone", default=None, help="timezone of the cron (default: UTC)")
+    serve.add_argument("--no-schedule", action="store_true", help="register the scheduled deployment without a cron")
+    serve.add_argument("--only", default=None, help="serve one deployment: retrain-scheduled or retrain-manual")
     return parser
 
 
@@ -125,12 +139,11 @@ def exit_code_for(exc: BaseException | None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the Prefect flow and map its outcome to an exit code."""
-    from flows.training import retrain_flow
+    from flows.training import RunRequest, retrain_flow
 
     trigger = os.environ.get("RETRAIN_TRIGGER", "cli")
-    state = retrain_flow(
-        params_file=args.params, overrides=args.overrides, trigger=trigger, dry_run=args.dry_run, return_state=True
-    )
+    request = RunRequest(params_file=args.params, overrides=args.overrides, dry_run=args.dry_run)
+    state = retrain_flow(request=request, trigger=trigger, return_state=True)
     if not state.is_completed():
         exc = state.result(raise_on_failure=False)
         error = exc if isinstance(exc, BaseException) else None
@@ -304,6 +317,15 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`retrain serve`: the deployments of flows/deploy.py, served from this process until interrupted."""
+    from flows import deploy
+
+    cron = None if args.no_schedule else (args.cron or deploy.DEFAULT_CRON)
+    deploy.serve(cron=cron, timezone=args.timezone or deploy.DEFAULT_TIMEZONE, only=args.only)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `retrain` console script."""
     args = build_parser().parse_args(argv)
@@ -317,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": cmd_data,
         "history": cmd_history,
         "rollback": cmd_rollback,
+        "serve": cmd_serve,
     }
     try:
         return handlers[args.command](args)

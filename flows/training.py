@@ -1,12 +1,14 @@
-"""The training flow: the DAG of DESIGN.md, top to bottom."""
+"""The training flow: the DAG of DESIGN.md, top to bottom, with a typed request the Prefect UI renders as a form."""
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict, Field
 
 from retrain.config import load_params
 from retrain.paths import project_root, resolve
@@ -16,19 +18,68 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PARAMS = "params.yaml"
 
+Trigger = Literal["cli", "ui", "schedule", "dvc"]
+"""Who started a run; recorded as the MLflow tag `retrain.trigger` and in the promotion audit."""
+
+
+class RunRequest(BaseModel):
+    """What one run may override, typed so the Prefect UI shows a form; empty fields keep the params file's value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    params_file: str = Field(DEFAULT_PARAMS, description="params file, relative to the project root")
+    source: str | None = Field(None, description="ingest.source: a CSV/Parquet path, a glob, or a SQLAlchemy URL")
+    sample_rows: int | None = Field(None, gt=0, description="ingest.sample_rows: train on a seeded sample")
+    n_trials: int | None = Field(None, ge=1, description="candidates.n_trials: Optuna trials per family")
+    timeout_seconds: dict[str, float] = Field(
+        default_factory=dict,
+        description='candidates.<family>.timeout_seconds per family, e.g. {"lightgbm": 300}',
+    )
+    baseline_margin: float | None = Field(None, description="evaluate.gates.baseline.margin over the best baseline")
+    champion_tolerance: float | None = Field(
+        None, ge=0.0, description="evaluate.gates.champion.tolerance: how much worse than champion is tolerated"
+    )
+    metric_min: dict[str, float] = Field(
+        default_factory=dict,
+        description='evaluate.gates.metric_bounds.min per metric, e.g. {"roc_auc": 0.9}; other metrics unchanged',
+    )
+    overrides: list[str] = Field(
+        default_factory=list, description="any other params key, as `section.key=value` (like `retrain run --set`)"
+    )
+    dry_run: bool = Field(False, description="run every stage and gate, report what promote would do, change nothing")
+
+    def to_overrides(self) -> list[str]:
+        """The request as `--set` overrides (fields first, then the free-form ones, which win on conflict)."""
+        keyed: list[tuple[str, Any]] = [
+            ("ingest.source", self.source),
+            ("ingest.sample_rows", self.sample_rows),
+            ("candidates.n_trials", self.n_trials),
+            *((f"candidates.{family}.timeout_seconds", s) for family, s in sorted(self.timeout_seconds.items())),
+            ("evaluate.gates.baseline.margin", self.baseline_margin),
+            ("evaluate.gates.champion.tolerance", self.champion_tolerance),
+            *((f"evaluate.gates.metric_bounds.min.{m}", v) for m, v in sorted(self.metric_min.items())),
+        ]
+        # JSON scalars are YAML, so `parse_override` reads back exactly these values (a path stays a string)
+        return [f"{key}={json.dumps(value)}" for key, value in keyed if value is not None] + list(self.overrides)
+
+
+DEFAULT_REQUEST = RunRequest()
+
 
 @flow(name="retrain", log_prints=False, validate_parameters=True)
-def retrain_flow(
-    params_file: str = DEFAULT_PARAMS,
-    overrides: list[str] | None = None,
-    trigger: str = "cli",
-    dry_run: bool = False,
-) -> dict[str, Any]:
-    """Version, validate, split, train, gate and promote (or, with dry_run, report what promote would do)."""
+def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli") -> dict[str, Any]:
+    """Version, validate, split, train, gate and promote (or, with dry_run, report what promote would do).
+
+    `trigger` is a parameter of its own, not a request field: Prefect merges a deployment's parameters with a
+    run's by top-level key, so a deployment pins `trigger` while the form replaces the whole request.
+    """
     root = project_root()
-    params = load_params(resolve(root, params_file), overrides)
+    overrides = request.to_overrides()
+    dry_run = request.dry_run
+    params = load_params(resolve(root, request.params_file), overrides)
     preflight(params)
-    is_default = not overrides and resolve(root, params_file) == root / DEFAULT_PARAMS
+    is_default = not overrides and resolve(root, request.params_file) == root / DEFAULT_PARAMS
+    logger.info("run requested by %s with overrides %s", trigger, overrides or "(none)")
     run = PipelineRun.start(
         root, params, trigger, commit_lineage=is_default and not dry_run, flow_run_id=flow_run.get_id(), dry_run=dry_run
     )
