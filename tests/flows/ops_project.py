@@ -21,7 +21,8 @@ def shared_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's ops project (created once; tests must not assume which of them ran first)."""
     if "ops" not in _PROJECTS:
         base = tmp_path_factory.mktemp("ops")
-        root = make_project(base / "proj", small_params())
+        # two families keep each run short; logreg brings its own n_trials, lightgbm follows candidates.n_trials
+        root = make_project(base / "proj", small_params(candidates={"families": ["lightgbm", "logreg"]}))
         (base / "prefect").mkdir()
         _PROJECTS["ops"] = root
     return _PROJECTS["ops"]

@@ -18,7 +18,7 @@ from tests.flows.ops_project import kill_group, output, shared_project, start
 pytestmark = pytest.mark.e2e
 
 EXPERIMENT = small_params()["tracking"]["experiment"]
-OVERRIDE = ("--set", "candidates.n_trials=4")
+OVERRIDE = ("--set", "candidates.n_trials=3")
 
 
 def wait_for_running_stage(uri: str, stage: str, proc, timeout: float = 240) -> str:
@@ -62,8 +62,9 @@ def test_a_run_killed_mid_training_is_recovered_by_the_next_run(tmp_path_factory
     finally:
         kill_group(rerun)
     out, err = output(root, "rerun")
-    assert code == 0, err[-3000:]
+    assert code in (0, 3), err[-3000:]  # 3: the gates rejected the candidate (e.g. a better champion already exists)
     summary = json.loads(out)
+    assert summary["status"] == "completed", "the rerun completes"
     status = {s["name"]: s["status"] for s in summary["stages"]}
     for name in ("ingest", "version", "validate", "split", "baselines"):
         assert status[name] == "cached", f"{name} finished before the kill and must come from the cache: {status}"

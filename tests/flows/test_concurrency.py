@@ -1,0 +1,100 @@
+"""Two `retrain run` processes started at once on one workspace are serialized by the workspace lock."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tasks import audit
+from tasks.dvcstore import file_md5
+from tasks.registry import MODEL_HASH_TAG
+from tests.conftest import small_params
+from tests.flows.ops_project import env_for, kill_group, output, shared_project, start
+
+pytestmark = pytest.mark.e2e
+logger = logging.getLogger(__name__)
+
+MODEL = small_params()["promote"]["model_name"]
+OVERRIDE = ("--set", 'candidates.families=["lightgbm"]')  # another best model than the default's
+EXPERIMENT_STAGES = {"candidates", "evaluate", "promote"}  # what the override changes
+
+
+def dvc_status(root: Path) -> dict:
+    """`dvc status --json` of the project."""
+    env = {k: v for k, v in env_for(root).items() if k != "RETRAIN_ROOT"}
+    done = subprocess.run(["dvc", "status", "--json"], cwd=root, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout or "{}")
+
+
+def test_two_runs_at_once_end_cleanly_and_champion_is_the_better_model(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    root = shared_project(tmp_path_factory)
+    procs = {"default": start(root, log="conc-default"), "override": start(root, *OVERRIDE, log="conc-override")}
+    try:
+        codes = {name: proc.wait(timeout=600) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            kill_group(proc)
+    summaries = {}
+    for name, code in codes.items():
+        out, err = output(root, f"conc-{name}")
+        assert code in (0, 3), f"{name} run exited {code}: {err[-3000:]}"
+        summaries[name] = json.loads(out)
+    errs = {name: output(root, f"conc-{name}")[1] for name in procs}
+    assert any("workspace lock" in err and "is held by pid" in err for err in errs.values()), (
+        "one run waited for the other's workspace lock"
+    )
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+
+    # dvc.lock: valid YAML, and every stage the override cannot touch matches the workspace files
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    for name, stage in lock["stages"].items():
+        if name in EXPERIMENT_STAGES:
+            continue
+        for out in stage.get("outs", []):
+            path = root / out["path"]
+            if path.is_file():
+                assert file_md5(path) == out["md5"], f"dvc.lock disagrees with {out['path']} (stage {name})"
+    changed = set(dvc_status(root))
+    assert changed <= EXPERIMENT_STAGES, f"dvc status shows more than the override experiment: {changed}"
+
+    # registry: one version per model hash, numbered without gaps, every run's version still there
+    versions = client.search_model_versions(f"name='{MODEL}'")
+    hashes = [v.tags.get(MODEL_HASH_TAG) for v in versions]
+    assert len(hashes) == len(set(hashes)), f"duplicate model hash in the registry: {hashes}"
+    numbers = sorted(int(v.version) for v in versions)
+    assert numbers == list(range(1, len(numbers) + 1)), f"a version was lost: {numbers}"
+    for name, summary in summaries.items():
+        if summary["model_version"] is not None:
+            assert int(summary["model_version"]) in numbers, f"{name}'s version {summary['model_version']} is gone"
+
+    # champion: the better model unless the gates kept the other (a better point estimate not shown significant)
+    champion = str(client.get_model_version_by_alias(MODEL, "champion").version)
+    score = {name: s["metrics"]["evaluate"]["test_roc_auc"] for name, s in summaries.items()}
+    winners = [name for name, s in summaries.items() if s["model_version"] == champion]
+    versions_by_run = {n: s["model_version"] for n, s in summaries.items()}
+    assert winners, f"champion v{champion} is neither run's model: {versions_by_run}"
+    for loser in set(summaries) - set(winners):
+        if score[loser] > score[winners[0]]:
+            assert summaries[loser]["decision"] == "reject", (
+                f"{loser} scored {score[loser]:.4f} > champion's {score[winners[0]]:.4f} and was not rejected"
+            )
+
+    # audit: each alias moves in a chain (from = the previous to)
+    for alias in ("challenger", "champion"):
+        chain = [e for e in audit.entries(uri, MODEL) if e["alias"] == alias]
+        for before, after in itertools.pairwise(chain):
+            assert after["from_version"] == before["to_version"], f"{alias} audit chain broken: {before} -> {after}"
+        if alias == "champion" and chain:
+            assert chain[-1]["to_version"] == champion, "the last champion move is where champion points"
+    logger.info("concurrency: scores %s, champion v%s (%s)", score, champion, winners)
