@@ -48,7 +48,7 @@ lock: ## re-resolve requirements.lock from pyproject.toml (needs network to the 
 clean: ## remove pipeline outputs and local stores (keeps .venv and the DVC remote)
 	rm -rf data/raw data/processed models/*/ .retrain mlflow.db mlartifacts
 
-.PHONY: servers servers-stop servers-status serve
+.PHONY: servers servers-stop servers-status serve deploy
 servers: install ## start the Prefect server (:4200) and MLflow UI (:5000) on 127.0.0.1, wait until healthy
 	$(BIN)/python scripts/servers.py start
 
@@ -60,3 +60,7 @@ servers-status: ## pid and health of the local servers
 
 serve: install ## serve the scheduled and manual deployments from this process (needs PREFECT_API_URL)
 	$(BIN)/retrain serve
+
+deploy: install ## register both deployments on work pool retrain-process (needs PREFECT_API_URL); then run a worker
+	$(BIN)/prefect work-pool inspect retrain-process >/dev/null 2>&1 || $(BIN)/prefect work-pool create retrain-process --type process
+	$(BIN)/python -m flows.deploy register

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from prefect import Flow
 from prefect import serve as prefect_serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
 from flows.training import retrain_flow
+from retrain.paths import project_root
 
 logger = logging.getLogger("retrain.deploy")
 
@@ -23,16 +25,21 @@ TAGS = ["retrain"]
 """The same names, schedule and parameters as prefect.yaml (a test checks they agree)."""
 
 
-def deployments(cron: str | None = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE) -> list[RunnerDeployment]:
+ENTRYPOINT = "flows/training.py:retrain_flow"
+
+
+def deployments(
+    cron: str | None = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE, flow: Flow[..., Any] = retrain_flow
+) -> list[RunnerDeployment]:
     """The scheduled (trigger=schedule) and manual (trigger=ui) deployments; `cron=None` drops the schedule."""
-    scheduled = retrain_flow.to_deployment(
+    scheduled = flow.to_deployment(
         name=SCHEDULED,
         schedules=[Cron(cron, timezone=timezone)] if cron else None,
         parameters={"trigger": "schedule"},
         description=f"Weekly retraining on params.yaml ({cron} {timezone}); recorded as trigger=schedule.",
         tags=TAGS,
     )
-    manual = retrain_flow.to_deployment(
+    manual = flow.to_deployment(
         name=MANUAL,
         parameters={"trigger": "ui"},
         description="Run from the Prefect UI: fill the request form (empty fields keep params.yaml); trigger=ui.",
@@ -75,3 +82,25 @@ def describe() -> list[dict[str, Any]]:
         }
         for d in deployments()
     ]
+
+
+def register(work_pool: str = WORK_POOL) -> list[str]:
+    """Create or update both deployments on a work pool, run by `prefect worker start --pool <work_pool>`.
+
+    The same as `prefect deploy --all` with prefect.yaml, without its post-deploy worker lookup, which the
+    pinned server (fastapi 0.154) answers with 422 after the first deployment is created.
+    """
+    # from_source: the worker runs each flow run in this checkout (a set_working_directory pull step)
+    flow = retrain_flow.from_source(source=str(project_root()), entrypoint=ENTRYPOINT)
+    ids = [str(d.apply(work_pool_name=work_pool)) for d in deployments(flow=flow)]
+    logger.info("registered %s, %s on pool %s; run its worker", SCHEDULED, MANUAL, work_pool)
+    return ids
+
+
+if __name__ == "__main__":
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if sys.argv[1:2] != ["register"]:
+        sys.exit("usage: python -m flows.deploy register [WORK_POOL]")
+    register(*(sys.argv[2:3] or [WORK_POOL]))

@@ -244,3 +244,17 @@ def test_ui_run_from_the_manual_deployment_completes_and_promotes(tmp_path: Path
     assert tags["retrain.params_hash"] == expected, "the run did not use the params with the form's override"
     assert champion.run_id in {r.info.run_id for r in runs}, "the champion was not trained by this UI-started run"
     logger.info("server healthy in %.1fs, whole test %.1fs", server_seconds, time.monotonic() - began)
+
+
+def test_registered_deployments_run_in_this_checkout() -> None:
+    """`make deploy` deployments pull to the project root (absolute), so a worker started anywhere finds it."""
+    from prefect.flows import Flow
+
+    flow = retrain_flow.from_source(source=str(REPO), entrypoint=deploy.ENTRYPOINT)
+    assert isinstance(flow, Flow) and flow.name == retrain_flow.name, "entrypoint is not the training flow"
+    for d in deploy.deployments(flow=flow):
+        step = d.storage.to_pull_step()
+        assert step == {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}, (
+            f"{d.name}: pull step {step}"
+        )
+        assert d.entrypoint == deploy.ENTRYPOINT, f"{d.name}: entrypoint {d.entrypoint}"
