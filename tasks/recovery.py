@@ -98,11 +98,11 @@ def acquire(root: Path, trigger: str, what: str, timeout: float | None = None) -
         except Timeout:
             current = holder(root)
             if current != announced:
-                logger.warning("workspace lock %s is held by %s; waiting (up to %.0fs)", path, describe(current), limit)
+                logger.warning("workspace lock %s is held by %s; waiting (up to %gs)", path, describe(current), limit)
                 announced = current
             if time.monotonic() >= deadline:
                 raise WorkspaceBusyError(
-                    f"workspace lock {path} still held by {describe(current)} after {limit:.0f}s "
+                    f"workspace lock {path} still held by {describe(current)} after {limit:g}s "
                     f"(raise {TIMEOUT_ENV} or wait for that run to finish)"
                 ) from None
     info = {"pid": os.getpid(), "host": socket.gethostname(), "trigger": trigger, "what": what, "since": time.time()}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from tasks import audit
 from tasks.dvcstore import file_md5
 from tasks.registry import MODEL_HASH_TAG
-from tests.conftest import small_params
+from tests.conftest import make_project, small_params
 from tests.flows.ops_project import env_for, kill_group, output, shared_project, start
 
 pytestmark = pytest.mark.e2e
@@ -98,3 +100,38 @@ def test_two_runs_at_once_end_cleanly_and_champion_is_the_better_model(
         if alias == "champion" and chain:
             assert chain[-1]["to_version"] == champion, "the last champion move is where champion points"
     logger.info("concurrency: scores %s, champion v%s (%s)", score, champion, winners)
+
+
+def test_a_busy_workspace_lock_fails_after_the_timeout_naming_its_holder(tmp_path: Path) -> None:
+    from tasks.recovery import WorkspaceBusyError, workspace_lock
+
+    with workspace_lock(tmp_path, "schedule", "flow run abc"):
+        started = time.monotonic()
+        with pytest.raises(WorkspaceBusyError) as err, workspace_lock(tmp_path, "cli", "stage split", timeout=0.5):
+            pass
+        waited = time.monotonic() - started
+    message = str(err.value)
+    assert f"pid {os.getpid()}" in message and "schedule: flow run abc" in message, message
+    assert 0.4 < waited < 5, f"waited {waited:.1f}s for a 0.5 s timeout"
+    with workspace_lock(tmp_path, "cli", "stage split", timeout=0):
+        pass  # released by the first holder: free again
+
+
+def test_the_flow_skips_dvc_lock_when_dvc_repro_holds_the_repo_lock(tmp_path: Path) -> None:
+    from dvc.repo import Repo
+
+    from retrain.config import Params
+    from tasks.pipeline import PipelineRun
+    from tasks.runtime import Tracking
+
+    root = make_project(tmp_path / "proj", small_params())
+    before = (root / "dvc.lock").read_text() if (root / "dvc.lock").exists() else None
+    run = PipelineRun(root, Params.model_validate(small_params()), Tracking("sqlite://", "0", None), True)
+    repo = Repo(str(root))
+    repo.lock.lock()  # what a running `dvc repro` holds
+    try:
+        run.record_lineage()  # must not raise nor wait forever: the waiting dvc repro writes dvc.lock itself
+    finally:
+        repo.lock.unlock()
+    after = (root / "dvc.lock").read_text() if (root / "dvc.lock").exists() else None
+    assert after == before, "dvc.lock untouched while DVC's repo lock is held"

@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -78,3 +79,28 @@ def test_a_run_killed_mid_training_is_recovered_by_the_next_run(tmp_path_factory
     with sqlite3.connect(root.parent / "prefect" / "prefect.db") as db:
         (state,) = db.execute("select state_type from flow_run where id = ?", (flow_run_id,)).fetchone()
     assert state == "CRASHED", f"the killed flow run is {state} in Prefect"
+
+
+def test_recover_closes_runs_of_dead_processes_only(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tasks.recovery import process_tags, recover
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("ops", artifact_location=(tmp_path / "art").as_uri())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = process_tags()
+    gone = {**mine, "retrain.pid": str(dead.pid)}
+    elsewhere = {**gone, "retrain.host": "another-host"}
+    runs = {
+        name: client.create_run(experiment, run_name=name, tags=tags).info.run_id
+        for name, tags in (("alive", mine), ("dead", gone), ("other-host", elsewhere), ("untagged", {}))
+    }
+    result = recover(uri, experiment, prefect=False)
+    assert result["mlflow_runs"] == [runs["dead"]], f"only the dead process's run is closed: {result}"
+    status = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
+    assert status == {"alive": "RUNNING", "dead": "FAILED", "other-host": "RUNNING", "untagged": "RUNNING"}, status
+    assert RECOVERED_TAG in client.get_run(runs["dead"]).data.tags
