@@ -186,8 +186,9 @@ async def run_from_deployment(
 @pytest.mark.e2e
 def test_ui_run_from_the_manual_deployment_completes_and_promotes(tmp_path: Path) -> None:
     """A real Prefect server, `retrain serve`, and a run created through the API with a form override."""
-    # p95 latency is measured on a CPU shared with the rest of the suite: bound it loosely, the gate is tested elsewhere
-    root = make_project(tmp_path / "proj", small_params(evaluate={"gates": {"latency": {"max_p95_ms": 1000}}}))
+    # latency is wall-clock on a CPU shared with the rest of the suite (p95 over 1 s seen at load 3.6 on 2 cores);
+    # this test is about deployments, the latency gate has its own tests
+    root = make_project(tmp_path / "proj", small_params(evaluate={"gates": {"latency": {"enabled": False}}}))
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
