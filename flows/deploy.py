@@ -23,8 +23,6 @@ DEFAULT_TIMEZONE = "UTC"
 WORK_POOL = "retrain-process"
 TAGS = ["retrain"]
 """The same names, schedule and parameters as prefect.yaml (a test checks they agree)."""
-
-
 ENTRYPOINT = "flows/training.py:retrain_flow"
 
 
@@ -36,7 +34,7 @@ def deployments(
         name=SCHEDULED,
         schedules=[Cron(cron, timezone=timezone)] if cron else None,
         parameters={"trigger": "schedule"},
-        description=f"Weekly retraining on params.yaml ({cron} {timezone}); recorded as trigger=schedule.",
+        description=f"Retraining on params.yaml (cron {cron or 'none'} {timezone}); recorded as trigger=schedule.",
         tags=TAGS,
     )
     manual = flow.to_deployment(
