@@ -22,7 +22,11 @@ def shared_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if "ops" not in _PROJECTS:
         base = tmp_path_factory.mktemp("ops")
         # two families keep each run short; logreg brings its own n_trials, lightgbm follows candidates.n_trials
-        root = make_project(base / "proj", small_params(candidates={"families": ["lightgbm", "logreg"]}))
+        # (the serving gate's fresh-process load is covered elsewhere; it costs ~5 s per evaluate here)
+        params = small_params(
+            candidates={"families": ["lightgbm", "logreg"]}, evaluate={"gates": {"serving": {"enabled": False}}}
+        )
+        root = make_project(base / "proj", params)
         (base / "prefect").mkdir()
         _PROJECTS["ops"] = root
     return _PROJECTS["ops"]

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from tasks import audit
 from tasks.dvcstore import file_md5
 from tasks.registry import MODEL_HASH_TAG
-from tests.conftest import make_project, small_params
+from tests.conftest import small_params
 from tests.flows.ops_project import env_for, kill_group, output, shared_project, start
 
 pytestmark = pytest.mark.e2e
@@ -117,14 +117,16 @@ def test_a_busy_workspace_lock_fails_after_the_timeout_naming_its_holder(tmp_pat
         pass  # released by the first holder: free again
 
 
-def test_the_flow_skips_dvc_lock_when_dvc_repro_holds_the_repo_lock(tmp_path: Path) -> None:
+def test_the_flow_skips_dvc_lock_when_dvc_repro_holds_the_repo_lock(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     from dvc.repo import Repo
 
     from retrain.config import Params
     from tasks.pipeline import PipelineRun
     from tasks.runtime import Tracking
 
-    root = make_project(tmp_path / "proj", small_params())
+    root = shared_project(tmp_path_factory)
     before = (root / "dvc.lock").read_text() if (root / "dvc.lock").exists() else None
     run = PipelineRun(root, Params.model_validate(small_params()), Tracking("sqlite://", "0", None), True)
     repo = Repo(str(root))
