@@ -29,6 +29,11 @@ SMALL = {
             "calibration": {"max_ece": 0.08, "max_brier": 0.15},
             "confidence": {"min_coverage": 0.5, "min_precision": 0.8},
             "fairness": {"max_demographic_parity_difference": 0.4, "max_equalized_odds_difference": 0.4},
+            # timing must not decide a test's outcome on a shared machine (p95 hit 1 s at load 3.6); the
+            # latency gate is tested on its own with an impossible budget (tests/tasks/test_evaluate.py)
+            "latency": {"max_p95_ms": 60000, "max_p95_ratio_vs_champion": None, "max_size_ratio_vs_champion": None},
+            # a fresh Python process per evaluate (~5 s): on in tests/flows/test_training.py and its own tests
+            "serving": {"enabled": False},
         }
     },
 }

@@ -24,7 +24,8 @@ MODEL = "adult-income"
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, prefect_backend: None) -> Path:
-    return make_project(tmp_path_factory.mktemp("flow") / "proj", small_params())
+    serving_on = {"gates": {"serving": {"enabled": True}}}  # the suite's one e2e run of the fresh-process check
+    return make_project(tmp_path_factory.mktemp("flow") / "proj", small_params(evaluate=serving_on))
 
 
 def client(root: Path) -> MlflowClient:
@@ -61,6 +62,8 @@ def test_first_run_promotes_a_champion_with_lineage(project: Path, use_root, cap
     record = mlflow.artifacts.load_dict(version.tags["retrain.gate_record"])
     assert record["decision"] == "promote" and record["data_hash"] == data_hash
     assert {g["name"] for g in record["gates"]} >= {"beats_baselines", "no_regression_vs_champion"}
+    status = {g["name"]: g["status"] for g in record["gates"]}
+    assert set(status.values()) <= {"pass", "skipped"} and status["serving"] == "pass", status
     assert (project.parent / "proj-remote" / "files/md5" / data_hash[:2] / data_hash[2:]).is_file(), "pushed to remote"
     rows = pd.read_parquet(project / "data/processed/test.parquet").head(5).drop(columns=["income"])
     scores = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(rows)
