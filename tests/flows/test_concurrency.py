@@ -37,7 +37,7 @@ def dvc_status(root: Path) -> dict:
 
 
 def test_two_runs_at_once_end_cleanly_and_champion_is_the_better_model(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, prefect_backend: None
 ) -> None:
     root = shared_project(tmp_path_factory)
     procs = {"default": start(root, log="conc-default"), "override": start(root, *OVERRIDE, log="conc-override")}

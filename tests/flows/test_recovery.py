@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
 
 from tasks.recovery import RECOVERED_TAG
 from tests.conftest import small_params
@@ -40,7 +40,9 @@ def wait_for_running_stage(uri: str, stage: str, proc, timeout: float = 240) -> 
     raise AssertionError(f"no RUNNING {stage} run within {timeout}s")
 
 
-def test_a_run_killed_mid_training_is_recovered_by_the_next_run(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_a_run_killed_mid_training_is_recovered_by_the_next_run(
+    tmp_path_factory: pytest.TempPathFactory, prefect_backend: None
+) -> None:
     root = shared_project(tmp_path_factory)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     killed = start(root, *OVERRIDE, log="killed")
@@ -76,8 +78,8 @@ def test_a_run_killed_mid_training_is_recovered_by_the_next_run(tmp_path_factory
         assert run.info.status == "FAILED", f"run {run.data.tags.get('mlflow.runName')} of the killed process"
         assert RECOVERED_TAG in run.data.tags, "recovered runs say who closed them"
     assert summary["recovered"]["prefect_flow_runs"] == [flow_run_id]
-    with sqlite3.connect(root.parent / "prefect" / "prefect.db") as db:
-        (state,) = db.execute("select state_type from flow_run where id = ?", (flow_run_id,)).fetchone()
+    with get_client(sync_client=True) as prefect:
+        state = prefect.read_flow_run(flow_run_id).state_type.value
     assert state == "CRASHED", f"the killed flow run is {state} in Prefect"
 
 
