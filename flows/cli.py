@@ -39,6 +39,12 @@ exit codes: 0 completed (promoted or nothing to do; --dry-run: would promote), 3
 """
 
 
+def registry_args(parser: argparse.ArgumentParser) -> None:
+    """--model and --params: which registered model, and the params file naming it and the tracking URI."""
+    parser.add_argument("--model", default=None, help="registered model (default: promote.model_name in params)")
+    parser.add_argument("--params", default="params.yaml", help="params file naming the model and tracking URI")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """CLI definition, with worked examples in --help."""
     parser = argparse.ArgumentParser(
@@ -91,8 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--remote", default=None, help="DVC remote to pull from (default: the one on the version)")
     restore.add_argument("--params", default="params.yaml", help="params file naming the MLflow tracking URI")
     history = sub.add_parser("history", help="the audit log of alias moves (challenger, champion, rollback)")
-    history.add_argument("--model", default=None, help="registered model (default: promote.model_name in params)")
-    history.add_argument("--params", default="params.yaml", help="params file naming the model and tracking URI")
+    registry_args(history)
     history.add_argument("--json", action="store_true", help="print the entries as JSON on stdout")
     rollback = sub.add_parser(
         "rollback",
@@ -102,8 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
             "current version. Exit 0 moved (or already there), 2 unknown model, version, or nothing to roll back to."
         ),
     )
-    rollback.add_argument("--model", default=None, help="registered model (default: promote.model_name in params)")
-    rollback.add_argument("--params", default="params.yaml", help="params file naming the model and tracking URI")
+    registry_args(rollback)
     rollback.add_argument("--to", default=None, metavar="VERSION", help="an explicit earlier champion version")
     rollback.add_argument("--json", action="store_true", help="print the audit entry as JSON on stdout")
     serve = sub.add_parser(
@@ -176,7 +180,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         verdict = "beats" if v["beats_baselines"] else "FAILS TO BEAT"
         lines.append(f"family {family:<12} valid {v['valid_score']:.4f}  {verdict} best baseline {v['best_baseline']}")
     for gate in summary["gates"]:
-        lines.append(f"gate {gate['name']:<28} {'PASS' if gate['passed'] else 'FAIL'}  {gate['reason']}")
+        status = gate.get("status") or ("pass" if gate["passed"] else "fail")
+        lines.append(f"gate {gate['name']:<28} {status.upper():<7} {gate['reason']}")
     lines.append(
         f"decision: {summary['decision']} ({summary['promotion']}); {summary['model_name']} "
         f"challenger = version {summary.get('challenger_version')}, "
