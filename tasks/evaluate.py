@@ -225,17 +225,17 @@ def run_gates(
     )
 
     latency: dict[str, float] = {}
-    if cfg.latency.enabled:
-        served = load_serving_model(model_dir)  # the registered pyfunc's own predict path
-        latency = single_row_latency_ms(lambda rows: served.predict(None, rows), X_test, cfg.latency.rows)
-        latency["size_mb"] = directory_size_mb(model_dir)
     extra["latency"] = latency
     previous = (context["champion_record"] or {}).get("latency") or None
-    add(
-        "latency",
-        cfg.latency.enabled,
-        lambda: latency_gate(latency, latency["size_mb"], cfg=cfg.latency, champion=previous),
-    )
+
+    def measure_latency() -> GateResult:
+        """Time single rows through the registered pyfunc's own predict path, then bound them."""
+        served = load_serving_model(model_dir)
+        latency.update(single_row_latency_ms(lambda rows: served.predict(None, rows), X_test, cfg.latency.rows))
+        latency["size_mb"] = directory_size_mb(model_dir)
+        return latency_gate(latency, latency["size_mb"], cfg=cfg.latency, champion=previous)
+
+    add("latency", cfg.latency.enabled, measure_latency)
     add(
         "serving",
         cfg.serving.enabled,
