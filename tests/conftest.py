@@ -115,3 +115,21 @@ def use_root(monkeypatch: pytest.MonkeyPatch):
         return root
 
     return _use
+
+
+@pytest.fixture
+def promo_base(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, prefect_backend: None
+) -> Path:
+    """The promotion tests' project after one real flow run (champion = version 1), built once per session."""
+    from tests.promotion_project import base_project
+
+    return base_project(tmp_path_factory, monkeypatch)
+
+
+@pytest.fixture
+def promo(promo_base: Path, tmp_path: Path, use_root) -> Path:
+    """A private copy of the promotion project for one test, set as the project root."""
+    from tests.promotion_project import copy_project
+
+    return use_root(copy_project(promo_base, tmp_path / "proj"))

@@ -11,11 +11,9 @@ from flows.cli import main
 from tasks import audit
 from tests.promotion_project import (
     MODEL,
-    base_project,
     champion_predictions,
     cli_json,
     client,
-    copy_project,
     craft_record,
     other_family,
 )
@@ -23,25 +21,15 @@ from tests.promotion_project import (
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def base(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, prefect_backend: None) -> Path:
-    return base_project(tmp_path_factory, monkeypatch)
-
-
-@pytest.fixture
-def proj(base: Path, tmp_path: Path, use_root) -> Path:
-    return use_root(copy_project(base, tmp_path / "proj"))
-
-
 def champion(root: Path) -> str:
     return str(client(root).get_model_version_by_alias(MODEL, "champion").version)
 
 
-def test_history_and_rollback_restore_the_exact_previous_predictions(proj: Path, capsys) -> None:
-    before = champion_predictions(proj)
-    craft_record(proj, other_family(proj), champion_version="1")
-    assert main(["stage", "promote"]) == 0 and champion(proj) == "2"
-    assert not np.array_equal(champion_predictions(proj), before), "the second champion must predict differently"
+def test_history_and_rollback_restore_the_exact_previous_predictions(promo: Path, capsys) -> None:
+    before = champion_predictions(promo)
+    craft_record(promo, other_family(promo), champion_version="1")
+    assert main(["stage", "promote"]) == 0 and champion(promo) == "2"
+    assert not np.array_equal(champion_predictions(promo), before), "the second champion must predict differently"
 
     code, history = cli_json(["history"], capsys)
     assert code == 0
@@ -58,9 +46,9 @@ def test_history_and_rollback_restore_the_exact_previous_predictions(proj: Path,
 
     code, result = cli_json(["rollback"], capsys)
     assert code == 0 and result["from_version"] == "2" and result["to_version"] == "1", result
-    assert champion(proj) == "1"
-    assert np.array_equal(champion_predictions(proj), before), "rollback serves the previous champion's exact outputs"
-    newest = audit.entries(f"sqlite:///{proj / 'mlflow.db'}", MODEL)[-1]
+    assert champion(promo) == "1"
+    assert np.array_equal(champion_predictions(promo), before), "rollback serves the previous champion's exact outputs"
+    newest = audit.entries(f"sqlite:///{promo / 'mlflow.db'}", MODEL)[-1]
     assert (newest["alias"], newest["from_version"], newest["to_version"], newest["trigger"]) == (
         "champion",
         "2",
@@ -68,24 +56,24 @@ def test_history_and_rollback_restore_the_exact_previous_predictions(proj: Path,
         "rollback",
     ), newest
     assert main(["rollback", "--to", "99"]) == 2, "an unknown version is a usage error"
-    assert main(["rollback", "--to", "2"]) == 0 and champion(proj) == "2", "--to an earlier champion"
+    assert main(["rollback", "--to", "2"]) == 0 and champion(promo) == "2", "--to an earlier champion"
 
 
-def test_rollback_without_previous_champion_exits_2(proj: Path) -> None:
-    entries = len(audit.entries(f"sqlite:///{proj / 'mlflow.db'}", MODEL))
+def test_rollback_without_previous_champion_exits_2(promo: Path) -> None:
+    entries = len(audit.entries(f"sqlite:///{promo / 'mlflow.db'}", MODEL))
     assert main(["rollback"]) == 2, "the first champion has nothing before it"
-    assert champion(proj) == "1" and len(audit.entries(f"sqlite:///{proj / 'mlflow.db'}", MODEL)) == entries
+    assert champion(promo) == "1" and len(audit.entries(f"sqlite:///{promo / 'mlflow.db'}", MODEL)) == entries
 
 
-def test_history_of_unknown_model_exits_2(base: Path, use_root) -> None:
-    use_root(base)
+def test_history_of_unknown_model_exits_2(promo_base: Path, use_root) -> None:
+    use_root(promo_base)
     assert main(["history", "--model", "no-such-model"]) == 2
 
 
-def test_dry_run_touches_no_alias_and_exits_by_decision(proj: Path, capsys) -> None:
-    client(proj).delete_registered_model_alias(MODEL, "champion")  # as if no champion: evaluate stays cached
-    versions = len(client(proj).search_model_versions(f"name = '{MODEL}'"))
-    entries = len(audit.entries(f"sqlite:///{proj / 'mlflow.db'}", MODEL))
+def test_dry_run_touches_no_alias_and_exits_by_decision(promo: Path, capsys) -> None:
+    client(promo).delete_registered_model_alias(MODEL, "champion")  # as if no champion: evaluate stays cached
+    versions = len(client(promo).search_model_versions(f"name = '{MODEL}'"))
+    entries = len(audit.entries(f"sqlite:///{promo / 'mlflow.db'}", MODEL))
 
     code, summary = cli_json(["run", "--dry-run"], capsys)
     assert code == 0 and summary["promotion"] == "would_promote", summary.get("promotion_message")
@@ -97,7 +85,7 @@ def test_dry_run_touches_no_alias_and_exits_by_decision(proj: Path, capsys) -> N
     assert code == 3 and summary["promotion"] == "would_reject", summary.get("promotion_message")
     assert summary["failed_gates"] and summary["promotion_message"].startswith("would reject: "), summary
 
-    model = client(proj).get_registered_model(MODEL)
+    model = client(promo).get_registered_model(MODEL)
     assert {k: str(v) for k, v in model.aliases.items()} == {"challenger": "1"}, "no alias moved by a dry run"
-    assert len(client(proj).search_model_versions(f"name = '{MODEL}'")) == versions, "nothing registered"
-    assert len(audit.entries(f"sqlite:///{proj / 'mlflow.db'}", MODEL)) == entries, "nothing audited"
+    assert len(client(promo).search_model_versions(f"name = '{MODEL}'")) == versions, "nothing registered"
+    assert len(audit.entries(f"sqlite:///{promo / 'mlflow.db'}", MODEL)) == entries, "nothing audited"

@@ -10,19 +10,9 @@ import pytest
 from flows.cli import main
 from tasks import audit
 from tasks.runtime import read_json
-from tests.promotion_project import MODEL, base_project, client, copy_project, craft_record, other_family
+from tests.promotion_project import MODEL, client, craft_record, other_family
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def base(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, prefect_backend: None) -> Path:
-    return base_project(tmp_path_factory, monkeypatch)
-
-
-@pytest.fixture
-def proj(base: Path, tmp_path: Path, use_root) -> Path:
-    return use_root(copy_project(base, tmp_path / "proj"))
 
 
 def uri(root: Path) -> str:
@@ -33,68 +23,70 @@ def aliases(root: Path) -> dict[str, str]:
     return {k: str(v) for k, v in client(root).get_registered_model(MODEL).aliases.items()}
 
 
-def test_first_run_sets_challenger_then_champion_and_audits_both(base: Path) -> None:
-    assert aliases(base) == {"challenger": "1", "champion": "1"}, "a passing first candidate is challenger and champion"
-    entries = audit.entries(uri(base), MODEL)
+def test_first_run_sets_challenger_then_champion_and_audits_both(promo_base: Path) -> None:
+    assert aliases(promo_base) == {"challenger": "1", "champion": "1"}, (
+        "a passing first candidate is challenger and champion"
+    )
+    entries = audit.entries(uri(promo_base), MODEL)
     moves = [(e["alias"], e["from_version"], e["to_version"]) for e in entries]
     assert moves == [("challenger", None, "1"), ("champion", None, "1")], f"challenger is set first: {moves}"
-    version = client(base).get_model_version(MODEL, "1")
+    version = client(promo_base).get_model_version(MODEL, "1")
     for entry in entries:
         assert entry["trigger"] == "cli" and entry["decision"] == "promote", entry
         assert entry["actor"] and entry["time"].endswith("+00:00"), f"actor and UTC time recorded: {entry}"
         assert entry["gate_record"] == version.tags["retrain.gate_record"], "the entry links the version's record"
-        assert client(base).get_run(entry["run_id"]).data.tags["retrain.stage"] == "promote", "run id of promote"
-    mlflow.set_tracking_uri(uri(base))
+        assert client(promo_base).get_run(entry["run_id"]).data.tags["retrain.stage"] == "promote", "run id of promote"
+    mlflow.set_tracking_uri(uri(promo_base))
     record = mlflow.artifacts.load_dict(version.tags["retrain.gate_record"])
     assert record["decision"] == version.tags["retrain.gate_decision"] == "promote"
-    promotion = read_json(base / "models/promote/promotion.json")
+    promotion = read_json(promo_base / "models/promote/promotion.json")
     assert promotion["action"] == "promoted" and promotion["challenger_version"] == promotion["champion_version"] == "1"
     assert [e["alias"] for e in promotion["audit"]] == ["challenger", "champion"], "summary shows the entries written"
 
 
-def test_promotion_moves_champion_by_compare_and_set(proj: Path) -> None:
-    craft_record(proj, other_family(proj), champion_version="1")
-    (proj / "models/evaluate/model_card.html").write_text("<html><body>card</body></html>")
+def test_promotion_moves_champion_by_compare_and_set(promo: Path) -> None:
+    craft_record(promo, other_family(promo), champion_version="1")
+    (promo / "models/evaluate/model_card.html").write_text("<html><body>card</body></html>")
     assert main(["stage", "promote"]) == 0
-    assert aliases(proj) == {"challenger": "2", "champion": "2"}, aliases(proj)
-    version = client(proj).get_model_version(MODEL, "2")
-    assert version.tags["retrain.family"] == other_family(proj)
-    mlflow.set_tracking_uri(uri(proj))
+    assert aliases(promo) == {"challenger": "2", "champion": "2"}, aliases(promo)
+    version = client(promo).get_model_version(MODEL, "2")
+    assert version.tags["retrain.family"] == other_family(promo)
+    mlflow.set_tracking_uri(uri(promo))
     card = mlflow.artifacts.load_text(version.tags["retrain.model_card"])
     assert "card" in card, "the model card is logged to the promote run and linked from the version"
-    moves = [(e["alias"], e["from_version"], e["to_version"]) for e in audit.entries(uri(proj), MODEL)][2:]
+    moves = [(e["alias"], e["from_version"], e["to_version"]) for e in audit.entries(uri(promo), MODEL)][2:]
     assert moves == [("challenger", "1", "2"), ("champion", "1", "2")], moves
     assert main(["stage", "promote"]) == 0, "promoting the same candidate again is a no-op"
-    assert len(client(proj).search_model_versions(f"name = '{MODEL}'")) == 2, "idempotent by model hash"
-    assert len(audit.entries(uri(proj), MODEL)) == 4, "no alias moved, so no new audit entry"
-    assert read_json(proj / "models/promote/promotion.json")["action"] == "already_champion"
+    assert len(client(promo).search_model_versions(f"name = '{MODEL}'")) == 2, "idempotent by model hash"
+    assert len(audit.entries(uri(promo), MODEL)) == 4, "no alias moved, so no new audit entry"
+    assert read_json(promo / "models/promote/promotion.json")["action"] == "already_champion"
 
 
-def test_champion_moved_since_evaluation_is_refused(proj: Path, caplog: pytest.LogCaptureFixture) -> None:
-    craft_record(proj, other_family(proj), champion_version="1")  # evaluate saw version 1 as champion
-    v1 = client(proj).get_model_version(MODEL, "1")
-    other = client(proj).create_model_version(MODEL, v1.source, run_id=v1.run_id)  # someone else's promotion
-    client(proj).set_registered_model_alias(MODEL, "champion", other.version)
-    before = len(audit.entries(uri(proj), MODEL))
+def test_champion_moved_since_evaluation_is_refused(promo: Path, caplog: pytest.LogCaptureFixture) -> None:
+    craft_record(promo, other_family(promo), champion_version="1")  # evaluate saw version 1 as champion
+    v1 = client(promo).get_model_version(MODEL, "1")
+    other = client(promo).create_model_version(MODEL, v1.source, run_id=v1.run_id)  # someone else's promotion
+    client(promo).set_registered_model_alias(MODEL, "champion", other.version)
+    before = len(audit.entries(uri(promo), MODEL))
     assert main(["stage", "promote"]) == 1, "a refused compare-and-set exits 1"
-    assert aliases(proj) == {"champion": "2", "challenger": "3"}, "champion untouched, candidate kept as challenger"
-    promotion = read_json(proj / "models/promote/promotion.json")
+    assert aliases(promo) == {"champion": "2", "challenger": "3"}, "champion untouched, candidate kept as challenger"
+    promotion = read_json(promo / "models/promote/promotion.json")
     assert promotion["action"] == "refused" and "from version 1 (seen by evaluate) to 2" in promotion["message"], (
         promotion
     )
     assert "REFUSED" in caplog.text, "the refusal is logged"
-    moves = [(e["alias"], e["to_version"]) for e in audit.entries(uri(proj), MODEL)[before:]]
+    moves = [(e["alias"], e["to_version"]) for e in audit.entries(uri(promo), MODEL)[before:]]
     assert moves == [("challenger", "3")], f"only the challenger move is audited: {moves}"
 
 
-def test_rejected_record_registers_and_moves_nothing(proj: Path) -> None:
+def test_rejected_record_registers_and_moves_nothing(promo: Path) -> None:
     craft_record(
-        proj, other_family(proj), champion_version="1", decision="reject", failed=["calibration", "invariance"]
+        promo, other_family(promo), champion_version="1", decision="reject", failed=["calibration", "invariance"]
     )
-    before = len(audit.entries(uri(proj), MODEL))
+    before = len(audit.entries(uri(promo), MODEL))
     assert main(["stage", "promote"]) == 3, "a rejected candidate exits 3"
-    assert len(client(proj).search_model_versions(f"name = '{MODEL}'")) == 1, "nothing registered"
-    assert aliases(proj) == {"challenger": "1", "champion": "1"}, "no alias moved"
-    assert len(audit.entries(uri(proj), MODEL)) == before, "nothing to audit"
-    promotion = read_json(proj / "models/promote/promotion.json")
+    assert len(client(promo).search_model_versions(f"name = '{MODEL}'")) == 1, "nothing registered"
+    assert aliases(promo) == {"challenger": "1", "champion": "1"}, "no alias moved"
+    assert len(audit.entries(uri(promo), MODEL)) == before, "nothing to audit"
+    promotion = read_json(promo / "models/promote/promotion.json")
     assert promotion["action"] == "rejected" and "calibration, invariance" in promotion["message"], promotion
