@@ -87,31 +87,6 @@ def beats_baselines(metric: str, candidate: float, baselines: dict[str, float], 
     return GateResult("beats_baselines", _finite(candidate), needed, ok, reason, metric, spec.direction)
 
 
-def no_regression(metric: str, candidate: float, champion: float | None, tolerance: float) -> GateResult:
-    """Not worse than the champion on the same test data beyond the tolerance; skipped when none exists."""
-    spec = get_metric(metric)
-    if champion is None:
-        return GateResult(
-            "no_regression_vs_champion",
-            None,
-            None,
-            True,
-            "no champion in the registry: first-run policy skips the comparison",
-            metric,
-            spec.direction,
-        )
-    sign = 1.0 if spec.greater_is_better else -1.0
-    bound = champion - sign * tolerance
-    improvement = sign * (candidate - champion)
-    ok = math.isfinite(improvement) and improvement >= -tolerance
-    reason = (
-        f"{metric} {_fmt(candidate)} vs champion {champion:.4f} ({spec.direction.replace('_', ' ')}): "
-        f"change {improvement:+.4f} in the better direction, {'within' if ok else 'beyond'} tolerance {tolerance} "
-        f"(bound {bound:.4f})"
-    )
-    return GateResult("no_regression_vs_champion", _finite(candidate), bound, ok, reason, metric, spec.direction)
-
-
 def _finite(value: float) -> float | None:
     """None for NaN/inf, so gate records stay valid JSON."""
     return value if math.isfinite(value) else None

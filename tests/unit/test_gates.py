@@ -16,7 +16,6 @@ from retrain.gates import (
     decide,
     metric_bounds,
     metric_is_finite,
-    no_regression,
     no_regression_bootstrap,
     slice_keys,
     slice_table,
@@ -43,27 +42,28 @@ def test_beats_baselines_lower_is_better() -> None:
     assert not beats_baselines("log_loss", 0.7, {"uniform": 0.69}, margin=0.0).passed, "a higher loss loses"
 
 
-def test_no_regression_tolerance_and_first_run() -> None:
-    assert no_regression("roc_auc", 0.899, 0.9, tolerance=0.002).passed
-    worse = no_regression("roc_auc", 0.89, 0.9, tolerance=0.002)
-    assert not worse.passed and "beyond" in worse.reason, worse.reason
-    first = no_regression("roc_auc", 0.7, None, tolerance=0.002)
-    assert first.passed and "first-run policy" in first.reason, first.reason
-
-
-def test_no_regression_lower_is_better() -> None:
-    assert no_regression("mae", 10.5, 10.0, tolerance=1.0).passed, "0.5 worse is within tolerance 1"
-    worse = no_regression("mae", 11.5, 10.0, tolerance=1.0)
-    assert not worse.passed and worse.threshold == 11.0 and worse.value == 11.5, worse
-    assert no_regression("rmse", 5.0, 10.0, tolerance=0.0).passed, "a lower rmse than the champion passes"
-    assert not no_regression("r2", 0.5, 0.9, tolerance=0.1).passed, "a lower r2 beyond tolerance fails"
+def test_paired_bootstrap_on_regression_metrics_in_their_direction() -> None:
+    rng = np.random.default_rng(5)
+    y = rng.normal(100.0, 20.0, 800)
+    good, bad = y + rng.normal(0, 5.0, 800), y + rng.normal(0, 15.0, 800)
+    cfg = ChampionGate(tolerance=0.0, resamples=100)
+    for metric in ("mae", "rmse", "r2"):
+        assert no_regression_bootstrap(cfg, metric, y, good, bad, seed=0).passed, f"{metric}: a better candidate passes"
+        worse = no_regression_bootstrap(cfg, metric, y, bad, good, seed=0)
+        assert not worse.passed and worse.threshold == 0.0, f"{metric}: a worse candidate fails: {worse.reason}"
+    lenient = ChampionGate(tolerance=10.0, resamples=100)
+    assert no_regression_bootstrap(lenient, "mae", y, bad, good, seed=0).passed, "~8 worse is within tolerance 10"
 
 
 def test_nan_metric_fails_every_comparison() -> None:
     for metric in ("roc_auc", "rmse"):
         assert not metric_is_finite(metric, math.nan).passed, metric
         assert not beats_baselines(metric, math.nan, {"u": 0.5}, 0.0).passed, metric
-        assert not no_regression(metric, math.nan, 0.8, 0.01).passed, metric
+    y, good, _ = scored(400)
+    broken = good.copy()
+    broken[3] = math.nan
+    nan = no_regression_bootstrap(ChampionGate(resamples=50), "roc_auc", y, broken, good, seed=0)
+    assert not nan.passed and "not finite" in nan.reason, nan.reason
     assert not beats_baselines("r2", 0.9, {"mean": math.nan}, 0.0).passed, "no finite baseline: cannot pass"
 
 
