@@ -64,3 +64,21 @@ serve: install ## serve the scheduled and manual deployments from this process (
 deploy: install ## register both deployments on work pool retrain-process (needs PREFECT_API_URL); then run a worker
 	$(BIN)/prefect work-pool inspect retrain-process >/dev/null 2>&1 || $(BIN)/prefect work-pool create retrain-process --type process
 	$(BIN)/python -m flows.deploy register
+
+.PHONY: ui-check
+UI_VENV := .venv-ui
+UI_STAMP := $(UI_VENV)/.installed-$(shell cat requirements-ui.lock 2>/dev/null | md5sum | cut -c1-12)
+$(UI_STAMP): requirements-ui.lock
+	$(PYTHON) -m venv $(UI_VENV)
+	$(UI_VENV)/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements-ui.lock
+	@rm -f $(UI_VENV)/.installed-*; touch $@
+
+ui-check: install $(UI_STAMP) ## fill the retrain-manual form in the Prefect UI (headless Chromium); the run must promote
+	@test -x /usr/bin/chromium || { echo "installing Debian chromium (apt-get)"; \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium chromium-driver; }
+	$(BIN)/python scripts/ui_check.py --ui-python $(UI_VENV)/bin/python
+
+.PHONY: bench
+bench: install ## run the benchmarks (issue 7) into benchmarks/RESULTS.md; BENCH_ARGS="--quick" or "--only stages,caching"
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)

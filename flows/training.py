@@ -33,7 +33,8 @@ class RunRequest(BaseModel):
     n_trials: int | None = Field(None, ge=1, description="candidates.n_trials: Optuna trials per family")
     timeout_seconds: dict[str, float] = Field(
         default_factory=dict,
-        description='candidates.<family>.timeout_seconds per family, e.g. {"lightgbm": 300}',
+        # no <family> here: the UI renders descriptions as Markdown/HTML and drops it as an unknown tag
+        description='`candidates.FAMILY.timeout_seconds` per candidate family, e.g. {"lightgbm": 300}',
     )
     baseline_margin: float | None = Field(None, description="evaluate.gates.baseline.margin over the best baseline")
     champion_tolerance: float | None = Field(
