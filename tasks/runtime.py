@@ -18,8 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import mlflow
+from mlflow.store.db.db_types import DATABASE_ENGINES
 from mlflow.tracking import MlflowClient
 
 from retrain.config import DatasetConfig, Params, lookup, params_dict, stable_hash
@@ -189,12 +191,17 @@ def default_tracking_uri(root: Path) -> str:
 
 
 def ensure_experiment(tracking_uri: str, name: str, root: Path) -> str:
-    """Experiment id, creating it with artifacts under the root (not the cwd) when new."""
+    """Experiment id, creating it with artifacts under the root (not the cwd) when new.
+
+    Any database URI (sqlite, postgresql+psycopg2, mysql, ...) would otherwise put artifacts in MLflow's
+    default `./mlruns` of the cwd; a tracking server (http://) decides its artifact root itself.
+    """
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = (root / "mlartifacts").resolve().as_uri() if tracking_uri.startswith("sqlite:") else None
+    database = urlparse(tracking_uri).scheme.split("+")[0] in DATABASE_ENGINES
+    location = (root / "mlartifacts").resolve().as_uri() if database else None
     try:
         return client.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:
