@@ -11,9 +11,9 @@ records the task and labels; `load_predictor` reads them back without executing 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
-import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -439,6 +439,32 @@ class StackingPredictor:
         return self.meta.predict(features, len(self.labels or ()) or 2)
 
 
+def canonical_ids(schema: str) -> str:
+    """skops' schema with object ids numbered in document order, and none shared between scalar (JSON) nodes.
+
+    Whether two equal floats are one object is an accident of the process: the same model after a pickle
+    round trip (a Dask worker's result) has a separate `nan` per imputer where the fitting process had one.
+    Sharing still holds for real objects (arrays, estimators), whose identity skops restores on load.
+    """
+    tree = json.loads(schema)
+    ids: dict[int, int] = {}
+    fresh = itertools.count()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "__id__" in node:
+                scalar = node.get("__loader__") == "JsonNode"
+                node["__id__"] = next(fresh) if scalar else ids.setdefault(node["__id__"], next(fresh))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(tree)
+    return json.dumps(tree, separators=(",", ":"))
+
+
 def canonical_skops(blob: bytes) -> bytes:
     """The same skops archive with stable member names and timestamps, so equal models give equal bytes.
 
@@ -452,8 +478,7 @@ def canonical_skops(blob: bytes) -> bytes:
         names = {old: f"{i:05d}{Path(old).suffix}" for i, old in enumerate(order)}
         for old, new in names.items():
             schema = schema.replace(f'"{old}"', f'"{new}"')
-        ids: dict[str, str] = {}
-        schema = re.sub(r'"__id__": (\d+)', lambda m: f'"__id__": {ids.setdefault(m.group(1), str(len(ids)))}', schema)
+        schema = canonical_ids(schema)
         out = io.BytesIO()
         with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as target:
             for old in order:
