@@ -475,11 +475,27 @@ class TrackingConfig(Strict):
     experiment: str
 
 
+class RunnerConfig(Strict):
+    """Where candidate families train; results do not depend on it, so it is in no stage's cache key.
+
+    `default` fits the families one after another in the flow's process. `dask` submits each base family
+    (its whole search, refits and save) as a Prefect task to a prefect-dask `DaskTaskRunner`: a LocalCluster
+    of `dask_workers` processes on 127.0.0.1 started for the stage, or the scheduler at `dask_address`
+    (whose workers must see the project directory at the same path).
+    """
+
+    task_runner: Literal["default", "dask"] = "default"
+    dask_address: str | None = None
+    dask_workers: int = Field(default=2, ge=1)
+    dask_threads_per_worker: int = Field(default=1, ge=1)
+
+
 class Params(Strict):
     """The whole params.yaml."""
 
     seed: int
     tracking: TrackingConfig
+    runner: RunnerConfig = RunnerConfig()
     dataset: DatasetConfig
     ingest: IngestConfig
     version: VersionConfig

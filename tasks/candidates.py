@@ -40,6 +40,7 @@ from retrain.models import (
 from retrain.stages import CANDIDATES, SPLITS, VALID_SCORES
 from retrain.tuning import TuningResult, fit_model, make_folds, optuna_storage, plan_threads, tune
 from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_json
+from tasks.scaleout import family_runner
 from tasks.tracking import log_candidate_diagnostics
 
 logger = logging.getLogger(__name__)
@@ -169,6 +170,13 @@ def fit_family(
     return FamilyOutcome(result, train_model, final_model, valid_scores, valid_score, fit_seconds, rate, final_params)
 
 
+def fit_family_at(
+    family: str, d: Design, cfg: CandidatesConfig, directory: Path, storage_spec: str | None, root: Path, study: str
+) -> FamilyOutcome:
+    """`fit_family` wherever it runs: the Optuna storage is opened there (a storage object does not travel)."""
+    return fit_family(family, d, cfg, directory, storage=optuna_storage(storage_spec, root), study=study)
+
+
 def fit_stacking(bases: dict[str, FamilyOutcome], d: Design, cfg: CandidatesConfig, directory: Path) -> FamilyOutcome:
     """Meta-learner on the bases' out-of-fold scores: CV-scored on the same folds, valid-scored, saved."""
     task, names = d.dataset.task, list(bases)
@@ -223,7 +231,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         check_family(family, dataset.task, getattr(cfg, family).fixed)
     order = [*bases, *(["stacking"] if "stacking" in cfg.families else [])]
     clear_outputs(ctx)
-    storage = optuna_storage(cfg.storage, ctx.root)
     with stage_run(ctx) as active:
         train, groups, ordered = cv_design(ctx, pd.read_parquet(ctx.path(SPLITS["train"])))
         valid = pd.read_parquet(ctx.path(SPLITS["valid"]))
@@ -241,53 +248,38 @@ def run(ctx: StageContext) -> dict[str, Any]:
         )
         folds = "time-ordered" if ordered else "grouped" if groups is not None else "stratified/shuffled"
         logger.info("candidates: %s task, %s CV folds, metric %s", dataset.task, folds, metric)
-        outcomes: dict[str, FamilyOutcome] = {}
         if "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL" not in os.environ:
             mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL)
-        for family in order:
-            family_tags = {**ctx.tracking.tags, "retrain.stage": ctx.stage, "retrain.family": family}
-            with mlflow.start_run(
-                experiment_id=active.info.experiment_id,  # else MLflow files the child under its default experiment
-                run_name=f"candidates/{family}",
-                nested=True,
-                tags=family_tags,
-                log_system_metrics=True,
-            ):
-                directory = ctx.path(f"{CANDIDATES}/{family}")
-                if family == "stacking":
-                    outcome = fit_stacking({b: outcomes[b] for b in bases}, d, cfg, directory)
-                else:
-                    study = f"{family}-{active.info.run_id}"
-                    outcome = fit_family(family, d, cfg, directory, storage=storage, study=study)
-                outcomes[family] = outcome
-                result = outcome.result
-                mlflow.log_params({k: str(v)[:6000] for k, v in result.best_params.items()})
-                mlflow.set_tags({"retrain.task": dataset.task, "retrain.cv_folds": folds})
-                mlflow.log_metrics(
-                    {
-                        f"cv_{metric}": result.cv_score,
-                        f"valid_{metric}": outcome.valid_score,
-                        "tuning_seconds": result.seconds,
-                        "fit_seconds": outcome.fit_seconds,
-                        "predict_rows_per_second": outcome.predict_rows_per_second,
-                        "n_trials": float(len(result.trials)),
-                        "n_pruned": float(result.n_pruned),
-                    }
-                )
-                log_trials(result, metric)
-                log_candidate_diagnostics(
-                    ctx,
-                    family,
-                    outcome.train_model,
-                    d.X_train,
-                    d.y_train,
-                    d.X_valid,
-                    d.y_valid,
-                    fit_seconds=outcome.fit_seconds,
-                    valid_scores=outcome.valid_scores,
-                )
-                mlflow.log_dict({"direction": result.direction, "trials": result.trials}, "trials.json")
-                logger.info("candidates: %s CV %.4f, valid %.4f", family, result.cv_score, outcome.valid_score)
+        calls = {
+            family: dict(
+                family=family,
+                d=d,
+                cfg=cfg,
+                directory=ctx.path(f"{CANDIDATES}/{family}"),
+                storage_spec=cfg.storage,
+                root=ctx.root,
+                study=f"{family}-{active.info.run_id}",
+            )
+            for family in bases
+        }
+        outcomes: dict[str, FamilyOutcome] = {}
+        with family_runner(ctx.params.runner, fit_family_at, calls) as fitted:
+            for family in order:
+                family_tags = {**ctx.tracking.tags, "retrain.stage": ctx.stage, "retrain.family": family}
+                with mlflow.start_run(
+                    experiment_id=active.info.experiment_id,  # else MLflow files the child under its default one
+                    run_name=f"candidates/{family}",
+                    nested=True,
+                    tags=family_tags,
+                    log_system_metrics=True,
+                ):
+                    if family == "stacking":
+                        directory = ctx.path(f"{CANDIDATES}/{family}")
+                        outcome = fit_stacking({b: outcomes[b] for b in bases}, d, cfg, directory)
+                    else:
+                        outcome = fitted(family)
+                    outcomes[family] = outcome
+                    log_family(ctx, family, outcome, d, folds)
         summary = {family: outcome.summary() for family, outcome in outcomes.items()}
         save_valid_scores(ctx.path(VALID_SCORES), {f: o.valid_scores for f, o in outcomes.items()})
         write_json(
@@ -300,6 +292,38 @@ def run(ctx: StageContext) -> dict[str, Any]:
             },
         )
         return finish(ctx, active, {f"valid_{metric}_{f}": s["valid_score"] for f, s in summary.items()})
+
+
+def log_family(ctx: StageContext, family: str, outcome: FamilyOutcome, d: Design, folds: str) -> None:
+    """The family's child run: best params, CV/valid scores, timings, every trial and the diagnostics."""
+    result, metric = outcome.result, d.metric
+    mlflow.log_params({k: str(v)[:6000] for k, v in result.best_params.items()})
+    mlflow.set_tags({"retrain.task": d.dataset.task, "retrain.cv_folds": folds})
+    mlflow.log_metrics(
+        {
+            f"cv_{metric}": result.cv_score,
+            f"valid_{metric}": outcome.valid_score,
+            "tuning_seconds": result.seconds,
+            "fit_seconds": outcome.fit_seconds,
+            "predict_rows_per_second": outcome.predict_rows_per_second,
+            "n_trials": float(len(result.trials)),
+            "n_pruned": float(result.n_pruned),
+        }
+    )
+    log_trials(result, metric)
+    log_candidate_diagnostics(
+        ctx,
+        family,
+        outcome.train_model,
+        d.X_train,
+        d.y_train,
+        d.X_valid,
+        d.y_valid,
+        fit_seconds=outcome.fit_seconds,
+        valid_scores=outcome.valid_scores,
+    )
+    mlflow.log_dict({"direction": result.direction, "trials": result.trials}, "trials.json")
+    logger.info("candidates: %s CV %.4f, valid %.4f", family, result.cv_score, outcome.valid_score)
 
 
 def save_valid_scores(path: Path, scores: dict[str, np.ndarray]) -> None:
