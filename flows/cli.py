@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from flows import env
 from retrain.errors import RetrainInputError
 
 logger = logging.getLogger("retrain.cli")
@@ -143,9 +144,14 @@ def exit_code_for(exc: BaseException | None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the Prefect flow and map its outcome to an exit code."""
-    from flows.training import RunRequest, retrain_flow
+    from typing import get_args
+
+    from flows.training import RunRequest, Trigger, retrain_flow
 
     trigger = os.environ.get("RETRAIN_TRIGGER", "cli")
+    if trigger not in get_args(Trigger):
+        logger.error("RETRAIN_TRIGGER=%r is not a trigger; use one of %s", trigger, ", ".join(get_args(Trigger)))
+        return EXIT_INPUT
     request = RunRequest(params_file=args.params, overrides=args.overrides, dry_run=args.dry_run)
     state = retrain_flow(request=request, trigger=trigger, return_state=True)
     if not state.is_completed():
@@ -176,9 +182,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     lines = ["", f"{'stage':<12}{'status':<8}{'seconds':>8}"]
     lines += [f"{s['name']:<12}{s['status']:<8}{s['seconds']:>8.2f}" for s in summary["stages"]]
     lines.append("")
-    for family, v in summary.get("families", {}).items():
-        verdict = "beats" if v["beats_baselines"] else "FAILS TO BEAT"
-        lines.append(f"family {family:<12} valid {v['valid_score']:.4f}  {verdict} best baseline {v['best_baseline']}")
+    lines += family_lines(summary)
     for gate in summary["gates"]:
         status = gate.get("status") or ("pass" if gate["passed"] else "fail")
         lines.append(f"gate {gate['name']:<28} {status.upper():<7} {gate['reason']}")
@@ -191,8 +195,57 @@ def print_summary(summary: dict[str, Any]) -> None:
         lines.append(("DRY RUN: " if summary.get("dry_run") else "") + summary["promotion_message"])
     for entry in summary.get("audit", []):
         lines.append(f"audit: {entry_line(entry)}")
-    lines.append(f"mlflow run {summary['mlflow_run_id']} at {summary['tracking_uri']}")
+    lines += link_lines(summary)
     logger.info("\n".join(lines))
+
+
+def family_lines(summary: dict[str, Any]) -> list[str]:
+    """Each candidate's CV and valid score against the best baseline, then the selected one's test score."""
+    metric = summary.get("metric", "score")
+    lines = [f"{'family':<18}{'cv ' + metric:>14}{'valid ' + metric:>16}  trials  vs best baseline"]
+    for family, v in summary.get("families", {}).items():
+        verdict = "beats" if v["beats_baselines"] else "FAILS TO BEAT"
+        cv = v.get("cv_score")
+        trials = f"{v.get('n_trials') or 0} ({v.get('n_pruned') or 0} pruned)" if v.get("n_trials") else "-"
+        lines.append(
+            f"{family:<18}{_num(cv):>14}{_num(v['valid_score']):>16}  {trials:<15} {verdict} {v['best_baseline']}"
+        )
+    test = summary.get("metrics", {}).get("evaluate", {})
+    if summary.get("family") and f"test_{metric}" in test:
+        champion = test.get(f"test_{metric}_champion")
+        versus = f" (champion {_num(champion)})" if champion is not None else " (no champion yet)"
+        lines.append(f"selected {summary['family']}: test {metric} {_num(test[f'test_{metric}'])}{versus}")
+    return [*lines, ""]
+
+
+def _num(value: Any) -> str:
+    """A score with 4 decimals, or '-' when there is none."""
+    return "-" if value is None else f"{float(value):.4f}"
+
+
+def link_lines(summary: dict[str, Any]) -> list[str]:
+    """Where to look next: the MLflow parent run and the Prefect flow run, as URLs when a UI can show them."""
+    uri, run_id = summary.get("tracking_uri") or "", summary.get("mlflow_run_id")
+    experiment = summary.get("mlflow_experiment_id")
+    if uri.startswith(("http://", "https://")):
+        mlflow_link = f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+    else:
+        ui = os.environ.get("RETRAIN_MLFLOW_UI_URL", "http://127.0.0.1:5000")
+        mlflow_link = f"{ui}/#/experiments/{experiment}/runs/{run_id}  (store {uri}; UI: make servers)"
+    lines = [f"mlflow run:   {mlflow_link}"]
+    flow_run = summary.get("prefect_flow_run_id")
+    if flow_run:
+        ui_url = _prefect_ui_url()
+        where = f"{ui_url}/runs/flow-run/{flow_run}" if ui_url else f"{flow_run}  (ephemeral Prefect API: not kept)"
+        lines.append(f"prefect run:  {where}")
+    return lines
+
+
+def _prefect_ui_url() -> str | None:
+    """The Prefect UI of the configured API; None when runs go to a throwaway ephemeral API."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    return PREFECT_UI_URL.value() if PREFECT_API_URL.value() else None
 
 
 def _emit(data: dict[str, Any]) -> None:
@@ -335,8 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `retrain` console script."""
     args = build_parser().parse_args(argv)
     configure_logging()
-    # no network but the package index here: the ephemeral Prefect server's telemetry would only error
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.apply()
     handlers = {
         "run": cmd_run,
         "stage": cmd_stage,

@@ -11,6 +11,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
+from flows.env import RUN_ENV
 from flows.training import retrain_flow
 from retrain.paths import project_root
 
@@ -24,10 +25,15 @@ WORK_POOL = "retrain-process"
 TAGS = ["retrain"]
 """The same names, schedule and parameters as prefect.yaml (a test checks they agree)."""
 ENTRYPOINT = "flows/training.py:retrain_flow"
+JOB_VARIABLES = {"env": RUN_ENV}
+"""A worker's flow-run processes get the settings `retrain` itself applies (our log lines in the Prefect UI)."""
 
 
 def deployments(
-    cron: str | None = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE, flow: Flow[..., Any] = retrain_flow
+    cron: str | None = DEFAULT_CRON,
+    timezone: str = DEFAULT_TIMEZONE,
+    flow: Flow[..., Any] = retrain_flow,
+    job_variables: dict[str, Any] | None = None,
 ) -> list[RunnerDeployment]:
     """The scheduled (trigger=schedule) and manual (trigger=ui) deployments; `cron=None` drops the schedule."""
     scheduled = flow.to_deployment(
@@ -36,12 +42,14 @@ def deployments(
         parameters={"trigger": "schedule"},
         description=f"Retraining on params.yaml (cron {cron or 'none'} {timezone}); recorded as trigger=schedule.",
         tags=TAGS,
+        job_variables=job_variables,
     )
     manual = flow.to_deployment(
         name=MANUAL,
         parameters={"trigger": "ui"},
         description="Run from the Prefect UI: fill the request form (empty fields keep params.yaml); trigger=ui.",
         tags=TAGS,
+        job_variables=job_variables,
     )
     return [scheduled, manual]
 
@@ -77,8 +85,9 @@ def describe() -> list[dict[str, Any]]:
             "name": d.name,
             "parameters": d.parameters,
             "schedules": [s.schedule.model_dump(mode="json") for s in (d.schedules or [])],
+            "job_variables": d.job_variables,
         }
-        for d in deployments()
+        for d in deployments(job_variables=JOB_VARIABLES)
     ]
 
 
@@ -90,7 +99,7 @@ def register(work_pool: str = WORK_POOL) -> list[str]:
     """
     # from_source: the worker runs each flow run in this checkout (a set_working_directory pull step)
     flow = retrain_flow.from_source(source=str(project_root()), entrypoint=ENTRYPOINT)
-    ids = [str(d.apply(work_pool_name=work_pool)) for d in deployments(flow=flow)]
+    ids = [str(d.apply(work_pool_name=work_pool)) for d in deployments(flow=flow, job_variables=JOB_VARIABLES)]
     logger.info("registered %s, %s on pool %s; run its worker", SCHEDULED, MANUAL, work_pool)
     return ids
 

@@ -155,11 +155,12 @@ class PipelineRun:
         record_path = self.root / GATE_RECORD
         gates = read_json(record_path)["gates"] if "evaluate" in by_name and record_path.exists() else []
         ran = {"baselines", "candidates"} <= set(by_name)
-        families = (
-            families_vs_baselines(read_json(self.root / CANDIDATES / "summary.json"), read_json(self.root / BASELINES))
-            if ran and (self.root / CANDIDATES / "summary.json").exists() and (self.root / BASELINES).exists()
-            else {}
-        )
+        families: dict[str, Any] = {}
+        if ran and (self.root / CANDIDATES / "summary.json").exists() and (self.root / BASELINES).exists():
+            tuned = read_json(self.root / CANDIDATES / "summary.json")
+            families = families_vs_baselines(tuned, read_json(self.root / BASELINES))
+            for family, entry in tuned["families"].items():
+                families[family] |= {k: entry.get(k) for k in ("cv_score", "n_trials", "n_pruned")}
         return {
             "stages": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 3)} for s in self.stages],
             "metrics": {s.name: s.result.get("metrics", {}) for s in self.stages},
@@ -177,8 +178,11 @@ class PipelineRun:
             "champion_version": promote.get("champion_version"),
             "audit": promote.get("audit", []),
             "data_hash": self.tracking.tags.get("retrain.data_hash"),
+            "metric": self.params.evaluate.metric,
             "mlflow_run_id": self.tracking.parent_run_id,
+            "mlflow_experiment_id": self.tracking.experiment_id,
             "tracking_uri": self.tracking.tracking_uri,
+            "prefect_flow_run_id": self.tracking.tags.get("retrain.prefect_flow_run_id"),
             "recovered": self.recovered,
             "seconds": round(time.perf_counter() - self.started, 3),
         }

@@ -117,6 +117,7 @@ def test_prefect_yaml_loads_with_prefect_and_matches_serve() -> None:
         yaml_schedules = [s.model_dump(mode="json") for s in schedules]
         assert yaml_schedules == served[name]["schedules"], f"{name}: prefect.yaml and flows/deploy.py schedules differ"
         assert config["parameters"] == served[name]["parameters"], f"{name}: parameters differ from retrain serve"
+        assert config["work_pool"]["job_variables"] == served[name]["job_variables"], f"{name}: job variables differ"
     assert configs[deploy.SCHEDULED]["parameters"]["trigger"] == "schedule", "cron runs must record trigger=schedule"
     assert configs[deploy.MANUAL]["parameters"]["trigger"] == "ui", "UI runs must record trigger=ui"
     assert served[deploy.SCHEDULED]["schedules"][0]["cron"] == "0 3 * * 1", "default schedule is weekly"

@@ -145,3 +145,10 @@ def test_objective_contradicting_the_task_fails_before_any_stage(project: Path, 
     assert code == 2
     assert "candidates.lightgbm.fixed.objective" in caplog.text, caplog.text[-1000:]
     assert stamp() == before, "no stage ran"
+
+
+def test_unknown_trigger_exits_2_before_any_stage(monkeypatch, caplog) -> None:
+    monkeypatch.setenv("RETRAIN_TRIGGER", "cron")
+    with caplog.at_level(logging.ERROR):
+        assert main(["run"]) == 2, "an unknown trigger is bad input"
+    assert "RETRAIN_TRIGGER='cron'" in caplog.text and "schedule" in caplog.text, caplog.text
