@@ -27,7 +27,15 @@ from threadpoolctl import threadpool_limits
 from retrain.calibration import fit_calibrator
 from retrain.config import ServingGate
 from retrain.models import PIPELINE, build_model, load_predictor, save_calibration, save_model, serve_output
-from retrain.serving import ABSTAIN, ARTIFACT_KEY, CONFIDENCE_FILE, FastLightGBM, RetrainModel, decisions
+from retrain.serving import (
+    ABSTAIN,
+    ARTIFACT_KEY,
+    CONFIDENCE_FILE,
+    PARALLEL_ROWS,
+    FastLightGBM,
+    RetrainModel,
+    decisions,
+)
 from tasks.packaging import pyfunc_kwargs
 from tasks.servecheck import _compare, serving_gate
 from tests.unit.test_models import CATEGORICAL, NUMERIC, PARAMS, frame, task_target
@@ -97,6 +105,16 @@ def test_fast_path_equals_the_model(lgbm_dir: Path) -> None:
         assert np.array_equal(fast.predict_scores(X), reference), "batch: fast encoding changes the scores"
         singles = np.concatenate([fast.predict_scores(X.iloc[[i]]) for i in range(12)])
         assert np.array_equal(singles, reference[:12]), "single rows: fast encoding changes the scores"
+
+
+def test_large_batches_use_every_core_with_identical_scores(lgbm_dir: Path) -> None:
+    fast = FastLightGBM(load_predictor(lgbm_dir))
+    fast.threads = 2
+    X = frame(n=PARALLEL_ROWS + 3, seed=7)[0]
+    threaded = fast.predict_scores(X)
+    fast.threads = 1
+    assert np.array_equal(threaded, fast.predict_scores(X)), "2 LightGBM threads change the batch scores"
+    assert np.array_equal(threaded, fast.predictor.predict_scores(X)), "batch scores differ from the predictor's"
 
 
 def test_calibrated_and_stacked_lightgbm_serve_the_same_scores(lgbm_dir: Path, tmp_path: Path) -> None:
