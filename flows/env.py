@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 RUN_ENV = {
     # our loggers get Prefect's API handler: stage, tuning-progress and gate lines show in the flow run's logs
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "retrain,tasks,flows",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "retrain,tasks,flows",  # = OUR_LOGGERS
     # the same loggers also run outside any flow (`retrain stage` under dvc, the CLI summary): no warning there
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     # no network but the package index here: the ephemeral Prefect server's telemetry would only error
@@ -19,3 +20,18 @@ def apply() -> None:
     """Set RUN_ENV where the user has not (Prefect reads these once, when it is first imported)."""
     for key, value in RUN_ENV.items():
         os.environ.setdefault(key, value)
+
+
+OUR_LOGGERS = ("retrain", "tasks", "flows")
+
+
+def log_info() -> None:
+    """Let our INFO lines through where nobody configured logging (a worker's or `serve`'s flow-run process).
+
+    There Prefect leaves the root logger at WARNING, so without this the progress lines would reach neither
+    the console nor the API handler that PREFECT_LOGGING_EXTRA_LOGGERS attached.
+    """
+    for name in OUR_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)

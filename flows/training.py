@@ -10,6 +10,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows import env
 from retrain.config import load_params
 from retrain.paths import project_root, resolve
 from tasks.pipeline import PipelineRun, preflight
@@ -74,6 +75,7 @@ def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli"
     `trigger` is a parameter of its own, not a request field: Prefect merges a deployment's parameters with a
     run's by top-level key, so a deployment pins `trigger` while the form replaces the whole request.
     """
+    env.log_info()
     root = project_root()
     overrides = request.to_overrides()
     dry_run = request.dry_run

@@ -184,6 +184,28 @@ async def run_from_deployment(
             return run
 
 
+async def flow_run_logs(api_url: str, flow_run_id: Any) -> list[str]:
+    """The flow run's log lines as the Prefect UI shows them (read from the server, page by page)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    lines: list[str] = []
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        async with get_client() as client:
+            while True:  # offset explicit: the pinned server (fastapi 0.154) rejects the client's null with 422
+                page = await client.read_logs(
+                    LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                    limit=200,
+                    offset=len(lines),
+                    sort=LogSort.TIMESTAMP_ASC,
+                )
+                lines += [f"{log.name}: {log.message}" for log in page]
+                if len(page) < 200:
+                    return lines
+
+
 @pytest.mark.e2e
 def test_ui_run_from_the_manual_deployment_completes_and_promotes(tmp_path: Path) -> None:
     """A real Prefect server, `retrain serve`, and a run created through the API with a form override."""
@@ -229,9 +251,12 @@ def test_ui_run_from_the_manual_deployment_completes_and_promotes(tmp_path: Path
         run = asyncio.run(run_from_deployment(api_url, parameters, serve, serve_log, timeout=240))
         log_tail = serve_log.read_text()[-4000:]
         assert run.state.is_completed(), f"flow run ended {run.state.type}: {run.state.message}\n{log_tail}"
+        ui_logs = asyncio.run(flow_run_logs(api_url, run.id))
     finally:
         stop(serve)
         stop(server)
+    for needle in ("stage ingest", "trial 1/2", "gate beats_baselines"):  # tasks.pipeline, retrain.tuning, evaluate
+        assert any(needle in line for line in ui_logs), f"{needle!r} not in the flow run's Prefect logs: {ui_logs[:20]}"
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     champion = client.get_model_version_by_alias(MODEL, "champion")
     runs = client.search_runs(
