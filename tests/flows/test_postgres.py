@@ -105,8 +105,9 @@ def postgres() -> Iterator[Postgres]:
         run(initdb, "-D", data, "-U", USER, "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
         options = f"-h 127.0.0.1 -p {port} -k {base} -F"  # TCP on loopback only, socket in tmp, no fsync
         run(pg_ctl, "-D", data, "-l", base / "server.log", "-w", "-t", "60", "-o", options, "start")
-    except subprocess.CalledProcessError as exc:
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         log = (base / "server.log").read_text() if (base / "server.log").exists() else ""
+        subprocess.run([*prefix, str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
         raise AssertionError(f"PostgreSQL did not start: {exc.stderr}{exc.stdout}\n{log[-2000:]}") from exc
     server = Postgres(port, time.perf_counter() - started)
