@@ -151,8 +151,8 @@ def remove_project(project: Path) -> None:
 
 _PREFECT_TEMPLATE: list[Path] = []
 _TEMPLATE_LOCK = threading.Lock()
-PREFECT_STARTUP_TIMEOUT = "180"
-"""Seconds Prefect waits for its ephemeral server (default 20, too short on a loaded 2-core machine)."""
+PREFECT_STARTUP_TIMEOUT = "600"
+"""Seconds Prefect waits for its ephemeral server (default 20; at load 20 on 2 cores even 180 failed)."""
 
 
 def prefect_home_template() -> Path:

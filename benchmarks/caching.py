@@ -341,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(args.from_json.read_text())
         info = data.get("machine") or info
         data = {k: v for k, v in data.items() if k not in ("analysis", "machine", "finished")}
+        data.setdefault("settings", {"repeats": len(data["unchanged"]), "quick": args.quick, "partial": True})
+        data.setdefault("changes", [])
     else:
         data = measure(args.repeats, args.quick)
         save_raw(data)

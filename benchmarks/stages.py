@@ -942,23 +942,50 @@ def profile_summary(path: Path) -> dict[str, float]:
     return out
 
 
-def measure(repeats: int, quick: bool, profile: bool) -> dict[str, Any]:
-    """Interleaved flow / plain pairs (order alternating), then an optional profiled flow run."""
+def measure(repeats: int, quick: bool, profile: bool, side_by_side: bool = True) -> dict[str, Any]:
+    """Flow / plain pairs: both at the same time (same machine load), or one after the other in alternating order.
+
+    With `profile`, one more flow run under cProfile runs beside the first pair (it is not part of the ratio).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     overrides = QUICK if quick else []
+    settings = {"repeats": repeats, "quick": quick, "overrides": overrides, "side_by_side": side_by_side}
     runs: list[dict[str, Any]] = []
-    for repeat in range(repeats):
-        order = (run_flow, run_plain) if repeat % 2 == 0 else (run_plain, run_flow)
-        for fn in order:
-            logger.info("repeat %d/%d: %s run", repeat + 1, repeats, fn.__name__)
-            result = fn(overrides) | {"repeat": repeat}
-            logger.info("repeat %d: %s wall %.1f s", repeat + 1, result["kind"], result["wall"])
-            runs.append(result)
-            save_partial({"settings": {"repeats": repeats, "quick": quick}, "runs": runs})
-    data: dict[str, Any] = {"settings": {"repeats": repeats, "quick": quick, "overrides": overrides}, "runs": runs}
-    if profile:
-        out = Path(tempfile.gettempdir()) / ("bench_stages_flow_quick.prof" if quick else "bench_stages_flow.prof")
-        data["profile"] = profile_flow(overrides, out)
+    data: dict[str, Any] = {"settings": settings, "runs": runs}
+    with ThreadPoolExecutor(3) as pool:
+        profiled = None
+        if profile:
+            out = Path(tempfile.gettempdir()) / ("bench_stages_flow_quick.prof" if quick else "bench_stages_flow.prof")
+            profiled = pool.submit(profile_flow, overrides, out)
+        for repeat in range(repeats):
+            order = (run_flow, run_plain) if repeat % 2 == 0 else (run_plain, run_flow)
+            logger.info("repeat %d/%d: %s", repeat + 1, repeats, " beside ".join(fn.__name__ for fn in order))
+            if side_by_side:
+                futures = [pool.submit(guarded, fn, overrides) for fn in order]
+                results = [f.result() for f in futures]
+            else:
+                results = [guarded(fn, overrides) for fn in order]
+            for result in results:
+                logger.info("repeat %d: %s wall %s s", repeat + 1, result["kind"], result.get("wall", "FAILED"))
+                runs.append(result | {"repeat": repeat})
+            save_partial(data)
+        if profiled is not None:
+            try:
+                data["profile"] = profiled.result()
+            except Exception as exc:  # the profile is extra information, never worth the measurements
+                logger.error("profiled flow run failed: %s", str(exc)[-2000:])
+            save_partial(data)
     return data
+
+
+def guarded(fn: Any, overrides: list[str]) -> dict[str, Any]:
+    """One run; a failure is recorded (its pair is then left out of the medians) instead of ending the benchmark."""
+    try:
+        return fn(overrides)
+    except Exception as exc:  # a run killed by the machine's load must not lose the other pairs
+        logger.error("%s failed: %s", fn.__name__, str(exc)[-2000:])
+        return {"kind": "flow" if fn is run_flow else "plain", "error": str(exc)[-4000:]}
 
 
 def save_partial(data: dict[str, Any]) -> None:
@@ -972,8 +999,9 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
     """Medians per stage and per side, the overhead ratio (per pair, then median), output equality."""
     from benchmarks._runs import median
 
-    flows = [r for r in data["runs"] if r["kind"] == "flow"]
-    plains = [r for r in data["runs"] if r["kind"] == "plain"]
+    failed = {r["repeat"] for r in data["runs"] if "error" in r}
+    flows = [r for r in data["runs"] if r["kind"] == "flow" and r["repeat"] not in failed]
+    plains = [r for r in data["runs"] if r["kind"] == "plain" and r["repeat"] not in failed]
     pairs = [(f, p) for f in flows for p in plains if f["repeat"] == p["repeat"]]
     names = [s["name"] for s in flows[0]["stages"]]
 
@@ -1006,6 +1034,8 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         ),
         "same_model": [(f["model"], p["model"]) for f, p in pairs],
         "plain_loaded_prefect_or_mlflow": any(p["forbidden_modules_loaded"] for p in plains),
+        "pairs": len(pairs),
+        "failed_repeats": sorted(failed),
     }
 
 
@@ -1054,6 +1084,11 @@ def render(data: dict[str, Any], stats: dict[str, Any], info: dict[str, Any]) ->
     )
     settings = data["settings"]
     mode = "quick settings (smoke test, not the measurement)" if settings["quick"] else "default params.yaml"
+    pairing = (
+        "flow/plain pairs run side by side (both at once, same load)"
+        if settings.get("side_by_side")
+        else "interleaved flow/plain"
+    )
     table = markdown_table(
         ["stage", "flow s", "plain s", "flow - plain s", "flow peak RSS MB", "plain peak RSS MB", "target", ""], rows
     )
@@ -1063,8 +1098,9 @@ def render(data: dict[str, Any], stats: dict[str, Any], info: dict[str, Any]) ->
         "",
         table,
         "",
-        f"Medians of {settings['repeats']} interleaved pairs, {mode}; {machine_line(info)}. Each run is a fresh clone "
-        "(no data/raw, caches or mlflow.db; a new PREFECT_HOME). *flow* = `retrain run --json` (per-stage seconds "
+        f"Medians of {stats['pairs']} {pairing}, {mode}; {machine_line(info)}. Each run is a fresh clone "
+        "(no data/raw, caches or mlflow.db; a copy of a Prefect home whose database exists). "
+        "*flow* = `retrain run --json` (per-stage seconds "
         "from its summary); *plain* = the same stages' compute with the same retrain/ functions and params in a "
         "process that never imports Prefect or MLflow (`benchmarks/stages.py plain_pipeline`, checked in "
         "sys.modules), writing diagnostics, plots and the model card to local files.",
@@ -1089,6 +1125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="3,000-row sample, 2 trials per family (smoke test)")
     parser.add_argument("--repeats", type=int, default=3, help="flow/plain pairs (default 3)")
     parser.add_argument("--profile", action="store_true", help="also profile one flow run with cProfile")
+    parser.add_argument(
+        "--sequential", action="store_true", help="run each pair one after the other (default: side by side)"
+    )
     parser.add_argument("--from-json", type=Path, help="re-analyse raw runs saved by an earlier run (no measuring)")
     parser.add_argument("--plain-run", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--plain-out", type=Path, help=argparse.SUPPRESS)
@@ -1115,7 +1154,7 @@ def main(argv: list[str] | None = None) -> int:
         info = data.get("machine") or info
         data = {k: v for k, v in data.items() if k not in ("analysis", "machine", "finished")}
     else:
-        data = measure(args.repeats, args.quick, args.profile)
+        data = measure(args.repeats, args.quick, args.profile, side_by_side=not args.sequential)
     stats = analyse(data)
     data |= {"machine": info, "analysis": stats, "finished": machine_info()["date"]}
     write_results(NAME, data, render(data, stats, info))
