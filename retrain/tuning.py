@@ -9,7 +9,9 @@ are already worse than the median of earlier ones. LightGBM trials with `pruning
 on boosting rounds instead: every few rounds the fold's validation loss, compared with the other trials
 at the same fold and round, so a hopeless trial stops mid-fold. LightGBM trials also stop boosting early
 inside each fold (`early_stopping_rounds`, on the fold's validation loss) and the mean best round count
-becomes `n_estimators` of the refit. Each family has its own budget (`n_trials`, `timeout_seconds`). Parallel
+becomes `n_estimators` of the refit. Each family has its own budget (`n_trials`, `timeout_seconds`); once
+one trial has completed, a trial still running at the timeout is stopped there (pruned: inside LightGBM's
+boosting loop, else between folds) instead of running past it. Parallel
 trials never oversubscribe the cores: threads per model x parallel trials <= os.cpu_count().
 """
 
@@ -201,6 +203,20 @@ class RoundPruning:
             raise optuna.TrialPruned(f"fold {self.fold} round {done}: validation {name} {value:.4f}")
 
 
+class Deadline:
+    """LightGBM callback that stops a trial once the family's wall budget is spent (raises optuna.TrialPruned)."""
+
+    order = 45  # after RoundPruning (40)
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def __call__(self, env: Any) -> None:
+        """Checked every round: a clock read, nothing else."""
+        if time.perf_counter() > self.deadline:
+            raise optuna.TrialPruned(f"timeout_seconds reached at boosting round {env.iteration + 1}")
+
+
 def fit_model(
     family: str,
     params: dict[str, Any],
@@ -250,8 +266,12 @@ def cv_evaluate(
     early_stopping_rounds: int | None = None,
     trial: optuna.Trial | None = None,
     pruning_warmup_rounds: int | None = None,
+    deadline: float | None = None,
 ) -> tuple[float, np.ndarray, list[int]]:
     """Mean fold metric, out-of-fold scores and LightGBM's best round per fold (pruned via `trial`).
+
+    With a `deadline` (a `time.perf_counter()` value) the evaluation raises optuna.TrialPruned once it
+    passes: checked every boosting round (LightGBM with early stopping) and before each fold.
 
     NaN if any fold's metric is NaN. After each fold the running mean is reported to the trial, which
     raises optuna.TrialPruned when the pruner judges it hopeless; with `pruning_warmup_rounds` a
@@ -264,7 +284,10 @@ def cv_evaluate(
     oof = np.zeros((len(y), n_classes) if task == "multiclass" else len(y), dtype=float)
     scores: list[float] = []
     rounds: list[int] = []
+    timed = [Deadline(deadline)] if deadline is not None and family == "lightgbm" and early_stopping_rounds else []
     for step, (train_idx, valid_idx) in enumerate(folds):
+        if deadline is not None and time.perf_counter() > deadline:
+            raise optuna.TrialPruned(f"timeout_seconds reached before fold {step}")
         X_valid, y_valid = X.iloc[valid_idx], y[valid_idx]
         model = fit_model(
             family,
@@ -277,7 +300,7 @@ def cv_evaluate(
             threads=threads,
             eval_set=(X_valid, y_valid),
             early_stopping_rounds=early_stopping_rounds,
-            callbacks=[RoundPruning(trial, step, pruning_warmup_rounds, maximize)] if on_rounds else (),  # type: ignore[arg-type]
+            callbacks=[*([RoundPruning(trial, step, pruning_warmup_rounds, maximize)] if on_rounds else []), *timed],  # type: ignore[arg-type]
         )
         best_round = getattr(model.named_steps["model"], "best_iteration_", None)
         if family == "lightgbm" and early_stopping_rounds and best_round:
@@ -381,9 +404,12 @@ def tune(
     early = cfg.early_stopping_rounds if family == "lightgbm" else None
     oofs: dict[int, np.ndarray] = {}
     lock = threading.Lock()
+    deadline = started + cfg.timeout_seconds if cfg.timeout_seconds is not None else None
 
     def objective(trial: optuna.Trial) -> float:
         params = {"random_state": seed, **cfg.fixed, **{k: suggest(trial, k, s) for k, s in cfg.space.items()}}
+        # the clock stops a trial only once one has completed: a search always has a result
+        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         value, oof, rounds = cv_evaluate(
             family,
             params,
@@ -399,6 +425,7 @@ def tune(
             early_stopping_rounds=early,
             trial=trial,
             pruning_warmup_rounds=cfg.pruning_warmup_rounds,
+            deadline=deadline if done else None,
         )
         if rounds:
             trial.set_user_attr("n_estimators", round(float(np.mean(rounds))))

@@ -3,8 +3,10 @@ search optimises in the metric's direction."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import optuna
 import pandas as pd
@@ -15,6 +17,7 @@ from retrain.errors import DataError
 from retrain.tuning import (
     PRUNE_REPORT_EVERY,
     ROUND_STEP_STRIDE,
+    Deadline,
     cv_evaluate,
     make_folds,
     optuna_storage,
@@ -145,6 +148,19 @@ def test_round_pruning_reports_sign_adjusted_loss_and_waits_for_warmup() -> None
         f"a report every {PRUNE_REPORT_EVERY} rounds, pruned at warm-up: {reported}"
     )
     assert all(v < 0 for v in reported.values()), f"log loss is negated in a maximize study: {reported}"
+
+
+def test_a_trial_running_at_the_timeout_is_stopped_there() -> None:
+    X, y = lgbm_data(200)
+    folds = make_folds(y, 3, 0, task="binary")
+    params = {"n_estimators": 50, "verbose": -1, "n_jobs": 1}
+    past = time.perf_counter()
+    with pytest.raises(optuna.TrialPruned, match="before fold 0"):
+        cv_evaluate("lightgbm", params, X, y, folds, ["a"], ["c"], "roc_auc", early_stopping_rounds=10, deadline=past)
+    env = lgb.callback.CallbackEnv(None, {}, 4, 0, 50, [])
+    with pytest.raises(optuna.TrialPruned, match="boosting round 5"):
+        Deadline(past)(env)
+    Deadline(time.perf_counter() + 3600)(env)  # before the deadline: boosting goes on
 
 
 def test_lightgbm_trials_are_pruned_on_boosting_rounds() -> None:
