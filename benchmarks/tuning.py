@@ -1,0 +1,402 @@
+"""Tuning quality vs time: the pipeline's tuned LightGBM against FLAML AutoML at equal wall budgets.
+
+    .venv/bin/python -m benchmarks.tuning [--quick] [--repeats N] [--budgets 15 30 60]
+
+For Adult (test ROC AUC) and California housing (test R^2), a temp clone of the project runs the
+pipeline's own ingest -> validate -> split stages, so both tools get the very same train / valid / test
+rows and features. Per budget B and repeat r (seed = params seed + r, the same for both tools):
+
+- ours: `retrain.tuning.tune` for the lightgbm family exactly as the candidates stage configures it
+  (params' space, fixed params, monotone constraints, CV folds, early stopping, pruning) with
+  `timeout_seconds = B` and no trial cap, then the candidates stage's final refit on train + valid;
+- FLAML: `AutoML.fit` on train + valid with `estimator_list=["lgbm"]`, `time_budget=B`, the same metric,
+  seed and thread count (FLAML picks its own holdout / CV and retrains on all rows, its default).
+
+Both final models score the same test rows. Cells run interleaved (tool order alternates) in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks._runs import machine_info, markdown_table, remove_project, setup_logging, temp_project, write_results
+from benchmarks._support import retrain_stages
+from retrain.config import DatasetConfig, Params, load_params
+from retrain.metrics import class_labels, encode_target, score
+from retrain.models import monotone_params, pipeline_scores
+from retrain.schema import from_json
+from retrain.tuning import fit_model, plan_threads, tune
+
+logger = logging.getLogger("benchmarks.tuning")
+
+NAME = "tuning"
+DATASETS = {"adult": "params.yaml", "california": "params.california.yaml"}
+"""Benchmark dataset -> the params file that configures it in the project."""
+NO_TRIAL_CAP = 100_000
+"""n_trials for our search: the wall budget, not a trial count, ends it."""
+
+
+@dataclass
+class Data:
+    """One dataset as the pipeline's split stage wrote it, encoded the way candidates encodes it."""
+
+    name: str
+    params: Params
+    dataset: DatasetConfig
+    metric: str
+    X_train: pd.DataFrame
+    y_train: np.ndarray
+    X_valid: pd.DataFrame
+    y_valid: np.ndarray
+    X_test: pd.DataFrame
+    y_test: np.ndarray
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Class labels in encoded order (None for regression)."""
+        return class_labels(self.dataset)
+
+    @property
+    def full(self) -> tuple[pd.DataFrame, np.ndarray]:
+        """Train + valid: the rows the final models are fitted on."""
+        return pd.concat([self.X_train, self.X_valid], ignore_index=True), np.concatenate([self.y_train, self.y_valid])
+
+
+def prepare(name: str, params_file: str, sample_rows: int | None) -> Data:
+    """A temp clone runs ingest, validate and split for the dataset; the splits are read back."""
+    project = temp_project(f"tuning_{name}")
+    extra = ["--params", params_file] if params_file != "params.yaml" else []
+    if sample_rows is not None:
+        params_path = project / params_file
+        text = params_path.read_text().replace("sample_rows: null", f"sample_rows: {sample_rows}")
+        params_path.write_text(text)
+    retrain_stages(project, ["ingest", "validate", "split"], *extra)
+    params = load_params(project / params_file)
+    dataset = params.dataset
+    schema = project / "data" / "raw" / "schema.json"
+    if dataset.columns is None or (dataset.is_classification and dataset.labels is None):
+        dataset = from_json(dataset, json.loads(schema.read_text()))
+    frames = {s: pd.read_parquet(project / "data" / "processed" / f"{s}.parquet") for s in ("train", "valid", "test")}
+    features = dataset.features
+
+    def xy(split: str) -> tuple[pd.DataFrame, np.ndarray]:
+        frame = frames[split]
+        return frame[features].reset_index(drop=True), encode_target(frame[dataset.target], dataset)
+
+    (X_train, y_train), (X_valid, y_valid), (X_test, y_test) = xy("train"), xy("valid"), xy("test")
+    logger.info(
+        "%s: train %d, valid %d, test %d rows, %d features",
+        name,
+        len(X_train),
+        len(X_valid),
+        len(X_test),
+        len(features),
+    )
+    remove_project(project)
+    return Data(name, params, dataset, params.evaluate.metric, X_train, y_train, X_valid, y_valid, X_test, y_test)
+
+
+def run_ours(data: Data, budget: float, seed: int) -> dict[str, Any]:
+    """The candidates stage's lightgbm search with a `budget`-second clock, then its train + valid refit."""
+    cfg = data.params.candidates
+    family = cfg.lightgbm.model_copy(update={"timeout_seconds": budget, "n_trials": NO_TRIAL_CAP})
+    constraints = monotone_params("lightgbm", cfg.monotone, data.dataset.numeric, data.dataset.categorical)
+    if constraints:
+        family = family.model_copy(update={"fixed": {**family.fixed, **constraints}})
+    started = time.perf_counter()
+    result = tune(
+        "lightgbm",
+        family,
+        data.X_train,
+        data.y_train,
+        numeric=data.dataset.numeric,
+        categorical=data.dataset.categorical,
+        metric=data.metric,
+        n_trials=NO_TRIAL_CAP,
+        n_folds=cfg.cv_folds,
+        seed=seed,
+        task=data.dataset.task,
+        labels=data.labels,
+        parallel_trials=cfg.parallel_trials,
+    )
+    search_seconds = time.perf_counter() - started
+    X_full, y_full = data.full
+    _, threads = plan_threads(result.threads, 1)
+    model = fit_model(
+        "lightgbm",
+        result.refit_params(len(X_full)),
+        X_full,
+        y_full,
+        numeric=data.dataset.numeric,
+        categorical=data.dataset.categorical,
+        task=data.dataset.task,
+        threads=threads,
+    )
+    wall = time.perf_counter() - started
+    scores = pipeline_scores(model, data.X_test, data.dataset.task, len(data.labels or ()) or 2)
+    return {
+        "test": score(data.metric, data.y_test, scores),
+        "wall_seconds": wall,
+        "search_seconds": search_seconds,
+        "trials": len(result.trials),
+        "pruned": result.n_pruned,
+        "cv": result.cv_score,
+        "threads": threads,
+        "best": {k: v for k, v in result.refit_params(len(X_full)).items() if k != "monotone_constraints"},
+    }
+
+
+def ours_threads(data: Data) -> int:
+    """Threads per LightGBM model the candidates stage would use (FLAML gets the same)."""
+    requested = data.params.candidates.lightgbm.fixed.get("n_jobs")
+    return plan_threads(requested, data.params.candidates.parallel_trials)[1]
+
+
+def flaml_frame(X: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
+    """FLAML's input: the same columns, categoricals as pandas category (FLAML's own encoding of text)."""
+    out = X.copy()
+    for column in categorical:
+        out[column] = out[column].astype(object).astype("category")
+    return out
+
+
+class _Absent:
+    """Stands in for an xgboost estimator class: building one fails, naming the missing package."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise ImportError("xgboost is not installed (benchmarks use FLAML's lgbm learner only)")
+
+    def fit(self, *args: Any, **kwargs: Any) -> None:
+        """Never reached: the constructor refuses."""
+
+    def predict(self, *args: Any, **kwargs: Any) -> None:
+        """Never reached: the constructor refuses."""
+
+    def predict_proba(self, *args: Any, **kwargs: Any) -> None:
+        """Never reached: the constructor refuses."""
+
+
+def import_flaml_automl() -> ModuleType:
+    """flaml.automl; where xgboost is absent, a placeholder module stands in for it.
+
+    FLAML 2.7's AutoML imports xgboost at load time only to read its version for its XGBoost learners,
+    which this benchmark never uses (estimator_list=["lgbm"]). The lock's `bench` extra holds flaml
+    without its `automl` extra (that would add xgboost and, on Linux, a ~200 MB CUDA NCCL wheel), so
+    the placeholder (version "0", estimator classes that refuse to build) lets AutoML load; any use of
+    xgboost fails loudly.
+    """
+    if "xgboost" not in sys.modules and importlib.util.find_spec("xgboost") is None:
+        placeholder = ModuleType("xgboost")
+        placeholder.__version__ = "0"  # type: ignore[attr-defined]
+        for name in ("XGBClassifier", "XGBRegressor"):
+            setattr(placeholder, name, type(name, (_Absent,), {"__doc__": "xgboost is not installed."}))
+        sys.modules["xgboost"] = placeholder
+    return importlib.import_module("flaml.automl")
+
+
+def run_flaml(data: Data, budget: float, seed: int, threads: int) -> dict[str, Any]:
+    """FLAML AutoML, LightGBM only, on train + valid with the same budget, metric, seed and threads."""
+    automl_module = import_flaml_automl()
+
+    X_full, y_full = data.full
+    categorical = data.dataset.categorical
+    regression = data.dataset.task == "regression"
+    automl = automl_module.AutoML()
+    started = time.perf_counter()
+    automl.fit(
+        X_train=flaml_frame(X_full, categorical),
+        y_train=y_full,
+        task="regression" if regression else "classification",
+        metric=data.metric,
+        estimator_list=["lgbm"],
+        time_budget=budget,
+        seed=seed,
+        n_jobs=threads,
+        verbose=0,
+    )
+    wall = time.perf_counter() - started
+    X_test = flaml_frame(data.X_test, categorical)
+    if regression:
+        scores = np.asarray(automl.predict(X_test), dtype=float)
+    elif data.dataset.task == "binary":
+        scores = np.asarray(automl.predict_proba(X_test))[:, 1]
+    else:
+        scores = np.asarray(automl.predict_proba(X_test))
+    config = automl.best_config or {}
+    return {
+        "test": score(data.metric, data.y_test, scores),
+        "wall_seconds": wall,
+        "trials": len(getattr(automl, "config_history", {}) or {}),
+        "cv": (1.0 - automl.best_loss) if automl.best_loss is not None else None,
+        "threads": threads,
+        "best": {k: (float(v) if isinstance(v, np.floating) else v) for k, v in config.items()},
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """--quick (tiny budgets on sampled rows: a smoke test), --repeats, --budgets, --datasets."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 s budget, 3,000 sampled rows, 1 repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--budgets", type=float, nargs="+", default=[15.0, 30.0, 60.0])
+    parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS))
+    return parser.parse_args(argv)
+
+
+def summarise(cells: list[dict[str, Any]], metric_of: dict[str, str]) -> tuple[list[dict[str, Any]], str]:
+    """Medians per (dataset, budget) and the Markdown section."""
+    rows: list[dict[str, Any]] = []
+    table: list[list[Any]] = []
+    for name, budget in sorted({(c["dataset"], c["budget"]) for c in cells}):
+        same = [c for c in cells if c["dataset"] == name and c["budget"] == budget]
+        ours = statistics.median(c["ours"]["test"] for c in same)
+        flaml = statistics.median(c["flaml"]["test"] for c in same)
+        ours_wall = statistics.median(c["ours"]["wall_seconds"] for c in same)
+        flaml_wall = statistics.median(c["flaml"]["wall_seconds"] for c in same)
+        ours_trials = statistics.median(c["ours"]["trials"] for c in same)
+        flaml_trials = statistics.median(c["flaml"]["trials"] for c in same)
+        passed = ours >= flaml
+        rows.append(
+            {
+                "dataset": name,
+                "budget": budget,
+                "ours": ours,
+                "flaml": flaml,
+                "repeats": len(same),
+                "ours_wall": ours_wall,
+                "flaml_wall": flaml_wall,
+                "passed": passed,
+            }
+        )
+        table.append(
+            [
+                name,
+                f"{budget:g} s",
+                f"test {metric_of[name]}",
+                f"{ours:.4f}",
+                f"{flaml:.4f}",
+                f"{ours - flaml:+.4f}",
+                f"{ours_wall:.0f} / {flaml_wall:.0f}",
+                f"{ours_trials:g} / {flaml_trials:g}",
+                len(same),
+                "ours >= FLAML",
+                "PASS" if passed else "MISS",
+            ]
+        )
+    header = [
+        "dataset",
+        "budget",
+        "metric",
+        "ours (median)",
+        "FLAML (median)",
+        "ours - FLAML",
+        "wall s ours / FLAML",
+        "trials ours / FLAML",
+        "repeats",
+        "target",
+        "result",
+    ]
+    text = "## Tuning quality vs time: the pipeline's tuned LightGBM vs FLAML\n\n"
+    text += markdown_table(header, table) + "\n"
+    return rows, text
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Prepare both datasets, run every (repeat, budget, dataset, tool) cell interleaved, write the results."""
+    args = parse_args(argv)
+    setup_logging()
+    budgets = [3.0] if args.quick else args.budgets
+    repeats = 1 if args.quick else args.repeats
+    sample = 3000 if args.quick else None
+    info = machine_info()
+    data = {name: prepare(name, DATASETS[name], sample) for name in args.datasets}
+    cells: list[dict[str, Any]] = []
+    flip = False
+    results: dict[str, Any] = {}
+    for repeat in range(repeats):
+        for budget in budgets:
+            for name, d in data.items():
+                seed = d.params.seed + repeat
+                threads = ours_threads(d)
+                cell: dict[str, Any] = {"dataset": name, "budget": budget, "repeat": repeat, "seed": seed}
+                order = ["flaml", "ours"] if flip else ["ours", "flaml"]
+                flip = not flip
+                for tool in order:
+                    cell[tool] = run_ours(d, budget, seed) if tool == "ours" else run_flaml(d, budget, seed, threads)
+                    logger.info(
+                        "%s %gs repeat %d %s: test %s %.4f in %.1fs (%d trials)",
+                        name,
+                        budget,
+                        repeat,
+                        tool,
+                        d.metric,
+                        cell[tool]["test"],
+                        cell[tool]["wall_seconds"],
+                        cell[tool]["trials"],
+                    )
+                cell["order"] = order
+                cells.append(cell)
+                complete = len(cells) == repeats * len(budgets) * len(data)
+                results = report(cells, data, info, args.quick, budgets, repeats, sample, complete)
+    return results
+
+
+def report(
+    cells: list[dict[str, Any]],
+    data: dict[str, Data],
+    info: dict[str, Any],
+    quick: bool,
+    budgets: list[float],
+    repeats: int,
+    sample: int | None,
+    complete: bool,
+) -> dict[str, Any]:
+    """Write the results of the cells so far (after every cell: a long run cut short keeps what it measured)."""
+    rows, text = summarise(cells, {n: d.metric for n, d in data.items()})
+    text += (
+        "\nSame train / valid / test rows (the pipeline's split stage, in a temp clone) for both tools. Ours: "
+        "`retrain.tuning.tune` for lightgbm as the candidates stage configures it, `timeout_seconds` = budget, "
+        "no trial cap, then the stage's refit on train + valid. FLAML 2.7 `AutoML.fit` on train + valid, "
+        "`estimator_list=['lgbm']`, `time_budget` = budget, same metric, seed (params seed + repeat) and threads "
+        "(its own holdout, then a retrain on all rows). Wall includes each tool's final refit; Optuna finishes "
+        "the trial in flight at the deadline. Medians of the repeats, cells interleaved with alternating tool "
+        f"order on a shared {info['cpu_count']}-core machine (load average {info['load_average'][0]:.1f} at start).\n"
+    )
+    if not complete:
+        text += f"\n_Incomplete: {len(cells)} of {repeats * len(budgets) * len(data)} cells measured so far._\n"
+    if quick:
+        text = text.replace("## Tuning", "## (quick smoke run, not a measurement) Tuning", 1)
+    results = {
+        "benchmark": NAME,
+        "settings": {
+            "budgets": budgets,
+            "repeats": repeats,
+            "quick": quick,
+            "sample_rows": sample,
+            "datasets": {n: DATASETS[n] for n in data},
+        },
+        "complete": complete,
+        "machine": info,
+        "rows": {n: {"train": len(d.X_train), "valid": len(d.X_valid), "test": len(d.X_test)} for n, d in data.items()},
+        "medians": rows,
+        "cells": cells,
+    }
+    write_results(NAME, results, text)
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
