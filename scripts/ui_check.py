@@ -197,6 +197,8 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     """The whole check; returns what it measured, raises CheckError with the failing step."""
     shots = args.shots.resolve()
     shots.mkdir(parents=True, exist_ok=True)
+    for stale in shots.glob("*.png"):  # only this run's pictures, so an old error.png cannot mislead
+        stale.unlink()
     work = Path(tempfile.mkdtemp(prefix="retrain-ui-check-"))
     logs = shots / "logs"
     shutil.rmtree(logs, ignore_errors=True)
@@ -204,6 +206,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     timings: dict[str, float] = {}
     began = time.monotonic()
     server = worker = None
+    passed = False
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -272,14 +275,15 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
             raise CheckError(f"browser step failed ({done.returncode}): {result.get('error', 'see its log above')}")
         timings.update(result.get("timings", {}))
         summary = verify(root, api_url, result["flow_run_id"])
+        passed = True
     finally:
         stop(worker, "worker")
         stop(server, "prefect server")
+        if passed and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:  # a failed check keeps the project (its mlflow.db, dvc.lock) and Prefect's database to look at
+            logger.info("kept the sample project and Prefect state in %s", work)
     timings["total"] = time.monotonic() - began
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    else:
-        logger.info("kept the sample project and Prefect state in %s", work)
     seconds = {k: round(v, 1) for k, v in timings.items()}
     return {**summary, "screenshots": result.get("screenshots", []), "seconds": seconds}
 
@@ -307,6 +311,21 @@ def fill_form(page: Any) -> None:
     prop = field(page, "Metric Min")  # dict[str, float]: a JSON editor
     prop.locator("textarea").fill(json.dumps(FORM["metric_min"]))
     logger.info("form: Metric Min = %s", json.dumps(FORM["metric_min"]))
+
+
+def show_final_state(page: Any, state_name: str, shots: Path) -> list[str]:
+    """Reload the open flow run page until it shows the final state; screenshot it and its Parameters tab."""
+    page.reload()
+    badge = page.locator(".state-badge", has_text=state_name).or_(page.get_by_text(state_name, exact=True))
+    badge.first.wait_for()  # the page itself shows the final state
+    page.get_by_text("Logs", exact=True).first.wait_for()
+    page.wait_for_timeout(2000)  # let the timeline and the first log lines render
+    done_shot, params_shot = shots / "3-run-completed.png", shots / "4-run-parameters.png"
+    page.screenshot(path=str(done_shot))
+    page.get_by_role("tab", name="Parameters").or_(page.get_by_text("Parameters", exact=True)).first.click()
+    page.get_by_text("sample_rows").first.wait_for()
+    page.screenshot(path=str(params_shot))
+    return [str(done_shot), str(params_shot)]
 
 
 def drive(ui: str, shots: Path, timeout: float) -> dict[str, Any]:
@@ -345,23 +364,23 @@ def drive(ui: str, shots: Path, timeout: float) -> dict[str, Any]:
             screenshots.append(str(form_shot))
             page.set_viewport_size({"width": 1400, "height": 1000})
 
-            runs_filter = {"deployments": {"id": {"any_": [deployment_id]}}}
-            before = {r["id"] for r in api(api_url, "/flow_runs/filter", runs_filter)}
+            run_name = page.locator(".flow-run-name-input input").input_value()  # generated, e.g. "epsilon2-ando"
             page.get_by_role("button", name="Submit", exact=True).click()
-            t = time.monotonic()
-            flow_run_id = None
-            while flow_run_id is None:  # the UI goes back to the deployment page; the new run is the one we did not see
-                if time.monotonic() - t > 60:
-                    raise CheckError("Submit did not create a flow run within 60s")
-                runs = api(api_url, "/flow_runs/filter", runs_filter)
-                flow_run_id = next((r["id"] for r in runs if r["id"] not in before), None)
-                time.sleep(0.5)
-            logger.info("submitted: flow run %s", flow_run_id)
+            # the UI returns to the deployment page (a toast "<run> scheduled to start now", gone after a few
+            # seconds) where the new run is listed by name: open it from there, as a person would
+            run_link = page.locator("a", has_text=re.compile(f"^{re.escape(run_name)}$")).first
+            run_link.wait_for()
             submitted_shot = shots / "2-submitted.png"
             page.screenshot(path=str(submitted_shot))
             screenshots.append(str(submitted_shot))
+            run_link.click()
+            page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
+            flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url).group(1)  # type: ignore[union-attr]
+            run = api(api_url, f"/flow_runs/{flow_run_id}")
+            if run["deployment_id"] != deployment_id:
+                raise CheckError(f"{run_name} opened {flow_run_id}, not a run of {DEPLOYMENT}")
+            logger.info("submitted: flow run %s (%s), its page is open", run["name"], flow_run_id)
 
-            page.goto(f"{ui}/runs/flow-run/{flow_run_id}")
             t, state = time.monotonic(), None
             while True:
                 run = api(api_url, f"/flow_runs/{flow_run_id}")
@@ -374,12 +393,7 @@ def drive(ui: str, shots: Path, timeout: float) -> dict[str, Any]:
                     raise CheckError(f"flow run {flow_run_id} still {state} after {timeout:.0f}s")
                 time.sleep(3)
             timings["run"] = time.monotonic() - t
-            page.reload()
-            page.get_by_text(run["state_name"], exact=True).first.wait_for()
-            page.wait_for_timeout(2000)  # let the timeline and logs render
-            done_shot = shots / "3-run-completed.png"
-            page.screenshot(path=str(done_shot))
-            screenshots.append(str(done_shot))
+            screenshots += show_final_state(page, run["state_name"], shots)
             if state != "COMPLETED":
                 raise CheckError(f"flow run {flow_run_id} ended {state}: {run['state'].get('message')}")
             return {"flow_run_id": flow_run_id, "state": state, "timings": timings, "screenshots": screenshots}
