@@ -389,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
     env.apply()
+    # MLflow prints "View run ... at <url>" to stdout for http tracking URIs: it would break `--json`
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     handlers = {
         "run": cmd_run,
         "stage": cmd_stage,
