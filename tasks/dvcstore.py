@@ -6,6 +6,7 @@ children and the Prefect flow may run beside a `dvc` command.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -94,7 +95,8 @@ def restore(root: Path, md5: str, dest: Path) -> bool:
 def commit_pipeline(root: Path) -> None:
     """Record the workspace's stage outputs in dvc.lock, so `dvc status` agrees with the flow."""
     repo = open_repo(root)
-    repo.commit(None, force=True, relink=False)
+    with contextlib.chdir(root):  # DVC's run cache resolves dvc.yaml paths against the working directory
+        repo.commit(None, force=True, relink=False)
 
 
 def fetch(root: Path, md5: str, dest: Path, remote: str | None = None) -> str:

@@ -48,6 +48,7 @@ def statuses(summary: dict) -> dict[str, str]:
 
 def test_first_run_promotes_a_champion_with_lineage(project: Path, use_root, capsys, monkeypatch) -> None:
     use_root(project)
+    monkeypatch.chdir(project.parent)  # RETRAIN_ROOT names the project; the working directory is elsewhere
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # small data: short family runs
     code, summary = run_cli([], capsys)
     assert code == 0, summary
