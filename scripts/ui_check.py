@@ -268,7 +268,10 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
             str(args.run_timeout),
         ]
         logger.info("browser: %s", " ".join(browser))
-        done = subprocess.run(browser, env=env, timeout=args.run_timeout + 300)
+        try:
+            done = subprocess.run(browser, env=env, timeout=args.run_timeout + 300)
+        except subprocess.TimeoutExpired as error:
+            raise CheckError(f"the browser step did not end within {error.timeout:.0f}s") from error
         timings["browser"] = time.monotonic() - t
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
         if done.returncode != 0 or "flow_run_id" not in result:
