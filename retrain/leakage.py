@@ -31,6 +31,11 @@ MIN_CLASS_ROWS = 10
 MAX_LEAVES = 64
 """Tree size: enough to follow a monotone copy of the label closely, small enough to fit in milliseconds."""
 
+MAX_ROWS = 200_000
+"""Above this many labelled rows the features are scored on a seeded sample of them: a copy of the label scores
+near 1 on 200,000 rows as plainly as on millions (a ROC AUC's standard error there is ~0.001), and the check,
+which fits a tree per numeric feature, stays a few seconds instead of growing with the data."""
+
 MISSING = "\x00missing"
 """Category key for a null value (kept apart from any real category text)."""
 
@@ -49,6 +54,9 @@ def feature_scores(frame: pd.DataFrame, dataset: DatasetConfig, seed: int) -> Le
     """Score every declared feature alone against the target (rows with a null target are left out)."""
     metric = METRICS[dataset.task]
     labelled = frame[frame[dataset.target].notna()]
+    if len(labelled) > MAX_ROWS:
+        logger.info("leakage: scoring a seeded sample of %d of %d labelled rows", MAX_ROWS, len(labelled))
+        labelled = labelled.iloc[np.sort(np.random.default_rng(seed).choice(len(labelled), MAX_ROWS, replace=False))]
     result = LeakageScores(metric=metric, rows=len(labelled))
     if len(labelled) < MIN_ROWS:
         result.skipped = f"only {len(labelled)} labelled rows (needs {MIN_ROWS})"
