@@ -345,16 +345,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     info = machine_info()
     data = {name: prepare(name, DATASETS[name], sample) for name in args.datasets}
     cells: list[dict[str, Any]] = []
-    flip = False
     results: dict[str, Any] = {}
     for repeat in range(repeats):
-        for budget in budgets:
-            for name, d in data.items():
+        for b, budget in enumerate(budgets):
+            for k, (name, d) in enumerate(data.items()):
                 seed = d.params.seed + repeat
                 threads = ours_threads(d)
                 cell: dict[str, Any] = {"dataset": name, "budget": budget, "repeat": repeat, "seed": seed}
-                order = ["flaml", "ours"] if flip else ["ours", "flaml"]
-                flip = not flip
+                # who goes first alternates across datasets, budgets and repeats (a checkerboard)
+                order = ["ours", "flaml"] if (repeat + b + k) % 2 == 0 else ["flaml", "ours"]
                 for tool in order:
                     cell[tool] = run_ours(d, budget, seed) if tool == "ours" else run_flaml(d, budget, seed, threads)
                     logger.info(
