@@ -424,6 +424,10 @@ def write(results: dict[str, Any]) -> dict[str, Any]:
         f"{info['cpu_count']}-core machine (load average {info['load_average'][0]:.1f} at start: absolute walls "
         "are inflated).\n"
     )
+    for note in results.get("notes") or []:
+        text += f"\n- {note}"
+    if results.get("notes"):
+        text += "\n"
     expected = settings["repeats"] * len(settings["budgets"]) * len(settings["datasets"])
     if not results.get("complete", len(cells) == expected):
         text += f"\n_Incomplete: {len(cells)} of {expected} cells measured._\n"
