@@ -404,7 +404,7 @@ def markdown(results: list[RunResult], quick: bool, note: str = "") -> str:
         auc = runs[0].test_roc_auc
         lines.append(
             f"| {runs[0].rows:,} / {runs[0].labelled_rows:,} | {wall:.0f} | <= {target:.0f} | {cpu:.0f} | {rss:,.0f} | "
-            f"<= {TARGET_RSS_MB:,.0f} | {auc if auc is not None else '-'} | {runs[0].decision} | "
+            f"<= {TARGET_RSS_MB:,.0f} | {f'{auc:.4f}' if auc is not None else '-'} | {runs[0].decision} | "
             f"{'PASS' if ok else 'MISS'} |"
         )
     if len(sizes) == 2:
@@ -440,7 +440,9 @@ def markdown(results: list[RunResult], quick: bool, note: str = "") -> str:
         + " | ".join(f"- | {v:.1f} | -" for v in outside)
         + f" | - | {_ratio(outside)} |"
     )
-    load = results[0].load_average if results else None
+    loads = [r.load_average[0] for r in results if r.load_average]
+    load = f"{min(loads):.0f}-{max(loads):.0f}" if loads else "unknown"
+    share = ", ".join(f"{r.size} {r.cpu_seconds / r.wall_seconds:.2f}" for r in results if r.wall_seconds)
     lines += [
         "",
         "Measured by `python -m benchmarks.scale`: `retrain run --params params.nycflights.yaml` in a fresh clone",
@@ -448,8 +450,9 @@ def markdown(results: list[RunResult], quick: bool, note: str = "") -> str:
         "other flights' outcomes, see docs/scale.md). Wall = the whole",
         "command, process start to exit; stage wall = what the flow reports; CPU = user + system seconds of the",
         "process tree; peak RSS = summed RSS of the process tree sampled every 0.2 s (a stage: within its interval).",
-        f"Medians of repeats, sizes interleaved. Shared 2-core machine, load average {load} during the runs: wall",
-        "times are inflated by other jobs (CPU seconds much less so); see docs/scale.md.",
+        f"Medians of repeats; sizes interleaved when run together. Shared 2-core machine, 1-min load average {load}",
+        f"at the end of the runs: wall times are inflated by other jobs (CPU s / wall s: {share}); CPU seconds much",
+        "less so. See docs/scale.md.",
         *([note] if note else []),
     ]
     return "\n".join(lines) + "\n"
