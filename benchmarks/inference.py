@@ -46,7 +46,6 @@ from benchmarks._runs import (
 )
 from benchmarks._support import retrain_cli
 from retrain.config import load_params
-from retrain.latency import single_row_latency_ms
 
 logger = logging.getLogger("benchmarks.inference")
 
@@ -60,6 +59,8 @@ FEW_TREES = 100
 """The batch is also scored with only this many boosting iterations: LightGBM's cost per row grows with trees."""
 WARMUP_ROWS = 2048
 """Rows of the untimed warm-up call per batch layer (enough to take the multi-threaded path)."""
+BLOCK = 50
+"""Single-row calls a layer makes before the next layer takes its turn."""
 CHECK_ROWS = 20_000
 """Rows of the batch also scored by the pandas-encoding predictor (the reference the fast path must equal)."""
 
@@ -176,8 +177,8 @@ def measure_pyfunc(model: Any, X: pd.DataFrame, args: argparse.Namespace) -> dic
     rates: dict[str, list[float]] = {name: [] for name in batch_layers}
     outputs: dict[str, Any] = {}
     for repeat in range(args.repeats):
-        for name, predict in layers.items():
-            single[name].append(single_row_latency_ms(predict, X, args.rows))
+        for name, stats in interleaved_single_rows(layers, X, args.rows).items():
+            single[name].append(stats)
         for name, call in batch_layers.items():
             start = time.perf_counter()
             outputs[name] = call(batch, encoded)
@@ -196,6 +197,34 @@ def measure_pyfunc(model: Any, X: pd.DataFrame, args: argparse.Namespace) -> dic
         "identical": identical,
         "lightgbm_trees": fast.booster.num_trees() if fast is not None else None,
     }
+
+
+def interleaved_single_rows(
+    layers: dict[str, Callable[[pd.DataFrame], Any]], X: pd.DataFrame, rows: int
+) -> dict[str, dict[str, float]]:
+    """p50/p95/p99 ms of `rows` single-row calls per layer, the layers taking turns every BLOCK calls.
+
+    Same protocol as `retrain.latency.single_row_latency_ms` (rows sliced before the clock, 10 warm-up
+    calls), but interleaved, so a change in the machine's load hits every layer alike.
+    """
+    singles = [X.iloc[[i % len(X)]] for i in range(rows)]
+    for predict in layers.values():
+        for frame in singles[:10]:
+            predict(frame)
+    times = {name: np.empty(rows) for name in layers}
+    clock = time.perf_counter
+    for start in range(0, rows, BLOCK):
+        for name, predict in layers.items():
+            out = times[name]
+            for i in range(start, min(start + BLOCK, rows)):
+                begin = clock()
+                predict(singles[i])
+                out[i] = clock() - begin
+    stats = {}
+    for name, seconds in times.items():
+        p50, p95, p99 = np.percentile(seconds * 1000.0, [50, 95, 99])
+        stats[name] = {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99), "rows": rows}
+    return stats
 
 
 def _with_threads(fast: Any, threads: int, call: Callable[[], Any]) -> Any:
@@ -452,6 +481,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--http-batch-rows", type=int, default=10_000)
     parser.add_argument("--no-http", action="store_true", help="skip `mlflow models serve`")
     parser.add_argument("--profile", action="store_true", help="cProfile the single-row pyfunc path (to stderr)")
+    parser.add_argument("--note", action="append", default=[], help="a line added under the table (repeatable)")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.rows, args.batch_rows, args.http_rows, args.http_batch_rows = 1, 200, 20_000, 100, 2000
@@ -487,12 +517,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     text += (
         f"\n{args.repeats} repeats (medians) on a shared {info['cpu_count']}-core machine (load average at start "
         f"{info['load_average'][0]:.1f}: absolute numbers are inflated, ratios within the run are fair). "
-        f"Single row: {args.rows} calls per repeat, one single-row DataFrame each, after 10 warm-up calls "
-        f"(`retrain.latency.single_row_latency_ms`). Batch: the test set repeated to {args.batch_rows:,} rows, one "
+        f"Single row: {args.rows} calls per repeat and layer, one single-row DataFrame each, after 10 warm-up "
+        f"calls, the layers taking turns every {BLOCK} calls. Batch: the test set repeated to {args.batch_rows:,} "
+        "rows, one "
         "call. Outputs of the multi-threaded batch are asserted bit-identical to one thread and to the pandas "
         f"predictor. HTTP: `mlflow models serve --env-manager local`, {args.http_rows} single-row "
         "`dataframe_split` requests per repeat on one keep-alive connection, answers checked against the pyfunc.\n"
     )
+    text += "".join(f"\n- {note}" for note in args.note) + ("\n" if args.note else "")
     if args.quick:
         text = text.replace("## Inference", "## (quick smoke run, not a measurement) Inference", 1)
     results = {
