@@ -23,7 +23,6 @@ from typing import Any, Protocol
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-import skops.io as sio
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -520,6 +519,8 @@ def save_model(
         )
         written.append(booster_path)
     else:
+        import skops.io as sio  # here, not at the top: importing skops costs ~0.8 CPU s (it pulls in pytest)
+
         pipe_path = directory / PIPELINE
         pipe_path.write_bytes(canonical_skops(sio.dumps(pipeline)))
         manifest.update(format="skops")
@@ -618,6 +619,8 @@ def _load_uncalibrated(directory: Path) -> Predictor:
             booster, manifest["numeric"], categories, task=task, labels=labels, classes=manifest.get("classes")
         )
     if manifest["format"] == "skops":
+        import skops.io as sio  # only scikit-learn models need it (see save_model)
+
         path = directory / PIPELINE
         untrusted = set(sio.get_untrusted_types(file=path))
         refused = untrusted - SKOPS_TRUSTED_TYPES
