@@ -202,6 +202,8 @@ class Monitored:
     stderr_lines: list[tuple[float, str]] = field(default_factory=list)
     rss: list[tuple[float, float]] = field(default_factory=list)
     """(seconds since start, MB of the process tree's RSS)."""
+    cpu_seconds: float | None = None
+    """User + system CPU seconds of the process and the children it waited for (wait4): robust to machine load."""
 
     @property
     def stderr(self) -> str:
@@ -284,17 +286,21 @@ def run_monitored(
     readers = [threading.Thread(target=read_stderr, daemon=True), threading.Thread(target=read_stdout, daemon=True)]
     for reader in readers:
         reader.start()
-    while proc.poll() is None:
+    cpu: float | None = None
+    while True:
+        pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)  # reaps like poll(), and gives the CPU time
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(wait_status)
+            cpu = usage.ru_utime + usage.ru_stime
+            break
         rss.append((time.perf_counter() - started, tree_rss_mb(proc.pid)))
         if time.perf_counter() - started > timeout:
             proc.kill()
-            break
         time.sleep(interval)
-    proc.wait()
     wall = time.perf_counter() - started
     for reader in readers:
         reader.join(timeout=10)
-    result = Monitored(list(command), proc.returncode, wall, "".join(out), lines, rss)
+    result = Monitored(list(command), proc.returncode, wall, "".join(out), lines, rss, cpu)
     if check and proc.returncode not in ok_codes:
         tail = "\n".join(line for _, line in lines[-30:])
         raise RuntimeError(f"{' '.join(command)} exited {proc.returncode} in {cwd}:\n{tail}")

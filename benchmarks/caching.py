@@ -115,6 +115,7 @@ def retrain_run(project: Path) -> dict[str, Any]:
         return {"wall": round(done.wall, 3), "returncode": done.returncode, "error": done.stderr[-2000:], "stages": {}}
     return {
         "wall": round(done.wall, 3),
+        "cpu_seconds": done.cpu_seconds,
         "returncode": done.returncode,
         "in_flow_seconds": summary["seconds"],
         "stages": {s["name"]: s["status"] for s in summary["stages"]},
@@ -132,6 +133,7 @@ def dvc_repro(project: Path) -> dict[str, Any]:
         logger.warning("dvc repro exited %d: %s", done.returncode, text[-1500:])
     return {
         "wall": round(done.wall, 3),
+        "cpu_seconds": done.cpu_seconds,
         "returncode": done.returncode,
         "ran": DVC_RAN.findall(text),
         "skipped": DVC_SKIPPED.findall(text),

@@ -86,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny settings (< 2 min each): smoke-test the code")
     parser.add_argument("--only", default="", help="comma-separated benchmarks to run (default: all)")
     parser.add_argument("--repeats", type=int, default=None, help="passed to every benchmark")
+    parser.add_argument("--collect-only", action="store_true", help="only rebuild RESULTS.md from results/*.md")
     return parser.parse_args(argv)
 
 
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logger.info("every benchmark measures commit %s", pinned_commit())  # exported as $BENCH_COMMIT to each
     ran: dict[str, int] = {}
-    for name in (n for n in ORDER if n in selected):
+    for name in (n for n in ORDER if n in selected and not args.collect_only):
         if not available(name):
             logger.warning("benchmarks/%s.py does not exist yet: skipped", name)
             continue

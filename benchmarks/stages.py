@@ -818,6 +818,7 @@ def run_flow(overrides: list[str]) -> dict[str, Any]:
             "kind": "flow",
             "returncode": done.returncode,
             "wall": round(done.wall, 3),
+            "cpu_seconds": done.cpu_seconds,
             "in_flow_seconds": summary["seconds"],
             "stages": [{**s, "peak_rss_mb": windows.get(s["name"], {}).get("peak_rss_mb")} for s in summary["stages"]],
             "peak_rss_mb": round(done.peak_rss_mb, 1),
@@ -854,6 +855,7 @@ def run_plain(overrides: list[str]) -> dict[str, Any]:
             "kind": "plain",
             "returncode": done.returncode,
             "wall": round(done.wall, 3),
+            "cpu_seconds": done.cpu_seconds,
             "in_process_seconds": result["seconds"],
             "stages": [{**s, "peak_rss_mb": windows.get(s["name"], {}).get("peak_rss_mb")} for s in result["stages"]],
             "peak_rss_mb": round(done.peak_rss_mb, 1),
@@ -1025,6 +1027,14 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         "plain_wall": median([p["wall"] for p in plains]),
         "overhead": median([(f["wall"] - p["wall"]) / f["wall"] for f, p in pairs]),
         "overhead_stages_only": median([(fs - ps) / fs for fs, ps in stage_sum]),
+        "overhead_cpu": median(
+            [
+                (f["cpu_seconds"] - p["cpu_seconds"]) / f["cpu_seconds"]
+                for f, p in pairs
+                if f.get("cpu_seconds") and p.get("cpu_seconds")
+            ]
+        ),
+        "per_pair_overhead": [round((f["wall"] - p["wall"]) / f["wall"], 4) for f, p in pairs],
         "overhead_outside_stages_seconds": median([f["wall"] - sum(s["seconds"] for s in f["stages"]) for f in flows]),
         "flow_peak_rss_mb": median([f["peak_rss_mb"] for f in flows]),
         "plain_peak_rss_mb": median([p["peak_rss_mb"] for p in plains]),
@@ -1108,7 +1118,14 @@ def render(data: dict[str, Any], stats: dict[str, Any], info: dict[str, Any]) ->
         f"overhead = (flow wall - plain wall) / flow wall, per pair. Excluding everything outside the stages, "
         f"it is {stats['overhead_stages_only'] * 100:.1f} % of the stage time. Snapshot, splits, report and "
         f"baselines were byte-{same} between the two paths.",
-        "Peak RSS: the process tree (children included), sampled every 0.2 s, maximum inside each stage's window. "
+        f"Per pair: {', '.join(f'{v * 100:.1f} %' for v in stats.get('per_pair_overhead', []))}"
+        + (
+            f"; by CPU seconds (user + system of each process tree, less sensitive to the machine's load): "
+            f"{stats['overhead_cpu'] * 100:.1f} %. "
+            if stats.get("overhead_cpu") == stats.get("overhead_cpu") and stats.get("overhead_cpu") is not None
+            else ". "
+        )
+        + "Peak RSS: the process tree (children included), sampled every 0.2 s, maximum inside each stage's window. "
         "The machine is shared (2 cores, other jobs running), so absolute seconds are inflated; the ratio "
         "comes from side-by-side pairs.",
     ]
