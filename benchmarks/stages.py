@@ -1036,6 +1036,7 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         ),
         "per_pair_overhead": [round((f["wall"] - p["wall"]) / f["wall"], 4) for f, p in pairs],
         "overhead_outside_stages_seconds": median([f["wall"] - sum(s["seconds"] for s in f["stages"]) for f in flows]),
+        "plain_outside_stages_seconds": median([p["wall"] - sum(s["seconds"] for s in p["stages"]) for p in plains]),
         "flow_peak_rss_mb": median([f["peak_rss_mb"] for f in flows]),
         "plain_peak_rss_mb": median([p["peak_rss_mb"] for p in plains]),
         "identical_outputs": all(f["outputs"] == p["outputs"] for f, p in pairs),
@@ -1116,7 +1117,10 @@ def render(data: dict[str, Any], stats: dict[str, Any], info: dict[str, Any]) ->
         "sys.modules), writing diagnostics, plots and the model card to local files.",
         "Both walls are whole processes, so interpreter start and imports are included on both sides; "
         f"overhead = (flow wall - plain wall) / flow wall, per pair. Excluding everything outside the stages, "
-        f"it is {stats['overhead_stages_only'] * 100:.1f} % of the stage time. Snapshot, splits, report and "
+        f"it is {stats['overhead_stages_only'] * 100:.1f} % of the stage time; outside the stages (process start, "
+        f"imports, Prefect's server, MLflow's database, dvc.lock) the flow spends "
+        f"{stats['overhead_outside_stages_seconds']:.0f} s, the plain path "
+        f"{stats.get('plain_outside_stages_seconds', float('nan')):.0f} s. Snapshot, splits, report and "
         f"baselines were byte-{same} between the two paths.",
         f"Per pair: {', '.join(f'{v * 100:.1f} %' for v in stats.get('per_pair_overhead', []))}"
         + (
