@@ -24,8 +24,8 @@ install: $(STAMP) ## create .venv from requirements.lock (hash-checked)
 run: install ## run the full training flow on params.yaml (UCI Adult): ends with a champion
 	$(BIN)/retrain run
 
-test: install ## run the test suite (unit, tasks, end-to-end flow and dvc repro)
-	$(BIN)/python -m pytest
+test: install ## run the test suite (unit, tasks, end-to-end flow and dvc repro) on 2 xdist workers, a module per worker
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

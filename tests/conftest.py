@@ -90,6 +90,7 @@ def _environment() -> Iterator[None]:
     os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")  # `dvc init` would fork an analytics daemon per project
     os.environ.setdefault("GIT_AUTHOR_NAME", "test")
     yield
     os.environ.clear()
