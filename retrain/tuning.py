@@ -116,7 +116,9 @@ class Progress:
         pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         best = f"{study.best_value:.4f}" if complete else "-"
-        value = f"{trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
+        # a pruned trial's value is its last intermediate report (a negated loss on boosting rounds), not a score
+        complete_here = trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None
+        value = f"{trial.value:.4f}" if complete_here else trial.state.name.lower()
         logger.info(
             "%s: trial %d/%d %s, best CV %s %s, %d pruned, %.0fs elapsed, ETA %.0fs",
             self.family, done, self.budget, value, self.metric, best, pruned, elapsed, eta,
