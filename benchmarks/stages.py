@@ -536,30 +536,18 @@ def plain_serving_gate(s: Plain, model_dir: Path, example: Any, expected: Any) -
 
 def plain_evaluate(s: Plain) -> None:
     """tasks/evaluate.py on a cold run (no champion): build the shipped model, every gate, record, model card."""
-    import numpy as np
     import pandas as pd
 
     from retrain.baselines import from_dict
-    from retrain.behaviour import directional_gate, invariance_gate, perturbation_gate
-    from retrain.calibration import calibration_gate, choose_threshold, confidence_gate, fit_calibrator
-    from retrain.config import TASK_METRICS
-    from retrain.fairness import fairness_gate
-    from retrain.gates import (
-        beats_baselines,
-        decide,
-        metric_bounds,
-        metric_is_finite,
-        no_regression_bootstrap,
-        skipped,
-        slice_table,
-        slices_gate,
-    )
+    from retrain.calibration import choose_threshold, fit_calibrator
+    from retrain.gatepolicy import gate_policy
+    from retrain.gates import decide
     from retrain.latency import directory_size_mb, latency_gate, single_row_latency_ms
     from retrain.metrics import class_labels, encode_target, get_metric, is_better, score
     from retrain.modelcard import curves, render_model_card
     from retrain.models import load_predictor, save_calibration, save_confidence, serve_output
 
-    dataset, ecfg, metric, seed = s.dataset, s.params.evaluate, s.params.evaluate.metric, s.params.seed
+    dataset, ecfg, metric = s.dataset, s.params.evaluate, s.params.evaluate.metric
     cfg, task = ecfg.gates, dataset.task
     out_dir = s.path("models/evaluate")
     if out_dir.exists():
@@ -602,72 +590,6 @@ def plain_evaluate(s: Plain) -> None:
     baselines = [from_dict(b) for b in json.loads(s.path("models/baselines/baselines.json").read_text())["baselines"]]
     baseline_scores = {b.strategy: score(metric, y_test, b.predict_scores(X_test)) for b in baselines}
 
-    protected = dataset.protected
-    columns = cfg.slices.columns or dataset.slices
-    attributes = cfg.fairness.attributes or protected
-    swapped = cfg.invariance.attributes or protected
-    seconds: dict[str, float] = {}
-    gates = [metric_is_finite(metric, candidate_score)]
-
-    def add(name: str, enabled: bool, gate: Any) -> None:
-        """tasks/evaluate.py run_gates's `add`: timed when enabled, recorded as skipped when not."""
-        started = time.perf_counter()
-        gates.append(gate() if enabled else skipped(name, f"disabled (evaluate.gates.{name})"))
-        seconds[name] = round(time.perf_counter() - started, 3)
-
-    bounded = {*cfg.metric_bounds.min, *cfg.metric_bounds.max}
-    all_metrics = {m: score(m, y_test, scores) for m in TASK_METRICS[task] if m in bounded}
-    add("metric_bounds", cfg.metric_bounds.enabled, lambda: metric_bounds(cfg.metric_bounds, all_metrics))
-    add(
-        "beats_baselines",
-        cfg.baseline.enabled,
-        lambda: beats_baselines(metric, candidate_score, baseline_scores, cfg.baseline.margin),
-    )
-    add(
-        "no_regression_vs_champion",
-        cfg.champion.enabled,
-        lambda: no_regression_bootstrap(cfg.champion, metric, y_test, scores, None, seed),
-    )
-    table = slice_table(X_test, columns, cfg.slices.bands, metric, y_test, scores, cfg.slices.min_rows)
-    add("slices", cfg.slices.enabled, lambda: slices_gate(cfg.slices, metric, candidate_score, table, None))
-    score_fn = predictor.predict_scores
-    add(
-        "perturbation",
-        cfg.perturbation.enabled,
-        lambda: perturbation_gate(
-            score_fn, X_test, y_test, metric=metric, numeric=dataset.numeric, categorical=dataset.categorical,
-            cfg=cfg.perturbation, seed=seed,
-        ),
-    )  # fmt: skip
-    y_std = float(np.std(y_test)) if task == "regression" else None
-    add(
-        "invariance",
-        cfg.invariance.enabled,
-        lambda: invariance_gate(score_fn, X_test, attributes=swapped, task=task, cfg=cfg.invariance, y_std=y_std),
-    )
-    integers = [c for c, spec in dataset.schema.items() if spec.type == "int"]
-    add(
-        "directional",
-        cfg.directional.enabled,
-        lambda: directional_gate(score_fn, X_test, task=task, cfg=cfg.directional, integer_columns=integers),
-    )
-    add(
-        "calibration", cfg.calibration.enabled, lambda: calibration_gate(y_test, scores, task=task, cfg=cfg.calibration)
-    )
-    add(
-        "confidence",
-        cfg.confidence.enabled,
-        lambda: (
-            confidence_gate(y_test, scores, threshold, task=task, cfg=cfg.confidence)
-            if threshold is not None
-            else skipped("confidence", f"no confidence threshold for a {task} task")
-        ),
-    )
-    add(
-        "fairness",
-        cfg.fairness.enabled,
-        lambda: fairness_gate(y_test, scores, {a: X_test[a] for a in attributes}, task=task, cfg=cfg.fairness),
-    )
     latency: dict[str, float] = {}
 
     def measure_latency() -> Any:
@@ -676,10 +598,21 @@ def plain_evaluate(s: Plain) -> None:
         latency["size_mb"] = directory_size_mb(model_dir)
         return latency_gate(latency, latency["size_mb"], cfg=cfg.latency, champion=None)
 
-    add("latency", cfg.latency.enabled, measure_latency)
-    add(
-        "serving",
-        cfg.serving.enabled,
+    context = {
+        "candidate_score": candidate_score,
+        "baseline_scores": baseline_scores,
+        "champion_scores": None,
+        "confidence_threshold": threshold,
+    }
+    gates, extra = gate_policy(
+        s.params,
+        dataset,
+        predictor.predict_scores,
+        X_test,
+        y_test,
+        scores,
+        context,
+        measure_latency,
         lambda: plain_serving_gate(s, model_dir, example, serve_output(predictor, example)),
     )
     decision, failed = decide(gates)
@@ -704,9 +637,7 @@ def plain_evaluate(s: Plain) -> None:
         "calibration": calibrated,
         "confidence_threshold": threshold,
         "curves": curves(y_test, scores, task, class_labels(dataset), cfg.calibration.bins),
-        "gate_seconds": seconds,
-        "metrics": all_metrics,
-        "slices": {"min_rows": cfg.slices.min_rows, "columns": table},
+        **extra,
         "latency": latency,
     }
     write_json(s.path("models/evaluate/gate_record.json"), record)

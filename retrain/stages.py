@@ -141,6 +141,7 @@ STAGES: tuple[Stage, ...] = (
         code=(
             *_code(
                 "evaluate",
+                "gatepolicy",
                 "gates",
                 "behaviour",
                 "calibration",

@@ -11,8 +11,6 @@ import logging
 import math
 import re
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +21,16 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 
 from retrain.baselines import from_dict
-from retrain.behaviour import directional_gate, invariance_gate, perturbation_gate
 from retrain.calibration import (
-    calibration_gate,
     choose_threshold,
-    confidence_gate,
     fit_calibrator,
 )
-from retrain.config import TASK_METRICS, DatasetConfig, GatesConfig
+from retrain.config import DatasetConfig, GatesConfig
 from retrain.errors import DataError
-from retrain.fairness import fairness_gate
+from retrain.gatepolicy import gate_policy
 from retrain.gates import (
     GateResult,
-    beats_baselines,
     decide,
-    metric_bounds,
-    metric_is_finite,
-    no_regression_bootstrap,
-    skipped,
-    slice_table,
-    slices_gate,
 )
 from retrain.latency import directory_size_mb, latency_gate, single_row_latency_ms
 from retrain.metrics import class_labels, encode_target, get_metric, is_better, score
@@ -108,14 +96,6 @@ def build_model(ctx: StageContext, family: str, y_valid: np.ndarray, gates: Gate
     return target, info
 
 
-def timed(seconds: dict[str, float], name: str, gate: Callable[[], GateResult]) -> GateResult:
-    """Run one gate, keeping its wall time for the record (the gates' cost is part of the product)."""
-    started = time.perf_counter()
-    result = gate()
-    seconds[name] = round(time.perf_counter() - started, 3)
-    return result
-
-
 def champion_record(tracking_uri: str, champion: dict[str, Any] | None) -> dict[str, Any] | None:
     """The champion's own gate record (for its latency and size), if its version points at one."""
     if champion is None:
@@ -139,93 +119,9 @@ def run_gates(
     example: pd.DataFrame,
     context: dict[str, Any],
 ) -> tuple[list[GateResult], dict[str, Any]]:
-    """Every gate of evaluate.gates, in policy order; disabled ones are recorded as skipped."""
-    dataset, cfg, metric = ctx.dataset, ctx.params.evaluate.gates, ctx.params.evaluate.metric
-    task, seed = dataset.task, ctx.params.seed
-    protected = dataset.protected
-    columns = cfg.slices.columns or dataset.slices
-    attributes = cfg.fairness.attributes or protected
-    swapped = cfg.invariance.attributes or protected
-    named = [*columns, *cfg.slices.bands, *attributes, *swapped, *cfg.directional.increasing]
-    require_columns(X_test, [*named, *cfg.directional.decreasing], "evaluate.gates")
-    seconds: dict[str, float] = {}
-    extra: dict[str, Any] = {"gate_seconds": seconds}
-    candidate_score = context["candidate_score"]
-    champion_scores = context["champion_scores"]
-    gates: list[GateResult] = [metric_is_finite(metric, candidate_score)]
-
-    def add(name: str, enabled: bool, gate: Callable[[], GateResult]) -> None:
-        gates.append(timed(seconds, name, gate) if enabled else skipped(name, f"disabled (evaluate.gates.{name})"))
-
-    bounded = {*cfg.metric_bounds.min, *cfg.metric_bounds.max}
-    all_metrics = {m: score(m, y_test, scores) for m in TASK_METRICS[task] if m in bounded}
-    extra["metrics"] = all_metrics
-    add("metric_bounds", cfg.metric_bounds.enabled, lambda: metric_bounds(cfg.metric_bounds, all_metrics))
-    add(
-        "beats_baselines",
-        cfg.baseline.enabled,
-        lambda: beats_baselines(metric, candidate_score, context["baseline_scores"], cfg.baseline.margin),
-    )
-    add(
-        "no_regression_vs_champion",
-        cfg.champion.enabled,
-        lambda: no_regression_bootstrap(cfg.champion, metric, y_test, scores, champion_scores, seed),
-    )
-
-    table = slice_table(X_test, columns, cfg.slices.bands, metric, y_test, scores, cfg.slices.min_rows)
-    champion_table = (
-        slice_table(X_test, columns, cfg.slices.bands, metric, y_test, champion_scores, cfg.slices.min_rows)
-        if champion_scores is not None
-        else None
-    )
-    add("slices", cfg.slices.enabled, lambda: slices_gate(cfg.slices, metric, candidate_score, table, champion_table))
-    extra["slices"] = {"min_rows": cfg.slices.min_rows, "columns": table}
-
-    score_fn = predictor.predict_scores
-    add(
-        "perturbation",
-        cfg.perturbation.enabled,
-        lambda: perturbation_gate(
-            score_fn, X_test, y_test, metric=metric, numeric=dataset.numeric, categorical=dataset.categorical,
-            cfg=cfg.perturbation, seed=seed,
-        ),
-    )  # fmt: skip
-    y_std = float(np.std(y_test)) if task == "regression" else None
-    add(
-        "invariance",
-        cfg.invariance.enabled,
-        lambda: invariance_gate(
-            score_fn, X_test, attributes=swapped, task=task, cfg=cfg.invariance,
-            y_std=y_std,
-        ),
-    )  # fmt: skip
-    integers = [c for c, spec in dataset.schema.items() if spec.type == "int"]
-    add(
-        "directional",
-        cfg.directional.enabled,
-        lambda: directional_gate(score_fn, X_test, task=task, cfg=cfg.directional, integer_columns=integers),
-    )
-    add(
-        "calibration", cfg.calibration.enabled, lambda: calibration_gate(y_test, scores, task=task, cfg=cfg.calibration)
-    )
-    threshold = context["confidence_threshold"]
-    add(
-        "confidence",
-        cfg.confidence.enabled,
-        lambda: (
-            confidence_gate(y_test, scores, threshold, task=task, cfg=cfg.confidence)
-            if threshold is not None
-            else skipped("confidence", f"no confidence threshold for a {task} task")
-        ),
-    )
-    add(
-        "fairness",
-        cfg.fairness.enabled,
-        lambda: fairness_gate(y_test, scores, {a: X_test[a] for a in attributes}, task=task, cfg=cfg.fairness),
-    )
-
+    """The gate policy (retrain/gatepolicy.py) with latency through the served pyfunc and the fresh-process check."""
+    cfg = ctx.params.evaluate.gates
     latency: dict[str, float] = {}
-    extra["latency"] = latency
     previous = (context["champion_record"] or {}).get("latency") or None
 
     def measure_latency() -> GateResult:
@@ -235,13 +131,22 @@ def run_gates(
         latency["size_mb"] = directory_size_mb(model_dir)
         return latency_gate(latency, latency["size_mb"], cfg=cfg.latency, champion=previous)
 
-    add("latency", cfg.latency.enabled, measure_latency)
-    add(
-        "serving",
-        cfg.serving.enabled,
-        lambda: serving_gate(ctx.root, model_dir, example, serve_output(predictor, example), cfg=cfg.serving),
+    def check_serving() -> GateResult:
+        """The packaged model must load and predict the example exactly in a fresh Python process."""
+        return serving_gate(ctx.root, model_dir, example, serve_output(predictor, example), cfg=cfg.serving)
+
+    gates, extra = gate_policy(
+        ctx.params,
+        ctx.dataset,
+        predictor.predict_scores,
+        X_test,
+        y_test,
+        scores,
+        context,
+        measure_latency,
+        check_serving,
     )
-    return gates, extra
+    return gates, {**extra, "latency": latency}
 
 
 def champion_scores_on(champion: dict[str, Any] | None, X: pd.DataFrame, dataset: DatasetConfig) -> np.ndarray | None:
