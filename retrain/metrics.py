@@ -16,18 +16,10 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    log_loss,
-    mean_absolute_error,
-    r2_score,
-    roc_auc_score,
-    root_mean_squared_error,
-)
 
 from retrain.config import DatasetConfig
 from retrain.errors import DataError
@@ -35,6 +27,14 @@ from retrain.errors import DataError
 logger = logging.getLogger(__name__)
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
+
+
+def _sklearn(name: str) -> Callable[..., Any]:
+    """`sklearn.metrics.<name>`, imported on first use: reading a metric's direction (a cached run's summary)
+    must not pay for scikit-learn's import."""
+    import sklearn.metrics
+
+    return getattr(sklearn.metrics, name)
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def _roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
     if len(np.unique(y)) < 2:
         logger.warning("roc_auc is undefined on %d rows of a single class: NaN", len(y))
         return math.nan
-    return float(roc_auc_score(y, scores))
+    return float(_sklearn("roc_auc_score")(y, scores))
 
 
 def _roc_auc_ovr(y: np.ndarray, scores: np.ndarray) -> float:
@@ -81,13 +81,13 @@ def _roc_auc_ovr(y: np.ndarray, scores: np.ndarray) -> float:
             len(y),
         )
         return math.nan
-    return float(roc_auc_score(y, scores, multi_class="ovr", average="macro", labels=list(range(k))))
+    return float(_sklearn("roc_auc_score")(y, scores, multi_class="ovr", average="macro", labels=list(range(k))))
 
 
 def _log_loss(y: np.ndarray, scores: np.ndarray) -> float:
     """Log loss with the full label set, so a split missing a class still scores."""
     k = 2 if scores.ndim == 1 else scores.shape[1]
-    return float(log_loss(y, scores, labels=list(range(k))))
+    return float(_sklearn("log_loss")(y, scores, labels=list(range(k))))
 
 
 METRICS: dict[str, Metric] = {
@@ -96,16 +96,18 @@ METRICS: dict[str, Metric] = {
         Metric("roc_auc", ("binary",), True, _roc_auc),
         Metric("roc_auc_ovr", ("multiclass",), True, _roc_auc_ovr),
         Metric("log_loss", ("binary", "multiclass"), False, _log_loss),
-        Metric("accuracy", ("binary", "multiclass"), True, lambda y, p: float(accuracy_score(y, _classes(p)))),
+        Metric(
+            "accuracy", ("binary", "multiclass"), True, lambda y, p: float(_sklearn("accuracy_score")(y, _classes(p)))
+        ),
         Metric(
             "balanced_accuracy",
             ("binary", "multiclass"),
             True,
-            lambda y, p: float(balanced_accuracy_score(y, _classes(p))),
+            lambda y, p: float(_sklearn("balanced_accuracy_score")(y, _classes(p))),
         ),
-        Metric("r2", ("regression",), True, lambda y, p: float(r2_score(y, p))),
-        Metric("rmse", ("regression",), False, lambda y, p: float(root_mean_squared_error(y, p))),
-        Metric("mae", ("regression",), False, lambda y, p: float(mean_absolute_error(y, p))),
+        Metric("r2", ("regression",), True, lambda y, p: float(_sklearn("r2_score")(y, p))),
+        Metric("rmse", ("regression",), False, lambda y, p: float(_sklearn("root_mean_squared_error")(y, p))),
+        Metric("mae", ("regression",), False, lambda y, p: float(_sklearn("mean_absolute_error")(y, p))),
     )
 }
 """Every metric of `retrain.config.TASK_METRICS`, with its direction."""

@@ -123,7 +123,7 @@ STAGES: tuple[Stage, ...] = (
             "evaluate.metric",
             "seed",
         ),
-        code=(*_code("candidates", "models", "tuning", "metrics", "diagnostics"), "tasks/tracking.py"),
+        code=(*_code("candidates", "models", "families", "tuning", "metrics", "diagnostics"), "tasks/tracking.py"),
     ),
     Stage(
         "evaluate",
@@ -149,6 +149,7 @@ STAGES: tuple[Stage, ...] = (
                 "latency",
                 "modelcard",
                 "models",
+                "families",
                 "baselines",
                 "metrics",
                 "serving",
@@ -165,7 +166,7 @@ STAGES: tuple[Stage, ...] = (
         outs=(PROMOTION,),
         params=("promote.model_name", "promote.alias"),
         code=(
-            *_code("promote", "serving", "models", "pyfunc_entry"),
+            *_code("promote", "serving", "models", "families", "pyfunc_entry"),
             "tasks/registry.py",
             "tasks/packaging.py",
             "tasks/audit.py",

@@ -27,9 +27,9 @@ from threadpoolctl import threadpool_limits
 
 from retrain.config import CandidatesConfig, DatasetConfig
 from retrain.errors import DataError
+from retrain.families import check_family
 from retrain.metrics import class_labels, encode_target, get_metric, score
 from retrain.models import (
-    check_family,
     fit_meta,
     monotone_params,
     pipeline_scores,

@@ -11,13 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from mlflow.models import infer_signature
-
-from retrain.models import load_predictor, serve_output
-from retrain.serving import ARTIFACT_KEY, OUTPUTS
-
-DEFAULT_OUTPUT = OUTPUTS[0]
-"""`output` when a request sets none: scores ("decision" returns label / confidence / decision)."""
 
 REQUIREMENTS = ("mlflow", "lightgbm", "scikit-learn", "skops", "pandas", "numpy", "pyarrow")
 
@@ -29,10 +22,16 @@ def pip_requirements() -> list[str]:
 
 def pyfunc_kwargs(root: Path, model_dir: Path, example: pd.DataFrame) -> dict[str, Any]:
     """Arguments of mlflow.pyfunc.log_model / save_model for the model directory (models from code)."""
-    # the signature describes what the pyfunc returns by default (scores, or one probability column per
+    # imported here: a promote that only confirms the current champion needs neither LightGBM nor sklearn
+    from mlflow.models import infer_signature
+
+    from retrain.models import load_predictor, serve_output
+    from retrain.serving import ARTIFACT_KEY, OUTPUTS
+
+    # the signature describes what the pyfunc returns by default (OUTPUTS[0]: scores, or one probability column per
     # label) and declares the `output` parameter, so `mlflow models serve` accepts {"params": {"output": ...}}
     signature = infer_signature(
-        example, serve_output(load_predictor(model_dir), example), params={"output": DEFAULT_OUTPUT}
+        example, serve_output(load_predictor(model_dir), example), params={"output": OUTPUTS[0]}
     )
     return {
         "python_model": str(root / "retrain" / "pyfunc_entry.py"),

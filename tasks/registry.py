@@ -12,7 +12,11 @@ from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from retrain.config import Params
 from retrain.errors import ConfigError, DataError
+from retrain.paths import resolve
+from retrain.stages import SNAPSHOT
+from tasks import dvcstore
 
 logger = logging.getLogger(__name__)
 
@@ -156,3 +160,24 @@ def rollback(root: Path, tracking_uri: str, model_name: str, alias: str, to: str
             run_id=None,
         )
     return result | {"entry": entry}
+
+
+REFERENCE_KEY = "drift_reference"
+"""validate's external cache input: the champion's snapshot md5, `none` or `off`."""
+
+
+def drift_reference(root: Path, params: Params, tracking_uri: str) -> dict[str, str]:
+    """The drift reference as a cache-key input: the champion's training-snapshot md5.
+
+    `none` when there is no champion (or it carries no data hash), and also when the champion was trained on
+    this very snapshot (drift against itself is zero), so an unchanged rerun after promotion stays a cache hit;
+    `off` when drift is switched off, so the registry never matters then.
+    """
+    if params.validate_.drift.action == "off":
+        return {REFERENCE_KEY: "off"}
+    current = champion(tracking_uri, params.promote.model_name, params.promote.alias)
+    data_hash = (current or {}).get("data_hash")
+    snapshot = resolve(root, SNAPSHOT)
+    if not data_hash or (snapshot.exists() and dvcstore.file_md5(snapshot) == data_hash):
+        return {REFERENCE_KEY: "none"}
+    return {REFERENCE_KEY: str(data_hash)}

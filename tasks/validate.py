@@ -21,7 +21,6 @@ from retrain.drift import feature_drift
 from retrain.errors import DataError, DataValidationError
 from retrain.ingest import SOURCE_COLUMN
 from retrain.leakage import METRICS, LeakageScores, feature_scores
-from retrain.paths import resolve
 from retrain.stages import SNAPSHOT, VALIDATION
 from retrain.validate import (
     build_report,
@@ -36,30 +35,11 @@ from retrain.validate import (
     validate_frame,
     warnings,
 )
-from tasks import dvcstore, registry
+from tasks import dvcstore
+from tasks.registry import REFERENCE_KEY, drift_reference
 from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_json
 
 logger = logging.getLogger(__name__)
-
-REFERENCE_KEY = "drift_reference"
-"""validate's external cache input: the champion's snapshot md5, `none` or `off`."""
-
-
-def drift_reference(root: Path, params: Params, tracking_uri: str) -> dict[str, str]:
-    """The drift reference as a cache-key input: the champion's training-snapshot md5.
-
-    `none` when there is no champion (or it carries no data hash), and also when the champion was trained on
-    this very snapshot (drift against itself is zero), so an unchanged rerun after promotion stays a cache hit;
-    `off` when drift is switched off, so the registry never matters then.
-    """
-    if params.validate_.drift.action == "off":
-        return {REFERENCE_KEY: "off"}
-    current = registry.champion(tracking_uri, params.promote.model_name, params.promote.alias)
-    data_hash = (current or {}).get("data_hash")
-    snapshot = resolve(root, SNAPSHOT)
-    if not data_hash or (snapshot.exists() and dvcstore.file_md5(snapshot) == data_hash):
-        return {REFERENCE_KEY: "none"}
-    return {REFERENCE_KEY: str(data_hash)}
 
 
 def split_columns(params: Params) -> tuple[str, ...]:
