@@ -7,6 +7,7 @@ only when the DVC cache no longer holds them.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import time
@@ -37,6 +38,24 @@ def stage_task(name: str) -> Task[..., dict[str, Any]]:
     return getattr(module, f"{name}_task")
 
 
+@functools.cache
+def lazy_stage_task(name: str) -> Task[..., dict[str, Any]]:
+    """A Prefect task named like the stage whose body imports `tasks/<name>.py` only when it runs.
+
+    The cache policy answers a hit from the stage context alone, so a fully cached rerun never imports a
+    stage module (candidates alone pulls in Optuna, LightGBM, scikit-learn and matplotlib).
+    """
+    get_stage(name)
+
+    def run_stage(ctx: StageContext) -> dict[str, Any]:
+        """Run the real stage: reached only on a cache miss."""
+        return stage_task(ctx.stage).fn(ctx)
+
+    # Prefect keys a task on its function's name and code: one name per stage keeps the task keys apart
+    run_stage.__name__ = run_stage.__qualname__ = f"{name}_stage"
+    return Task(run_stage, name=name)
+
+
 @dataclass
 class StageCachePolicy(CachePolicy):
     """Prefect cache policy whose key is the stage context's content hash."""
@@ -57,6 +76,8 @@ class StageOutcome:
     status: str
     seconds: float
     result: dict[str, Any] = field(default_factory=dict)
+    key: str | None = None
+    """The stage's cache key (None for promote and for uncacheable inputs)."""
 
 
 def cache_storage(root: Path) -> Path:
@@ -68,7 +89,7 @@ def cache_storage(root: Path) -> Path:
 
 def configured(name: str, root: Path, refresh: bool = False) -> Task[..., dict[str, Any]]:
     """The stage task with content-keyed caching and JSON results (promote is never cached)."""
-    task = stage_task(name)
+    task = lazy_stage_task(name)
     if name == "promote":
         return task.with_options(cache_policy=NO_CACHE, persist_result=False)
     return task.with_options(
@@ -134,7 +155,8 @@ def run_in_flow(ctx: StageContext) -> StageOutcome:
         log_cached_run(ctx, result)
     elif ctx.stage != "promote":
         cache_outputs(ctx, result)
-    return StageOutcome(ctx.stage, "cached" if cached else "ran", time.perf_counter() - started, result)
+    key = ctx.cache_key() if ctx.stage != "promote" else None
+    return StageOutcome(ctx.stage, "cached" if cached else "ran", time.perf_counter() - started, result, key)
 
 
 def run_standalone(ctx: StageContext, fn: Callable[[StageContext], dict[str, Any]] | None = None) -> StageOutcome:
