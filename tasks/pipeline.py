@@ -10,8 +10,8 @@ from typing import Any
 
 from filelock import FileLock
 
-from retrain.baselines import families_vs_baselines
-from retrain.config import Params
+from retrain.config import Params, stable_hash
+from retrain.families import check_family
 from retrain.stages import BASELINES, CANDIDATES, EVALUATED_MODEL, GATE_RECORD, SNAPSHOT
 from tasks import dvcstore, recovery, registry
 from tasks.runner import StageOutcome, end_parent_run, run_in_flow, set_parent_tag, start_parent_run
@@ -23,10 +23,15 @@ from tasks.runtime import (
     ensure_experiment,
     read_json,
     tree_md5,
+    write_json,
 )
 from tasks.version import version_tags
 
 logger = logging.getLogger(__name__)
+
+LINEAGE_STAMP = ".retrain/lineage.json"
+"""The fingerprint of the stages and files behind the last dvc.lock the flow wrote."""
+LINEAGE_FILES = ("dvc.yaml", "dvc.lock", "params.yaml")
 
 
 @dataclass
@@ -114,23 +119,41 @@ class PipelineRun:
 
     def reference_input(self) -> dict[str, str]:
         """The drift reference (the champion's training-snapshot md5) as an input of `validate`'s cache key."""
-        from tasks.validate import drift_reference
-
-        return drift_reference(self.root, self.params, self.tracking.tracking_uri)
+        return registry.drift_reference(self.root, self.params, self.tracking.tracking_uri)
 
     def record_lineage(self) -> None:
-        """Write dvc.lock from the workspace so `dvc status` agrees (skipped for override runs)."""
+        """Write dvc.lock from the workspace so `dvc status` agrees (skipped for override runs).
+
+        Skipped as well when this run's stage keys and outputs are those the last commit recorded and dvc.lock
+        is the file it left: then DVC would write the same lock (its commit costs seconds on a cached rerun).
+        """
         if not self.commit_lineage:
             reason = "dry run: nothing was promoted" if self.dry_run else "the workspace is an experiment"
             logger.info("overrides or dry run in effect: dvc.lock left as is (%s)", reason)
             return
         from dvc.lock import LockError
 
+        stamp = self.root / LINEAGE_STAMP
+        fingerprint = self.lineage_fingerprint()
+        if fingerprint is not None and stamp.exists() and read_json(stamp) == {"fingerprint": fingerprint}:
+            logger.info("dvc.lock already records these stage inputs and outputs: not rewritten")
+            return
         try:
             dvcstore.commit_pipeline(self.root)
         except LockError as exc:
             # a `dvc repro` holds DVC's repo lock and waits for our workspace lock: it writes dvc.lock itself
             logger.warning("dvc.lock left as is: DVC's repo lock is held (a `dvc repro` is waiting): %s", exc)
+            return
+        if fingerprint is not None:
+            write_json(stamp, {"fingerprint": self.lineage_fingerprint()})  # dvc.lock changed: hash it again
+
+    def lineage_fingerprint(self) -> str | None:
+        """What dvc.lock is a function of: every stage's key (inputs, params, code) and outputs, and the files."""
+        if any(s.key is None and s.name != "promote" for s in self.stages):
+            return None
+        files = {name: dvcstore.file_md5(self.root / name) for name in LINEAGE_FILES if (self.root / name).exists()}
+        stages = {s.name: [s.key, s.result.get("outs", {})] for s in self.stages}
+        return stable_hash({"files": files, "stages": stages})
 
     def finish(self, status: str) -> dict[str, Any]:
         """Close the parent run, release the workspace lock and return the machine-readable summary."""
@@ -157,6 +180,8 @@ class PipelineRun:
         ran = {"baselines", "candidates"} <= set(by_name)
         families: dict[str, Any] = {}
         if ran and (self.root / CANDIDATES / "summary.json").exists() and (self.root / BASELINES).exists():
+            from retrain.baselines import families_vs_baselines  # numpy/pandas/sklearn: not for a cached start
+
             tuned = read_json(self.root / CANDIDATES / "summary.json")
             families = families_vs_baselines(tuned, read_json(self.root / BASELINES))
             for family, entry in tuned["families"].items():
@@ -190,8 +215,6 @@ class PipelineRun:
 
 def preflight(params: Params) -> None:
     """Config problems that pydantic cannot see (a LightGBM objective that contradicts the task) fail at start."""
-    from retrain.models import check_family
-
     for family in params.candidates.families:
         check_family(family, params.dataset.task, getattr(params.candidates, family).fixed)
 

@@ -91,6 +91,54 @@ def test_rerun_is_all_cache_hits_and_registers_nothing(project: Path, use_root, 
     assert len(after) == len(before), "an unchanged rerun must not add a model version"
 
 
+CACHED_RUN_PROBE = """
+import json, sys
+from flows.cli import main
+code = main(["run", "--json"])
+loaded = sorted(m for m in sys.modules if m.startswith("tasks.") or m.split(".")[0] in LIBRARIES)
+print(json.dumps({"code": code, "loaded": loaded}), file=sys.stderr)
+"""
+
+
+def test_cached_rerun_imports_no_stage_module_nor_model_library(project: Path, use_root) -> None:
+    """Every stage but promote is a cache hit, answered from its key alone: the run must not pay for their imports."""
+    import os
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    use_root(project)
+    libraries = ("lightgbm", "sklearn", "optuna", "great_expectations", "matplotlib", "skops")
+    env = os.environ | {"RETRAIN_ROOT": str(project), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    probe = f"LIBRARIES = {libraries!r}" + CACHED_RUN_PROBE
+    lock_before = (project / "dvc.lock").stat().st_mtime_ns
+    done = subprocess.run([sys.executable, "-c", probe], cwd=project, env=env, capture_output=True, text=True)
+    report = json.loads(done.stderr.strip().splitlines()[-1])
+    assert report["code"] == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert {s["name"] for s in summary["stages"] if s["status"] == "ran"} == {"promote"}, summary["stages"]
+    # promote always runs; tasks.version also holds the lineage tags every run reads (and imports nothing heavy)
+    stage_modules = {f"tasks.{s['name']}" for s in summary["stages"]} - {"tasks.promote", "tasks.version"}
+    loaded = set(report["loaded"])
+    assert not loaded & stage_modules, f"a cache hit imported its stage module: {sorted(loaded & stage_modules)}"
+    heavy = {m for m in loaded if m.split(".")[0] in libraries}
+    assert not heavy, f"a cached rerun imported model/validation libraries: {sorted(heavy)[:10]}"
+    assert (project / "dvc.lock").stat().st_mtime_ns == lock_before, "dvc.lock already matched: not rewritten"
+
+
+def test_a_dvc_lock_changed_by_hand_is_rewritten_by_the_next_run(project: Path, use_root, capsys) -> None:
+    use_root(project)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    lock["stages"]["split"]["outs"][0]["md5"] = "0" * 32
+    (project / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    code, summary = run_cli([], capsys)
+    assert code == 0 and summary["promotion"] == "already_champion", summary
+    dvc_status = subprocess.run(["dvc", "status", "--json"], cwd=project, capture_output=True, text=True, check=True)
+    assert json.loads(dvc_status.stdout) == {}, (
+        f"the stamp must not hide a dvc.lock that no longer matches: {dvc_status.stdout}"
+    )
+
+
 def test_changing_one_param_reruns_that_stage_and_what_follows(project: Path, use_root, capsys) -> None:
     use_root(project)
     params = yaml.safe_load((project / "params.yaml").read_text())
