@@ -13,13 +13,17 @@ import os
 import platform
 import re
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
@@ -335,3 +339,48 @@ def write_results(name: str, data: dict[str, Any], markdown: str) -> None:
     (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
     sys.stdout.write(markdown.rstrip() + "\n")
     logger.info("wrote %s and %s", RESULTS / f"{name}.json", RESULTS / f"{name}.md")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def background_server(
+    command: list[str], cwd: Path, env: dict[str, str], log_path: Path, health_url: str, timeout: float = 300.0
+) -> Iterator[float]:
+    """Run a server in its own process group until the block ends; yields the seconds it took to answer health.
+
+    Fails with the tail of its log if it exits or does not answer 200 within `timeout`; on exit the group gets
+    SIGTERM, then SIGKILL if it lingers.
+    """
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        started = time.monotonic()
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"{command[0]} exited {server.returncode}: {log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(health_url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"{health_url} did not answer in {timeout:g} s: {log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield time.monotonic() - started
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
