@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retrain.metrics import is_better
+from retrain.config import BaselinesConfig, DatasetConfig
+from retrain.errors import DataError
+from retrain.metrics import class_labels, encode_target, get_metric, is_better, score
 
 CLASSIFICATION_STRATEGIES = ("most_frequent", "stratified", "uniform", "heuristic")
 REGRESSION_STRATEGIES = ("mean", "median", "stratified", "uniform", "heuristic")
@@ -217,3 +219,65 @@ def families_vs_baselines(candidates: dict[str, Any], baselines: dict[str, Any])
             "beats_baselines": beats,
         }
     return out
+
+
+def input_columns(dataset: DatasetConfig, cfg: BaselinesConfig) -> list[str]:
+    """The split columns the baselines read: the target, and the heuristic's feature when it is one."""
+    extra = cfg.heuristic.column if cfg.heuristic is not None and cfg.heuristic.column != dataset.target else None
+    return [dataset.target, *([extra] if extra in dataset.features else [])]
+
+
+def heuristic_spec(
+    train: pd.DataFrame, dataset: DatasetConfig, cfg: BaselinesConfig, train_name: str = "train"
+) -> tuple[str, pd.Series, float | None] | None:
+    """(column, train values, threshold) of the configured heuristic; numeric without threshold: the median."""
+    rule = cfg.heuristic
+    if rule is None or "heuristic" not in cfg.strategies:
+        return None
+    if rule.column not in dataset.features:
+        raise DataError(
+            f"baselines: baselines.heuristic.column {rule.column!r} is not a feature of {train_name} "
+            f"(features: {dataset.features})"
+        )
+    if rule.column in dataset.categorical:
+        if rule.threshold is not None:
+            raise DataError(
+                f"baselines: baselines.heuristic.threshold {rule.threshold} set on categorical column {rule.column!r}"
+            )
+        return rule.column, train[rule.column], None
+    values = pd.to_numeric(train[rule.column], errors="coerce")
+    threshold = rule.threshold if rule.threshold is not None else float(values.median())
+    return rule.column, train[rule.column], threshold
+
+
+def baselines_record(
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    dataset: DatasetConfig,
+    cfg: BaselinesConfig,
+    metric: str,
+    seed: int,
+    train_name: str = "train",
+) -> dict[str, Any]:
+    """Fit on train, score on valid: the record the stage writes (evaluate re-scores it on test).
+
+    One function for the stage task and the benchmarks' plain-Python path, so both fit the same baselines.
+    """
+    labels = class_labels(dataset)
+    fitted = fit_baselines(
+        encode_target(train[dataset.target], dataset),
+        cfg.strategies,
+        seed,
+        task=dataset.task,
+        n_classes=len(labels) if labels else 0,
+        heuristic=heuristic_spec(train, dataset, cfg, train_name),
+    )
+    y_valid = encode_target(valid[dataset.target], dataset)
+    return {
+        "task": dataset.task,
+        "labels": labels,
+        "metric": metric,
+        "direction": get_metric(metric).direction,
+        "baselines": [b.to_dict() for b in fitted],
+        "valid_scores": {b.strategy: score(metric, y_valid, b.predict_scores(valid)) for b in fitted},
+    }

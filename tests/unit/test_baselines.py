@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retrain.baselines import families_vs_baselines, fit_baselines, from_dict
+from retrain.baselines import baselines_record, families_vs_baselines, fit_baselines, from_dict, input_columns
+from retrain.config import BaselinesConfig, DatasetConfig
+from retrain.errors import DataError
 from retrain.metrics import encode_labels, score
 
 STRATEGIES = {
@@ -142,3 +144,41 @@ def test_families_vs_baselines_marks_who_beats_the_best_baseline() -> None:
     verdict = families_vs_baselines(candidates, baselines)
     assert verdict["good"]["beats_baselines"] and not verdict["bad"]["beats_baselines"], verdict
     assert verdict["bad"]["best_baseline"] == "heuristic", "lower log loss is better; NaN baselines are ignored"
+
+
+DATASET = DatasetConfig(
+    name="t",
+    task="binary",
+    target="y",
+    labels=("neg", "pos"),
+    positive_label="pos",
+    columns={"x": {"type": "float"}, "colour": {"type": "category"}},
+)
+
+
+def frame(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    return pd.DataFrame(
+        {"x": x, "colour": rng.choice(["red", "blue"], size=n), "y": np.where(x + rng.normal(size=n) > 1, "pos", "neg")}
+    )
+
+
+def test_baselines_record_scores_every_strategy_on_valid_and_the_heuristic_beats_chance() -> None:
+    cfg = BaselinesConfig(strategies=("most_frequent", "heuristic"), heuristic={"column": "x"})
+    assert input_columns(DATASET, cfg) == ["y", "x"]
+    record = baselines_record(frame(3000, 0), frame(1000, 1), DATASET, cfg, "roc_auc", seed=3)
+    assert record["labels"] == ["neg", "pos"] and record["direction"] == "higher_is_better", record
+    assert record["valid_scores"]["most_frequent"] == pytest.approx(0.5), "a constant score has AUC 0.5"
+    assert record["valid_scores"]["heuristic"] > 0.7, "x above its median is a strong rule here"
+    threshold = record["baselines"][1]["threshold"]
+    assert threshold == pytest.approx(float(frame(3000, 0)["x"].median())), "numeric heuristic: the train median"
+
+
+def test_a_heuristic_on_a_non_feature_or_a_thresholded_category_names_the_key() -> None:
+    not_feature = BaselinesConfig(strategies=("heuristic",), heuristic={"column": "zip"})
+    with pytest.raises(DataError, match=r"baselines.heuristic.column 'zip' is not a feature of data/processed/train"):
+        baselines_record(frame(100, 0), frame(50, 1), DATASET, not_feature, "roc_auc", 0, "data/processed/train")
+    on_category = BaselinesConfig(strategies=("heuristic",), heuristic={"column": "colour", "threshold": 1.0})
+    with pytest.raises(DataError, match=r"threshold 1.0 set on categorical column 'colour'"):
+        baselines_record(frame(100, 0), frame(50, 1), DATASET, on_category, "roc_auc", 0)
