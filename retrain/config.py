@@ -184,6 +184,11 @@ class SplitConfig(Strict):
     group_column: str | None = None
     time_column: str | None = None
 
+    @property
+    def extra_columns(self) -> tuple[str, ...]:
+        """The group / time column ingest keeps in the snapshot besides the features (none by default)."""
+        return tuple(c for c in (self.group_column, self.time_column) if c)
+
     @model_validator(mode="after")
     def _check(self) -> SplitConfig:
         if self.group_column and self.time_column:

@@ -104,3 +104,16 @@ def feature_drift(
         "drifted": drifted,
         "max_psi": max(scored.values()) if scored else None,
     }
+
+
+def drift_without_reference(action: str, reference: str) -> dict[str, Any] | None:
+    """The drift section when nothing is compared (drift off, or no reference snapshot); None: compare."""
+    if reference == "off":
+        return {"status": "off", "action": action}
+    if reference == "none":
+        return {
+            "status": "skipped",
+            "action": action,
+            "reason": "no reference: no champion yet, or the champion was trained on this very snapshot",
+        }
+    return None

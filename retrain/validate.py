@@ -10,15 +10,16 @@ from __future__ import annotations
 import html
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
 
-from retrain.config import DatasetConfig, SplitConfig, ValidateConfig
+from retrain.config import DatasetConfig, Params, SplitConfig, ValidateConfig
 from retrain.ingest import SOURCE_COLUMN
-from retrain.leakage import LeakageScores, leaks
+from retrain.leakage import METRICS, LeakageScores, feature_scores, leaks
 
 logger = logging.getLogger(__name__)
 
@@ -613,3 +614,42 @@ def _jsonable(value: Any) -> Any:
     if value is pd.NA or value is pd.NaT:
         return None
     return str(value)
+
+
+def check_snapshot(
+    snapshot: pd.DataFrame,
+    dataset: DatasetConfig,
+    params: Params,
+    docs: Path,
+    drift: Callable[[pd.DataFrame], dict[str, Any]],
+    reference: str,
+) -> tuple[dict[str, Any], float]:
+    """Every check of the data gate on one snapshot: (the report, seconds spent in GX).
+
+    GX Data Docs and our checks' HTML land in `docs`. `drift(main rows)` gives the drift section (the caller
+    fetches the reference snapshot); `reference` names it in the drift checks. One function for the stage task
+    and the benchmarks' plain-Python path, so both run the same gate.
+    """
+    import time
+
+    cfg = params.validate_
+    started = time.perf_counter()
+    main = snapshot[snapshot[SOURCE_COLUMN] == "main"]
+    has_test = bool((snapshot[SOURCE_COLUMN] == "test").any())
+    result = validate_frame(snapshot.drop(columns=[SOURCE_COLUMN]), dataset, cfg, params.split.extra_columns, docs)
+    gx_seconds = time.perf_counter() - started
+    checks = gx_checks(result, snapshot, dataset)
+    checks += label_balance_checks(snapshot, dataset, cfg)
+    checks.append(cv_check(main, dataset, params.split, params.candidates.cv_folds, has_test))
+    scores = (
+        feature_scores(main, dataset, params.seed)
+        if dataset.target in main.columns
+        else LeakageScores(METRICS[dataset.task], skipped=f"target {dataset.target!r} is missing")
+    )
+    checks += leakage_checks(scores, cfg.leakage_threshold, dataset.target)
+    drift_section = drift(main)
+    if drift_section["status"] == "computed":
+        checks += drift_checks(drift_section, drift_section["action"], reference)
+    report = build_report(checks, snapshot, scores, cfg.leakage_threshold, drift_section)
+    (docs / "retrain_checks.html").write_text(render_html(report))
+    return report, gx_seconds

@@ -20,11 +20,6 @@ from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_
 logger = logging.getLogger(__name__)
 
 
-def split_columns(params: Params) -> tuple[str, ...]:
-    """Columns kept in the snapshot for the split (group / time) that are not features."""
-    return tuple(c for c in (params.split.group_column, params.split.time_column) if c)
-
-
 def declared_sources(params: Params) -> dict[str, Source]:
     """The main source and, if declared, the test source, each with its query when it is a database."""
     cfg = params.ingest
@@ -41,12 +36,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     clear_outputs(ctx)
     with stage_run(ctx) as active:
         try:
-            result = ingest(sources, ctx.root, cfg, ctx.params.dataset, ctx.params.seed, keep=split_columns(ctx.params))
+            keep = ctx.params.split.extra_columns
+            result = ingest(sources, ctx.root, cfg, ctx.params.dataset, ctx.params.seed, keep=keep)
             snapshot = result.snapshot
             declared = ctx.params.dataset
             main = snapshot[snapshot[SOURCE_COLUMN] == "main"]
             try:
-                effective = schema.resolve(declared, main, keep=split_columns(ctx.params))
+                effective = schema.resolve(declared, main, keep=ctx.params.split.extra_columns)
             except ValidationError as exc:
                 problems = "; ".join(e["msg"] for e in exc.errors())
                 raise DataError(

@@ -16,23 +16,14 @@ import mlflow
 import pandas as pd
 from prefect import task
 
-from retrain.config import Params
-from retrain.drift import feature_drift
+from retrain.drift import drift_without_reference, feature_drift
 from retrain.errors import DataError, DataValidationError
 from retrain.ingest import SOURCE_COLUMN
-from retrain.leakage import METRICS, LeakageScores, feature_scores
 from retrain.stages import SNAPSHOT, VALIDATION
 from retrain.validate import (
-    build_report,
-    cv_check,
+    check_snapshot,
     describe_failure,
-    drift_checks,
     failures,
-    gx_checks,
-    label_balance_checks,
-    leakage_checks,
-    render_html,
-    validate_frame,
     warnings,
 )
 from tasks import dvcstore
@@ -42,22 +33,12 @@ from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_
 logger = logging.getLogger(__name__)
 
 
-def split_columns(params: Params) -> tuple[str, ...]:
-    """Group / time columns ingest keeps in the snapshot besides the features."""
-    return tuple(c for c in (params.split.group_column, params.split.time_column) if c)
-
-
 def drift_section(ctx: StageContext, main: pd.DataFrame, reference: str, tmp: Path) -> dict[str, Any]:
     """PSI of the main rows against the champion's training snapshot, fetched from DVC by md5."""
     cfg = ctx.params.validate_.drift
-    if reference == "off":
-        return {"status": "off", "action": cfg.action}
-    if reference == "none":
-        return {
-            "status": "skipped",
-            "action": cfg.action,
-            "reason": "no reference: no champion yet, or the champion was trained on this very snapshot",
-        }
+    unmeasured = drift_without_reference(cfg.action, reference)
+    if unmeasured is not None:
+        return unmeasured
     dest = tmp / "reference.parquet"
     try:
         dvcstore.fetch(ctx.root, reference, dest, ctx.params.version.remote)
@@ -77,14 +58,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     """Run every check of the gate, log Data Docs and the report, and raise naming every failed check."""
     clear_outputs(ctx)
     params = ctx.params
-    cfg = params.validate_
     files = {"main": params.ingest.source, "test": params.ingest.test_source}
     with stage_run(ctx) as active:
         started = time.perf_counter()
         snapshot = pd.read_parquet(ctx.path(SNAPSHOT))
         dataset = ctx.dataset
-        main = snapshot[snapshot[SOURCE_COLUMN] == "main"]
-        has_test = bool((snapshot[SOURCE_COLUMN] == "test").any())
         reference = (
             ctx.external.get(REFERENCE_KEY)
             or drift_reference(ctx.root, params, ctx.tracking.tracking_uri)[REFERENCE_KEY]
@@ -92,22 +70,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="retrain-validate-") as tmp_name:
             tmp = Path(tmp_name)
             docs = tmp / "data_docs"
-            result = validate_frame(snapshot.drop(columns=[SOURCE_COLUMN]), dataset, cfg, split_columns(params), docs)
-            gx_seconds = time.perf_counter() - started
-            checks = gx_checks(result, snapshot, dataset)
-            checks += label_balance_checks(snapshot, dataset, cfg)
-            checks.append(cv_check(main, dataset, params.split, params.candidates.cv_folds, has_test))
-            scores = (
-                feature_scores(main, dataset, params.seed)
-                if dataset.target in main.columns
-                else LeakageScores(METRICS[dataset.task], skipped=f"target {dataset.target!r} is missing")
+            report, gx_seconds = check_snapshot(
+                snapshot, dataset, params, docs, lambda main: drift_section(ctx, main, reference, tmp), reference
             )
-            checks += leakage_checks(scores, cfg.leakage_threshold, dataset.target)
-            drift = drift_section(ctx, main, reference, tmp)
-            if drift["status"] == "computed":
-                checks += drift_checks(drift, drift["action"], reference)
-            report = build_report(checks, snapshot, scores, cfg.leakage_threshold, drift)
-            (docs / "retrain_checks.html").write_text(render_html(report))
             mlflow.log_artifacts(str(docs), "validation/data_docs")
         mlflow.log_dict(report, "validation/report.json")
         mlflow.set_tags({"retrain.drift_reference": reference, "retrain.validation_success": str(report["success"])})
