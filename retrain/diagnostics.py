@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import matplotlib
@@ -335,3 +336,95 @@ def curve_figure(
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.legend(fontsize=7)
     return fig
+
+
+@dataclass
+class CandidateDiagnostics:
+    """What a family's train-fitted model is judged by beyond its score: metrics, plots, curves, a sample table."""
+
+    metrics: dict[str, float]
+    figures: dict[str, Figure]
+    table: pd.DataFrame
+    documents: dict[str, Any] = field(default_factory=dict)
+    """JSON documents by name: loss_curve, learning_curve, feature_importance (when there is a model)."""
+
+
+def candidate_diagnostics(
+    family: str,
+    model: Pipeline | None,
+    X_train: pd.DataFrame,
+    y_train: np.ndarray,
+    X_valid: pd.DataFrame,
+    y_valid: np.ndarray,
+    *,
+    task: str,
+    features: Sequence[str],
+    labels: Sequence[str] | None,
+    metric: str,
+    seed: int,
+    valid_scores: np.ndarray | None = None,
+) -> CandidateDiagnostics:
+    """Train / valid metrics, the task's plots, the valid sample and, with a model, its curves and importances.
+
+    `model` is the pipeline fitted on train only; None (stacking) gives what `valid_scores` allow. One function
+    for the tracking task (which logs the result to MLflow) and the benchmarks' plain path (local files).
+    """
+    from retrain.metrics import get_metric
+
+    n_classes = len(labels) if labels else 0
+    y_train, y_valid = np.asarray(y_train), np.asarray(y_valid)
+    metrics: dict[str, float] = {}
+    splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if model is not None:
+        started = time.perf_counter()
+        valid_scores = pipeline_scores(model, X_valid, task, n_classes)
+        metrics["predict_rows_per_s"] = len(X_valid) / max(time.perf_counter() - started, 1e-9)
+        splits["train"] = (y_train, pipeline_scores(model, X_train, task, n_classes))
+    if valid_scores is None:
+        raise ValueError("candidate diagnostics need a model or its valid scores")
+    splits["valid"] = (y_valid, np.asarray(valid_scores))
+    for split, (y, scores) in splits.items():
+        metrics |= {f"{split}_{name}": value for name, value in split_metrics(task, y, scores).items()}
+    figures = (
+        regression_figures(y_valid, valid_scores)
+        if task == "regression"
+        else classification_figures(y_valid, valid_scores, labels)
+    )
+    table = sample_table(X_valid, y_valid, valid_scores, task=task, labels=labels, seed=seed)
+    out = CandidateDiagnostics(metrics, figures, table)
+    if model is None:
+        return out
+    if is_boosted(model):
+        curve = boosting_curve(model, {"train": (X_train, y_train), "valid": (X_valid, y_valid)}, task, n_classes)
+        out.documents["loss_curve"] = curve
+        figures["loss_curve"] = curve_figure(
+            f"{family}: {curve['loss']} per boosting round",
+            curve["steps"],
+            {s: curve[s] for s in ("train", "valid")},
+            "boosting round",
+            curve["loss"],
+        )
+    learning = learning_curve(
+        model, X_train, y_train, X_valid, y_valid, task=task, n_classes=n_classes, metric=metric, seed=seed
+    )
+    out.documents["learning_curve"] = learning
+    figures["learning_curve"] = curve_figure(
+        f"{family}: learning curve",
+        learning["sizes"],
+        {"train": learning["train"], "valid": learning["valid"]},
+        "training rows",
+        metric,
+    )
+    kind, importance = feature_importance(
+        model,
+        list(features),
+        X_valid,
+        y_valid,
+        lambda X: pipeline_scores(model, X, task, n_classes),
+        metric=metric,
+        greater_is_better=get_metric(metric).greater_is_better,
+        seed=seed,
+    )
+    out.documents["feature_importance"] = {"kind": kind, "importance": importance}
+    figures["feature_importance"] = importance_figure(kind, importance)
+    return out
