@@ -102,11 +102,6 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def split_columns(params: Any) -> tuple[str, ...]:
-    """Group / time columns kept beside the features (tasks/ingest.py)."""
-    return tuple(c for c in (params.split.group_column, params.split.time_column) if c)
-
-
 def plain_ingest(s: Plain) -> None:
     """tasks/ingest.py: read the sources, resolve the schema, write snapshot and schema."""
     from retrain import schema
@@ -117,7 +112,7 @@ def plain_ingest(s: Plain) -> None:
     sources = {"main": parse_source(cfg.source, cfg.query)}
     if cfg.test_source:
         sources["test"] = parse_source(cfg.test_source, cfg.test_query)
-    keep = split_columns(s.params)
+    keep = s.params.split.extra_columns
     result = ingest(sources, s.root, cfg, s.params.dataset, s.params.seed, keep=keep)
     snapshot = result.snapshot
     effective = schema.resolve(s.params.dataset, snapshot[snapshot[SOURCE_COLUMN] == "main"], keep=keep)
@@ -148,47 +143,18 @@ def plain_version(s: Plain) -> None:
 
 
 def plain_validate(s: Plain) -> None:
-    """tasks/validate.py on a cold run (no champion, so no drift reference): GX suite and our checks, report."""
+    """tasks/validate.py on a cold run (no champion, so no drift reference): the same gate function, report."""
     import pandas as pd
 
-    from retrain.ingest import SOURCE_COLUMN
-    from retrain.leakage import METRICS, LeakageScores, feature_scores
-    from retrain.validate import (
-        build_report,
-        cv_check,
-        gx_checks,
-        label_balance_checks,
-        leakage_checks,
-        render_html,
-        validate_frame,
-    )
+    from retrain.drift import drift_without_reference
+    from retrain.validate import check_snapshot
 
-    params, cfg = s.params, s.params.validate_
+    action = s.params.validate_.drift.action
+    reference = "off" if action == "off" else "none"  # a cold run: no champion, so no reference snapshot
+    drift = drift_without_reference(action, reference) or {}
     snapshot = pd.read_parquet(s.path("data/raw/snapshot.parquet"))
-    dataset = s.dataset
-    main = snapshot[snapshot[SOURCE_COLUMN] == "main"]
-    has_test = bool((snapshot[SOURCE_COLUMN] == "test").any())
     docs = s.artifact_dir("validate", "data_docs")
-    result = validate_frame(snapshot.drop(columns=[SOURCE_COLUMN]), dataset, cfg, split_columns(params), docs)
-    checks = gx_checks(result, snapshot, dataset)
-    checks += label_balance_checks(snapshot, dataset, cfg)
-    checks.append(cv_check(main, dataset, params.split, params.candidates.cv_folds, has_test))
-    scores = (
-        feature_scores(main, dataset, params.seed)
-        if dataset.target in main.columns
-        else LeakageScores(METRICS[dataset.task], skipped=f"target {dataset.target!r} is missing")
-    )
-    checks += leakage_checks(scores, cfg.leakage_threshold, dataset.target)
-    if cfg.drift.action == "off":
-        drift: dict[str, Any] = {"status": "off", "action": cfg.drift.action}
-    else:
-        drift = {
-            "status": "skipped",
-            "action": cfg.drift.action,
-            "reason": "no reference: no champion yet, or the champion was trained on this very snapshot",
-        }
-    report = build_report(checks, snapshot, scores, cfg.leakage_threshold, drift)
-    (docs / "retrain_checks.html").write_text(render_html(report))
+    report, _ = check_snapshot(snapshot, s.dataset, s.params, docs, lambda main: drift, reference)
     if not report["success"]:
         raise RuntimeError(f"plain validate: the data gate failed ({report['failed']} checks)")
     write_json(s.path("models/validate/report.json"), report)
@@ -211,50 +177,19 @@ def plain_split(s: Plain) -> None:
 
 
 def plain_baselines(s: Plain) -> None:
-    """tasks/baselines.py: fit on train, score on valid, write baselines.json."""
+    """tasks/baselines.py: fit on train, score on valid, write baselines.json (the same retrain function)."""
     import pandas as pd
 
-    from retrain.baselines import fit_baselines
-    from retrain.metrics import class_labels, encode_target, get_metric, score
+    from retrain.baselines import baselines_record, input_columns
 
     dataset, params = s.dataset, s.params
-    heuristic = params.baselines.heuristic
-    extra = [heuristic.column] if heuristic is not None and heuristic.column != dataset.target else []
-    columns = [dataset.target, *[c for c in extra if c in dataset.features]]
+    columns = input_columns(dataset, params.baselines)
     train = pd.read_parquet(s.path("data/processed/train.parquet"), columns=columns)
     valid = pd.read_parquet(s.path("data/processed/valid.parquet"), columns=columns)
-    y_train = encode_target(train[dataset.target], dataset)
-    y_valid = encode_target(valid[dataset.target], dataset)
-    labels = class_labels(dataset)
-    spec = None
-    if heuristic is not None and "heuristic" in params.baselines.strategies:
-        if heuristic.column in dataset.categorical:
-            spec = (heuristic.column, train[heuristic.column], None)
-        else:
-            values = pd.to_numeric(train[heuristic.column], errors="coerce")
-            threshold = heuristic.threshold if heuristic.threshold is not None else float(values.median())
-            spec = (heuristic.column, train[heuristic.column], threshold)
-    fitted = fit_baselines(
-        y_train,
-        params.baselines.strategies,
-        params.seed,
-        task=dataset.task,
-        n_classes=len(labels) if labels else 0,
-        heuristic=spec,
+    record = baselines_record(
+        train, valid, dataset, params.baselines, params.evaluate.metric, params.seed, "data/processed/train.parquet"
     )
-    metric = params.evaluate.metric
-    scores = {b.strategy: score(metric, y_valid, b.predict_scores(valid)) for b in fitted}
-    write_json(
-        s.path("models/baselines/baselines.json"),
-        {
-            "task": dataset.task,
-            "labels": labels,
-            "metric": metric,
-            "direction": get_metric(metric).direction,
-            "baselines": [b.to_dict() for b in fitted],
-            "valid_scores": scores,
-        },
-    )
+    write_json(s.path("models/baselines/baselines.json"), record)
 
 
 @dataclass
@@ -365,70 +300,29 @@ def plain_fit_stacking(bases: dict[str, Family], d: dict[str, Any], cfg: Any, di
 
 
 def plain_diagnostics(s: Plain, family: str, model: Any, d: dict[str, Any], out: Path, valid_scores: Any) -> None:
-    """tasks/tracking.py log_candidate_diagnostics: the same computations and plots, written as local files."""
-    import numpy as np
+    """tasks/tracking.py log_candidate_diagnostics: the same function, its results written as local files."""
+    from retrain.diagnostics import candidate_diagnostics
 
-    from retrain import diagnostics as diag
-    from retrain.metrics import get_metric
-    from retrain.models import pipeline_scores
-
-    dataset, seed, metric = d["dataset"], s.params.seed, d["metric"]
-    labels, n_classes = d["labels"], d["n_classes"]
-    X_train, y_train, X_valid, y_valid = d["X_train"], d["y_train"], d["X_valid"], d["y_valid"]
-    splits = {}
-    metrics: dict[str, float] = {}
-    if model is not None:
-        valid_scores = pipeline_scores(model, X_valid, dataset.task, n_classes)
-        splits["train"] = (y_train, pipeline_scores(model, X_train, dataset.task, n_classes))
-    splits["valid"] = (y_valid, np.asarray(valid_scores))
-    for split, (y, scores) in splits.items():
-        metrics |= {f"{split}_{k}": v for k, v in diag.split_metrics(dataset.task, y, scores).items()}
-    figures = (
-        diag.regression_figures(y_valid, valid_scores)
-        if dataset.task == "regression"
-        else diag.classification_figures(y_valid, valid_scores, labels)
+    found = candidate_diagnostics(
+        family,
+        model,
+        d["X_train"],
+        d["y_train"],
+        d["X_valid"],
+        d["y_valid"],
+        task=d["dataset"].task,
+        features=d["dataset"].features,
+        labels=d["labels"],
+        metric=d["metric"],
+        seed=s.params.seed,
+        valid_scores=valid_scores,
     )
-    table = diag.sample_table(X_valid, y_valid, valid_scores, task=dataset.task, labels=labels, seed=seed)
-    table.to_json(out / "valid_sample.json", orient="split")
-    if model is not None:
-        if diag.is_boosted(model):
-            curve = diag.boosting_curve(
-                model, {"train": (X_train, y_train), "valid": (X_valid, y_valid)}, dataset.task, n_classes
-            )
-            write_json(out / "loss_curve.json", curve)
-            figures["loss_curve"] = diag.curve_figure(
-                f"{family}: {curve['loss']} per boosting round",
-                curve["steps"],
-                {k: curve[k] for k in ("train", "valid")},
-                "boosting round",
-                curve["loss"],
-            )
-        learning = diag.learning_curve(
-            model, X_train, y_train, X_valid, y_valid, task=dataset.task, n_classes=n_classes, metric=metric, seed=seed
-        )
-        write_json(out / "learning_curve.json", learning)
-        figures["learning_curve"] = diag.curve_figure(
-            f"{family}: learning curve",
-            learning["sizes"],
-            {"train": learning["train"], "valid": learning["valid"]},
-            "training rows",
-            metric,
-        )
-        kind, importance = diag.feature_importance(
-            model,
-            dataset.features,
-            X_valid,
-            y_valid,
-            lambda X: pipeline_scores(model, X, dataset.task, n_classes),
-            metric=metric,
-            greater_is_better=get_metric(metric).greater_is_better,
-            seed=seed,
-        )
-        figures["feature_importance"] = diag.importance_figure(kind, importance)
-        write_json(out / "feature_importance.json", {"kind": kind, "importance": importance})
-    for name, figure in figures.items():
+    found.table.to_json(out / "valid_sample.json", orient="split")
+    for name, document in found.documents.items():
+        write_json(out / f"{name}.json", document)
+    for name, figure in found.figures.items():
         figure.savefig(out / f"{name}.png")
-    write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", found.metrics)
 
 
 def plain_candidates(s: Plain) -> None:
