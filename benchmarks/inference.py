@@ -22,10 +22,7 @@ import json
 import logging
 import os
 import pstats
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +33,8 @@ import numpy as np
 import pandas as pd
 
 from benchmarks._runs import (
+    background_server,
+    free_port,
     machine_info,
     markdown_table,
     project_env,
@@ -275,13 +274,6 @@ def profile_single_rows(model: Any, X: pd.DataFrame, rows: int) -> str:
     return buffer.getvalue()
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def request(conn: http.client.HTTPConnection, body: bytes) -> bytes:
     """POST /invocations on a kept-alive connection; the response body."""
     conn.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
@@ -317,14 +309,9 @@ def measure_http(root: Path, uri: str, model: Any, X: pd.DataFrame, args: argpar
         str(port),
     ]
     logger.info("starting %s", " ".join(command[1:]))
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        started = time.perf_counter()
-        conn = wait_for_ping(port, server, log_path)
-        startup = time.perf_counter() - started
+    health = f"http://127.0.0.1:{port}/ping"
+    with background_server(command, root, env, log_path, health, SERVE_START_SECONDS) as startup:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         singles = [X.iloc[[i % len(X)]] for i in range(args.http_rows)]
         bodies = [split_body(frame) for frame in singles]
         for body in bodies[:20]:
@@ -358,40 +345,6 @@ def measure_http(root: Path, uri: str, model: Any, X: pd.DataFrame, args: argpar
             "batch_rows_per_s": [len(batch) / s for s in batch_seconds],
             "max_abs_diff_vs_pyfunc": max_diff,
         }
-    finally:
-        stop(server)
-
-
-def wait_for_ping(port: int, server: subprocess.Popen[bytes], log_path: Path) -> http.client.HTTPConnection:
-    """A connection once GET /ping answers 200; fails with the server log if it exits or never answers."""
-    deadline = time.monotonic() + SERVE_START_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"mlflow models serve exited {server.returncode}: {log_path.read_text()[-3000:]}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            conn.request("GET", "/ping")
-            response = conn.getresponse()
-            response.read()
-            if response.status == 200:
-                return conn
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"mlflow models serve did not answer /ping in {SERVE_START_SECONDS:g} s")
-
-
-def stop(server: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group (uvicorn and its workers), SIGKILL it if it lingers."""
-    if server.poll() is not None:
-        return
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
-    logger.info("mlflow models serve stopped (exit %s)", server.returncode)
 
 
 def med(values: list[float]) -> float:
