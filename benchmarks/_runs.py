@@ -115,6 +115,17 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def load_note(load: float, cpus: int | None) -> str:
+    """How far to trust absolute times, from the 1-minute load average: the machine may be shared."""
+    cpus = cpus or 1
+    if load <= cpus / 2:
+        return f"load average {load:.1f} on {cpus} CPUs: a quiet machine, absolute times are representative"
+    return (
+        f"load average {load:.1f} on {cpus} CPUs: other jobs shared the machine, so absolute times are inflated "
+        "and ratios from side-by-side runs are what holds"
+    )
+
+
 def machine_line(info: dict[str, Any]) -> str:
     """One Markdown line naming the machine, commit and date."""
     return (

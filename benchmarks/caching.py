@@ -35,6 +35,7 @@ from benchmarks._runs import (
     RESULTS,
     background_server,
     free_port,
+    load_note,
     machine_info,
     machine_line,
     markdown_table,
@@ -381,11 +382,8 @@ def render(data: dict[str, Any], stats: dict[str, Any], info: dict[str, Any]) ->
             "is process start, imports and interpreter teardown; the library floor above is what importing Prefect, "
             "MLflow's SQLite store and DVC alone costs, so no rerun can take less."
         )
-    load = info.get("load_average") or [float("nan")]
-    lines.append(
-        f"1-minute load average at the start: {load[0]:.1f}, at the end: {data.get('load_end', float('nan')):.1f} "
-        f"({info['cpu_count']} CPUs): above ~1 other jobs shared the machine and walls are inflated."
-    )
+    load = (info.get("load_average") or [float("nan")])[0]
+    lines.append(f"At the start, {load_note(load, info['cpu_count'])}; at the end: {data.get('load_end', load):.1f}.")
     return "\n".join(lines) + "\n"
 
 

@@ -35,6 +35,7 @@ import pandas as pd
 from benchmarks._runs import (
     background_server,
     free_port,
+    load_note,
     machine_info,
     markdown_table,
     project_env,
@@ -468,8 +469,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         remove_project(root)
     text = summarise(pyfunc, http, family)
     text += (
-        f"\n{args.repeats} repeats (medians) on a shared {info['cpu_count']}-core machine (load average at start "
-        f"{info['load_average'][0]:.1f}: absolute numbers are inflated, ratios within the run are fair). "
+        f"\n{args.repeats} repeats (medians); {load_note(info['load_average'][0], info['cpu_count'])} (at the start). "
         f"Single row: {args.rows} calls per repeat and layer, one single-row DataFrame each, after 10 warm-up "
         f"calls, the layers taking turns every {BLOCK} calls. Batch: the test set repeated to {args.batch_rows:,} "
         "rows, one "

@@ -62,8 +62,8 @@ def collect(names: tuple[str, ...], ran: dict[str, int]) -> str:
         "# Benchmark results",
         "",
         f"Collected by `make bench` (`python -m benchmarks.run`) on {machine_line(info)}. Each section below "
-        "names its own run; the machine is shared, so absolute times are inflated and ratios come from "
-        "side-by-side runs. Raw numbers: benchmarks/results/<name>.json.",
+        "names its own run, commit and machine load (absolute times are trustworthy on a quiet machine; on a "
+        "shared one, the ratios from side-by-side runs). Raw numbers: benchmarks/results/<name>.json.",
         "",
     ]
     for name in names:

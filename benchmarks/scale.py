@@ -441,7 +441,7 @@ def markdown(results: list[RunResult], quick: bool, note: str = "") -> str:
         + f" | - | {_ratio(outside)} |"
     )
     loads = [r.load_average[0] for r in results if r.load_average]
-    load = f"{min(loads):.0f}-{max(loads):.0f}" if loads else "unknown"
+    load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "unknown"
     share = ", ".join(f"{r.size} {r.cpu_seconds / r.wall_seconds:.2f}" for r in results if r.wall_seconds)
     lines += [
         "",
@@ -450,9 +450,9 @@ def markdown(results: list[RunResult], quick: bool, note: str = "") -> str:
         "other flights' outcomes, see docs/scale.md). Wall = the whole",
         "command, process start to exit; stage wall = what the flow reports; CPU = user + system seconds of the",
         "process tree; peak RSS = summed RSS of the process tree sampled every 0.2 s (a stage: within its interval).",
-        f"Medians of repeats; sizes interleaved when run together. Shared 2-core machine, 1-min load average {load}",
-        f"at the end of the runs: wall times are inflated by other jobs (CPU s / wall s: {share}); CPU seconds much",
-        "less so. See docs/scale.md.",
+        f"Medians of repeats; sizes interleaved when run together. 1-min load average {load} at the end of the runs",
+        f"({os.cpu_count()} CPUs; above ~1 per CPU, wall times are inflated by other jobs and CPU seconds much less",
+        f"so; CPU s / wall s: {share}). See docs/scale.md.",
         *([note] if note else []),
     ]
     return "\n".join(lines) + "\n"

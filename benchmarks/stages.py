@@ -877,7 +877,7 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
 
 def render(data: dict[str, Any], stats: dict[str, Any], info: dict[str, Any]) -> str:
     """The Markdown section: per-stage table, the overhead row with target and PASS/MISS, how it was measured."""
-    from benchmarks._runs import machine_line, markdown_table, status
+    from benchmarks._runs import load_note, machine_line, markdown_table, status
 
     rows = []
     for name, s in stats["stages"].items():
@@ -955,8 +955,7 @@ def render(data: dict[str, Any], stats: dict[str, Any], info: dict[str, Any]) ->
             else ". "
         )
         + "Peak RSS: the process tree (children included), sampled every 0.2 s, maximum inside each stage's window. "
-        "The machine is shared (2 cores, other jobs running), so absolute seconds are inflated; the ratio "
-        "comes from side-by-side pairs.",
+        f"Pairs run side by side; {load_note(info['load_average'][0], info['cpu_count'])} (at the start).",
     ]
     if "profile" in data:
         prof = data["profile"]["summary"]

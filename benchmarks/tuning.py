@@ -35,6 +35,7 @@ import pandas as pd
 
 from benchmarks._runs import (
     ROOT,
+    load_note,
     machine_info,
     markdown_table,
     remove_project,
@@ -420,9 +421,8 @@ def write(results: dict[str, Any]) -> dict[str, Any]:
         "the budget only once one trial has completed, so when the first trial (3 CV folds, early-stopped) "
         "takes longer than the budget, ours overruns it; 'FLAML, best of its budgets' is FLAML's best test score "
         "at any budget of the same repeat, for comparing at matching walls. Medians of the repeats, cells "
-        "interleaved with alternating tool order on a shared "
-        f"{info['cpu_count']}-core machine (load average {info['load_average'][0]:.1f} at start: absolute walls "
-        "are inflated).\n"
+        "interleaved with alternating tool order; "
+        f"{load_note(info['load_average'][0], info['cpu_count'])} (at the start).\n"
     )
     for note in results.get("notes") or []:
         text += f"\n- {note}"
