@@ -369,7 +369,7 @@ def render(data: dict[str, Any], stats: dict[str, Any], info: dict[str, Any]) ->
         "",
         f"Medians of {settings['repeats']} interleaved repeats, {mode}; {machine_line(info)}. Two fresh clones, each "
         f"after one cold `retrain run` (not timed, {data['cold_flow']['wall']:.0f} s); D also after one `dvc repro`.",
-        f"(a): in every rerun {cached}; the run's own clock (flow start to summary) read "
+        f"(a): in every rerun {cached}; the pipeline's own clock (MLflow parent run to summary) read "
         f"{stats['rerun_in_flow']:.1f} s; wall minus the CLI import alone: {stats['rerun_beyond_import']:.1f} s. "
         f"(b): in every repeat {repro}.",
         "(c): keys changed one after another in params.yaml of both projects; expected = the stages reading the key "
@@ -378,9 +378,9 @@ def render(data: dict[str, Any], stats: dict[str, Any], info: dict[str, Any]) ->
     ]
     if stats.get("rerun_server_wall") is not None:
         lines.append(
-            f"Persistent server: the run's own clock read {stats['rerun_server_in_flow']:.1f} s. The rest of the wall "
-            "is process start, imports and interpreter teardown; the library floor above is what importing Prefect, "
-            "MLflow's SQLite store and DVC alone costs, so no rerun can take less."
+            f"Persistent server: the pipeline's own clock read {stats['rerun_server_in_flow']:.1f} s. "
+            "The rest of the wall is process start, imports and interpreter teardown; the library floor above "
+            "is what importing Prefect, MLflow's SQLite store and DVC alone costs, so no rerun can take less."
         )
     load = (info.get("load_average") or [float("nan")])[0]
     lines.append(f"At the start, {load_note(load, info['cpu_count'])}; at the end: {data.get('load_end', load):.1f}.")
