@@ -268,7 +268,7 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         "rerun_server_beyond_start": (
             median([r["rerun_server"]["wall"] - r["help_wall"] for r in server_rows]) if server_rows else None
         ),
-        "rerun_server_in_flow": median([r["rerun_server"]["in_flow_seconds"] for r in server_rows])
+        "rerun_server_in_flow": median([r["rerun_server"].get("in_flow_seconds") for r in server_rows])
         if server_rows
         else None,
         "floor_wall": median([r["floor_wall"] for r in server_rows]) if server_rows else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
@@ -630,8 +631,6 @@ def check_snapshot(
     fetches the reference snapshot); `reference` names it in the drift checks. One function for the stage task
     and the benchmarks' plain-Python path, so both run the same gate.
     """
-    import time
-
     cfg = params.validate_
     started = time.perf_counter()
     main = snapshot[snapshot[SOURCE_COLUMN] == "main"]

@@ -58,12 +58,20 @@ def lazy_stage_task(name: str) -> Task[..., dict[str, Any]]:
 
 @dataclass
 class StageCachePolicy(CachePolicy):
-    """Prefect cache policy whose key is the stage context's content hash."""
+    """Prefect cache policy whose key is the stage context's content hash.
+
+    `pinned` carries a key the caller already computed (hashing the inputs once per stage run, not twice).
+    """
+
+    key: str | None = None
+    pinned: bool = False
 
     def compute_key(
         self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
     ) -> str | None:
         """Key from the `ctx` argument: input data hashes, params values, code, lock, external inputs."""
+        if self.pinned:
+            return self.key
         ctx: StageContext = inputs["ctx"]
         return ctx.cache_key()
 
@@ -87,13 +95,13 @@ def cache_storage(root: Path) -> Path:
     return path
 
 
-def configured(name: str, root: Path, refresh: bool = False) -> Task[..., dict[str, Any]]:
-    """The stage task with content-keyed caching and JSON results (promote is never cached)."""
+def configured(name: str, root: Path, key: str | None, refresh: bool = False) -> Task[..., dict[str, Any]]:
+    """The stage task with caching on its precomputed content key and JSON results (promote is never cached)."""
     task = lazy_stage_task(name)
     if name == "promote":
         return task.with_options(cache_policy=NO_CACHE, persist_result=False)
     return task.with_options(
-        cache_policy=StageCachePolicy(),
+        cache_policy=StageCachePolicy(key=key, pinned=True),
         result_storage=cache_storage(root),
         result_serializer="json",
         persist_result=True,
@@ -145,17 +153,17 @@ def log_cached_run(ctx: StageContext, result: dict[str, Any]) -> None:
 def run_in_flow(ctx: StageContext) -> StageOutcome:
     """Run one stage as a Prefect task inside the flow; report whether it ran or came from cache."""
     started = time.perf_counter()
-    state = configured(ctx.stage, ctx.root)(ctx, return_state=True)
+    key = ctx.cache_key() if ctx.stage != "promote" else None  # a stage never changes its own inputs
+    state = configured(ctx.stage, ctx.root, key)(ctx, return_state=True)
     result = state.result()
     cached = state.name == "Cached"
     if cached and not outputs_in_place(ctx, result):
-        state = configured(ctx.stage, ctx.root, refresh=True)(ctx, return_state=True)
+        state = configured(ctx.stage, ctx.root, key, refresh=True)(ctx, return_state=True)
         result, cached = state.result(), False
     if cached:
         log_cached_run(ctx, result)
     elif ctx.stage != "promote":
         cache_outputs(ctx, result)
-    key = ctx.cache_key() if ctx.stage != "promote" else None
     return StageOutcome(ctx.stage, "cached" if cached else "ran", time.perf_counter() - started, result, key)
 
 
