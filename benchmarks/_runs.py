@@ -49,7 +49,7 @@ PACKAGES = (
     "flaml",
 )
 STAGE_LINE = re.compile(r"stage (\w+)\s+(ran|cached)\s+([\d.]+)s")
-"""The line tasks/pipeline.py logs at the end of each stage (the plain path of benchmarks/stages.py logs it too)."""
+"""The line engine/pipeline.py logs at the end of each stage (the plain path of benchmarks/stages.py logs it too)."""
 
 
 def setup_logging() -> None:

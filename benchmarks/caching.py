@@ -13,7 +13,7 @@ process that only imports Prefect, MLflow with its SQLAlchemy store and DVC's re
 (c) One key of params.yaml changed at a time, cumulatively (a gate threshold of evaluate, then
 candidates.n_trials, then split.valid_size), in both projects: F re-runs `retrain run` (stages ran / cached
 from its summary), D re-runs `dvc repro` (stages from DVC's "Running stage" lines). PASS when the stages that
-ran are exactly the expected set, computed from the DAG in retrain/stages.py: the stages that read the key,
+ran are exactly the expected set, computed from the DAG in engine/stage.py: the stages that read the key,
 then every stage whose inputs are outputs of a stage in the set; the flow also runs `promote` every time
 (never cached, by design), DVC only when its input changed.
 """
@@ -65,8 +65,8 @@ DVC_SKIPPED = re.compile(r"Stage '([\w-]+)' didn't change, skipping")
 
 
 def expected_stages(key: str, flow: bool) -> list[str]:
-    """Stages a change of `key` must re-run, from the DAG table (retrain/stages.py) alone."""
-    from retrain.stages import STAGES
+    """Stages a change of `key` must re-run, from the DAG table (engine/stage.py) alone."""
+    from flows.dag import DAG as STAGES
 
     def reads(stage_params: tuple[str, ...]) -> bool:
         """The stage reads the key, or a section or parent of it."""
@@ -373,7 +373,7 @@ def render(data: dict[str, Any], stats: dict[str, Any], info: dict[str, Any]) ->
         f"{stats['rerun_in_flow']:.1f} s; wall minus the CLI import alone: {stats['rerun_beyond_import']:.1f} s. "
         f"(b): in every repeat {repro}.",
         "(c): keys changed one after another in params.yaml of both projects; expected = the stages reading the key "
-        "plus everything downstream of their outputs in retrain/stages.py (the flow also runs promote, which is "
+        "plus everything downstream of their outputs in engine/stage.py (the flow also runs promote, which is "
         "never cached).",
     ]
     if stats.get("rerun_server_wall") is not None:

@@ -204,7 +204,7 @@ def interleaved_single_rows(
 ) -> dict[str, dict[str, float]]:
     """p50/p95/p99 ms of `rows` single-row calls per layer, the layers taking turns every BLOCK calls.
 
-    Same protocol as `retrain.latency.single_row_latency_ms` (rows sliced before the clock, 10 warm-up
+    Same protocol as `retrain.evaluation.latency.single_row_latency_ms` (rows sliced before the clock, 10 warm-up
     calls), but interleaved, so a change in the machine's load hits every layer alike.
     """
     singles = [X.iloc[[i % len(X)]] for i in range(rows)]
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     features = model.metadata.get_input_schema().input_names()
     X = pd.read_parquet(root / "data" / "processed" / "test.parquet")[features].reset_index(drop=True)
     python_model = model.unwrap_python_model()
-    family = type(python_model.predictor).__name__
+    family = type(python_model.model.predictor).__name__
     logger.info("%s: %s, %d features, %d test rows, loaded in %.2fs", uri, family, len(features), len(X), load_seconds)
     pyfunc = measure_pyfunc(model, X, args)
     if args.profile:

@@ -38,7 +38,9 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-FLIGHTS = Path(os.environ.get("NYCFLIGHTS_CSV", "/work/shared/datasets/nycflights13/flights.csv.gz"))
+SHARED_FLIGHTS = ROOT.parent / "shared" / "datasets" / "nycflights13" / "flights.csv.gz"
+"""nycflights13 from the shared datasets folder beside the checkout (`../shared`, resolved from the repo root)."""
+FLIGHTS = Path(os.environ.get("NYCFLIGHTS_CSV") or SHARED_FLIGHTS)
 PARAMS_FILE = "params.nycflights.yaml"
 DATA_FILE = "data/source/nycflights13.csv.gz"
 TARGET = "arr_status"
@@ -78,6 +80,11 @@ def prepare(dest: Path, copies: int = 1, rows: int | None = None, seed: int = 42
     Copy k >= 1 is the same schedule one year later with other outcomes (see `recast`). `rows` takes a
     seeded sample of the source first (--quick).
     """
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"nycflights13 not found at {source}: keep the shared datasets folder beside the checkout "
+            "(../shared/datasets/nycflights13/flights.csv.gz) or set NYCFLIGHTS_CSV"
+        )
     frame = pd.read_csv(source, dtype=str, keep_default_na=False)
     if rows is not None and rows < len(frame):
         keep = np.sort(np.random.default_rng(seed).choice(len(frame), size=rows, replace=False))

@@ -15,7 +15,7 @@ The plain path calls the same retrain/ functions with the same params and data a
 same stage outputs, and computes what the tasks compute for tracking too (diagnostics, plots, tables,
 model card), written to local files instead of MLflow. What it cannot do without MLflow it replaces by
 its MLflow-free equivalent: the latency gate times `Predictor.predict_scores` instead of the pyfunc's
-Python model, the serving gate loads the model directory with `retrain.models.load_predictor` in a fresh
+Python model, the serving gate loads the model directory with `retrain.models.estimators.load_predictor` in a fresh
 `python -I` process instead of `mlflow.pyfunc.load_model`, and promote copies the model directory into
 `models/registry/` instead of logging and registering it. Drift is skipped as on any cold run (no champion).
 """
@@ -77,7 +77,7 @@ class Plain:
     @property
     def dataset(self) -> Any:
         """The effective schema, as `StageContext.dataset` resolves it (declared, or ingest's schema.json)."""
-        from retrain.schema import from_json
+        from retrain.data.schema import from_json
 
         if self._dataset is None:
             declared = self.params.dataset
@@ -95,7 +95,7 @@ class Plain:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """The same bytes tasks.runtime.write_json writes (indent 2, sorted keys), atomically."""
+    """The same bytes engine.context.write_json writes (indent 2, sorted keys), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
@@ -104,9 +104,9 @@ def write_json(path: Path, data: Any) -> None:
 
 def plain_ingest(s: Plain) -> None:
     """tasks/ingest.py: read the sources, resolve the schema, write snapshot and schema."""
-    from retrain import schema
-    from retrain.ingest import SOURCE_COLUMN, ingest
-    from retrain.sources import parse_source
+    from retrain.data import schema
+    from retrain.data.ingest import SOURCE_COLUMN, ingest
+    from retrain.data.sources import parse_source
 
     cfg = s.params.ingest
     sources = {"main": parse_source(cfg.source, cfg.query)}
@@ -127,7 +127,7 @@ def plain_ingest(s: Plain) -> None:
 
 def plain_version(s: Plain) -> None:
     """tasks/version.py: the snapshot into the DVC cache and pushed to the remote, its md5 recorded."""
-    from tasks import dvcstore
+    from adapters import dvc_store as dvcstore
 
     snapshot = s.path("data/raw/snapshot.parquet")
     remote = dvcstore.remote_info(s.root, s.params.version.remote)
@@ -146,8 +146,8 @@ def plain_validate(s: Plain) -> None:
     """tasks/validate.py on a cold run (no champion, so no drift reference): the same gate function, report."""
     import pandas as pd
 
-    from retrain.drift import drift_without_reference
-    from retrain.validate import check_snapshot
+    from retrain.data.drift import drift_without_reference
+    from retrain.data.validate import check_snapshot
 
     action = s.params.validate_.drift.action
     reference = "off" if action == "off" else "none"  # a cold run: no champion, so no reference snapshot
@@ -164,7 +164,7 @@ def plain_split(s: Plain) -> None:
     """tasks/split.py."""
     import pandas as pd
 
-    from retrain.split import split_snapshot
+    from retrain.data.split import split_snapshot
 
     snapshot = pd.read_parquet(s.path("data/raw/snapshot.parquet"))
     parts = split_snapshot(snapshot, s.params.split, s.dataset, s.params.seed)
@@ -180,7 +180,7 @@ def plain_baselines(s: Plain) -> None:
     """tasks/baselines.py: fit on train, score on valid, write baselines.json (the same retrain function)."""
     import pandas as pd
 
-    from retrain.baselines import baselines_record, input_columns
+    from retrain.models.baselines import baselines_record, input_columns
 
     dataset, params = s.dataset, s.params
     columns = input_columns(dataset, params.baselines)
@@ -213,8 +213,8 @@ def plain_fit_family(family: str, d: dict[str, Any], cfg: Any, directory: Path) 
     from threadpoolctl import threadpool_limits
 
     from retrain.metrics import score
-    from retrain.models import monotone_params, pipeline_scores, save_model
-    from retrain.tuning import fit_model, plan_threads, tune
+    from retrain.models.estimators import monotone_params, pipeline_scores, save_model
+    from retrain.models.tuning import fit_model, plan_threads, tune
 
     dataset = d["dataset"]
     family_cfg = getattr(cfg, family)
@@ -263,8 +263,8 @@ def plain_fit_stacking(bases: dict[str, Family], d: dict[str, Any], cfg: Any, di
     import numpy as np
 
     from retrain.metrics import get_metric, score
-    from retrain.models import fit_meta, save_stacking, stack_features
-    from retrain.tuning import TuningResult, make_folds
+    from retrain.models.estimators import fit_meta, save_stacking, stack_features
+    from retrain.models.tuning import TuningResult, make_folds
 
     task, names, y_train = d["dataset"].task, list(bases), d["y_train"]
     started = time.perf_counter()
@@ -300,8 +300,8 @@ def plain_fit_stacking(bases: dict[str, Family], d: dict[str, Any], cfg: Any, di
 
 
 def plain_diagnostics(s: Plain, family: str, model: Any, d: dict[str, Any], out: Path, valid_scores: Any) -> None:
-    """tasks/tracking.py log_candidate_diagnostics: the same function, its results written as local files."""
-    from retrain.diagnostics import candidate_diagnostics
+    """adapters/mlflow_tracking.py log_candidate_diagnostics: the same function, its results written as local files."""
+    from retrain.evaluation.diagnostics import candidate_diagnostics
 
     found = candidate_diagnostics(
         family,
@@ -330,7 +330,7 @@ def plain_candidates(s: Plain) -> None:
     import pandas as pd
 
     from retrain.metrics import class_labels, encode_target, get_metric
-    from retrain.tuning import optuna_storage
+    from retrain.models.tuning import optuna_storage
 
     dataset, cfg, metric, split = s.dataset, s.params.candidates, s.params.evaluate.metric, s.params.split
     bases = [f for f in cfg.families if f != "stacking"]
@@ -399,11 +399,11 @@ def plain_serving_gate(s: Plain, model_dir: Path, example: Any, expected: Any) -
     """The serving gate's MLflow-free equivalent: a fresh `python -I` process loads the model dir and predicts."""
     import numpy as np
 
-    from retrain.gates import GateResult
+    from retrain.evaluation.gates import GateResult
 
     child = (
         "import sys; sys.path.insert(0, sys.argv[1]); import numpy as np, pandas as pd; "
-        "from retrain.models import load_predictor, serve_output; "
+        "from retrain.models.estimators import load_predictor, serve_output; "
         "p = load_predictor(__import__('pathlib').Path(sys.argv[2])); "
         "out = serve_output(p, pd.read_parquet(sys.argv[3])); "
         "np.save(sys.argv[4], np.asarray(out, dtype=float), allow_pickle=False)"
@@ -432,14 +432,15 @@ def plain_evaluate(s: Plain) -> None:
     """tasks/evaluate.py on a cold run (no champion): build the shipped model, every gate, record, model card."""
     import pandas as pd
 
-    from retrain.baselines import from_dict
-    from retrain.calibration import choose_threshold, fit_calibrator
-    from retrain.gatepolicy import gate_policy
-    from retrain.gates import decide
-    from retrain.latency import directory_size_mb, latency_gate, single_row_latency_ms
+    from retrain.evaluation.calibration import choose_threshold
+    from retrain.evaluation.gates import decide
+    from retrain.evaluation.latency import directory_size_mb, latency_gate, single_row_latency_ms
+    from retrain.evaluation.modelcard import curves, render_model_card
+    from retrain.evaluation.policy import gate_policy
     from retrain.metrics import class_labels, encode_target, get_metric, is_better, score
-    from retrain.modelcard import curves, render_model_card
-    from retrain.models import load_predictor, save_calibration, save_confidence, serve_output
+    from retrain.models.baselines import from_dict
+    from retrain.models.calibrator import fit_calibrator
+    from retrain.models.estimators import load_predictor, save_calibration, save_confidence, serve_output
 
     dataset, ecfg, metric = s.dataset, s.params.evaluate, s.params.evaluate.metric
     cfg, task = ecfg.gates, dataset.task
@@ -487,7 +488,7 @@ def plain_evaluate(s: Plain) -> None:
     latency: dict[str, float] = {}
 
     def measure_latency() -> Any:
-        """Single rows through the retrain.models predictor (the pyfunc's Python model needs MLflow)."""
+        """Single rows through the retrain.models.estimators predictor (the pyfunc's Python model needs MLflow)."""
         latency.update(single_row_latency_ms(predictor.predict_scores, X_test, cfg.latency.rows))
         latency["size_mb"] = directory_size_mb(model_dir)
         return latency_gate(latency, latency["size_mb"], cfg=cfg.latency, champion=None)
@@ -510,7 +511,7 @@ def plain_evaluate(s: Plain) -> None:
         lambda: plain_serving_gate(s, model_dir, example, serve_output(predictor, example)),
     )
     decision, failed = decide(gates)
-    from tasks.dvcstore import file_md5
+    from adapters.dvc_store import file_md5
 
     files = sorted(p for p in model_dir.rglob("*") if p.is_file())
     record = {
@@ -580,13 +581,12 @@ def forbidden_modules() -> list[str]:
 def plain_pipeline(root: Path, overrides: list[str]) -> dict[str, Any]:
     """Every stage's compute in order, timed; fails if Prefect or MLflow got imported along the way."""
     from retrain.config import load_params
-    from retrain.stages import STAGE_NAMES
 
     started = time.perf_counter()
     params = load_params(root / "params.yaml", overrides)
     state = Plain(root, params, root / ".plain_artifacts")
     stages = []
-    for name in STAGE_NAMES:
+    for name in PLAIN_STAGES:  # the DAG's order (flows/dag.py would import Prefect and MLflow)
         stage_started = time.perf_counter()
         PLAIN_STAGES[name](state)
         seconds = time.perf_counter() - stage_started
@@ -610,7 +610,7 @@ def plain_pipeline(root: Path, overrides: list[str]) -> dict[str, Any]:
 
 def file_md5s(project: Path) -> dict[str, str | None]:
     """md5 of the outputs both paths must write identically."""
-    from tasks.dvcstore import file_md5
+    from adapters.dvc_store import file_md5
 
     return {rel: file_md5(project / rel) if (project / rel).is_file() else None for rel in COMPARED}
 
@@ -718,16 +718,16 @@ def profile_flow(overrides: list[str], out: Path) -> dict[str, Any]:
 PROFILE_GROUPS: dict[str, tuple[tuple[str, str], ...]] = {
     "CLI main (whole process after imports of flows.cli)": (("flows/cli.py", "main"),),
     "retrain_flow body": (("flows/training.py", "retrain_flow"),),
-    "run_in_flow (Prefect task + cache + stage)": (("tasks/runner.py", "run_in_flow"),),
+    "run_in_flow (Prefect task + cache + stage)": (("engine/runner.py", "run_in_flow"),),
     "stage functions (tasks/<stage>.py run)": tuple(
         (f"tasks/{n}.py", "run")
         for n in ("ingest", "version", "validate", "split", "baselines", "candidates", "evaluate", "promote")
     ),
-    "cache keys (StageContext.cache_key)": (("tasks/runtime.py", "cache_key"),),
-    "DVC cache of outputs (cache_outputs)": (("tasks/runner.py", "cache_outputs"),),
-    "PipelineRun.start (lock, recovery, MLflow parent run)": (("tasks/pipeline.py", "start"),),
-    "PipelineRun.finish": (("tasks/pipeline.py", "finish"),),
-    "dvc.lock commit (record_lineage)": (("tasks/pipeline.py", "record_lineage"),),
+    "cache keys (StageContext.cache_key)": (("engine/context.py", "cache_key"),),
+    "DVC cache of outputs (cache_outputs)": (("engine/runner.py", "cache_outputs"),),
+    "PipelineRun.start (lock, recovery, MLflow parent run)": (("engine/pipeline.py", "start"),),
+    "PipelineRun.finish": (("engine/pipeline.py", "finish"),),
+    "dvc.lock commit (record_lineage)": (("engine/pipeline.py", "record_lineage"),),
     "mlflow start_run (stage + family runs)": (("mlflow/tracking/fluent.py", "start_run"),),
     "mlflow end_run": (("mlflow/tracking/fluent.py", "end_run"),),
     "mlflow artifacts (log_artifact(s), log_dict, log_figure, log_table)": tuple(
@@ -739,11 +739,11 @@ PROFILE_GROUPS: dict[str, tuple[tuple[str, str], ...]] = {
         for f in ("log_metrics", "log_metric", "log_params", "log_param", "set_tags", "set_tag")
     ),
     "mlflow MlflowClient.log_batch": (("mlflow/tracking/client.py", "log_batch"),),
-    "log_candidate_diagnostics (compute + logging)": (("tasks/tracking.py", "log_candidate_diagnostics"),),
-    "serving gate (save_model + fresh process)": (("tasks/servecheck.py", "serving_gate"),),
+    "log_candidate_diagnostics (compute + logging)": (("adapters/mlflow_tracking.py", "log_candidate_diagnostics"),),
+    "serving gate (save_model + fresh process)": (("adapters/serving_check.py", "serving_gate"),),
     "mlflow.pyfunc.log_model (promote)": (("mlflow/pyfunc/__init__.py", "log_model"),),
     "mlflow register_model (promote)": (("mlflow/tracking/_model_registry/fluent.py", "register_model"),),
-    "ensure_experiment (creates mlflow.db)": (("tasks/runtime.py", "ensure_experiment"),),
+    "ensure_experiment (creates mlflow.db)": (("engine/context.py", "ensure_experiment"),),
 }
 """Functions whose cumulative seconds a profiled flow run reports (summed over the listed file/function pairs)."""
 

@@ -6,7 +6,7 @@ For Adult (test ROC AUC) and California housing (test R^2), a temp clone of the 
 pipeline's own ingest -> validate -> split stages, so both tools get the very same train / valid / test
 rows and features. Per budget B and repeat r (seed = params seed + r, the same for both tools):
 
-- ours: `retrain.tuning.tune` for the lightgbm family exactly as the candidates stage configures it
+- ours: `retrain.models.tuning.tune` for the lightgbm family exactly as the candidates stage configures it
   (params' space, fixed params, monotone constraints, CV folds, early stopping, pruning) with
   `timeout_seconds = B` and no trial cap, then the candidates stage's final refit on train + valid;
 - FLAML: `AutoML.fit` on train + valid with `estimator_list=["lgbm"]`, `time_budget=B`, the same metric,
@@ -45,10 +45,10 @@ from benchmarks._runs import (
 )
 from benchmarks._support import retrain_stages
 from retrain.config import DatasetConfig, Params, load_params
+from retrain.data.schema import from_json
 from retrain.metrics import class_labels, encode_target, score
-from retrain.models import monotone_params, pipeline_scores
-from retrain.schema import from_json
-from retrain.tuning import fit_model, plan_threads, tune
+from retrain.models.estimators import monotone_params, pipeline_scores
+from retrain.models.tuning import fit_model, plan_threads, tune
 
 logger = logging.getLogger("benchmarks.tuning")
 
@@ -414,7 +414,7 @@ def write(results: dict[str, Any]) -> dict[str, Any]:
     results["medians"] = rows
     text += (
         "\nSame train / valid / test rows (the pipeline's split stage, in a temp clone) for both tools. Ours: "
-        "`retrain.tuning.tune` for lightgbm as the candidates stage configures it, `timeout_seconds` = budget, "
+        "`retrain.models.tuning.tune` for lightgbm as the candidates stage configures it, `timeout_seconds` = budget, "
         "no trial cap, then the stage's refit on train + valid. FLAML 2.7 `AutoML.fit` on train + valid, "
         "`estimator_list=['lgbm']`, `time_budget` = budget, same metric, seed (params seed + repeat) and threads "
         "(its own holdout, then a retrain on all rows). Wall = search + final fit. Our search stops a trial at "

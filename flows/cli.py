@@ -177,45 +177,115 @@ def exit_code_for_promotion(action: str | None, decision: str | None) -> int:
     return EXIT_OK
 
 
-def print_summary(summary: dict[str, Any]) -> None:
-    """The human summary at the end of a run (stderr)."""
-    lines = ["", f"{'stage':<12}{'status':<8}{'seconds':>8}"]
-    lines += [f"{s['name']:<12}{s['status']:<8}{s['seconds']:>8.2f}" for s in summary["stages"]]
-    lines.append("")
-    lines += family_lines(summary)
-    for gate in summary["gates"]:
-        status = gate.get("status") or ("pass" if gate["passed"] else "fail")
-        lines.append(f"gate {gate['name']:<28} {status.upper():<7} {gate['reason']}")
-    lines.append(
-        f"decision: {summary['decision']} ({summary['promotion']}); {summary['model_name']} "
-        f"challenger = version {summary.get('challenger_version')}, "
-        f"champion = version {summary['champion_version']}; data {summary['data_hash']}"
+def print_summary(summary: dict[str, Any], console: Any = None) -> None:
+    """The human summary at the end of a run: stage, candidate and gate tables and the decision (rich, stderr).
+
+    Tables wrap to the terminal (80 columns when stderr is not a terminal, or $COLUMNS); the one-line facts
+    after them (decision, audit entries, links) are never wrapped. `console` is for tests (a StringIO file).
+    """
+    from rich.console import Console
+    from rich.text import Text
+
+    console = console or Console(stderr=True)
+    console.print()
+    console.print(stage_table(summary))
+    console.print(family_table(summary))
+    selected = selected_line(summary)
+    if selected:
+        console.print(Text(selected), soft_wrap=True)
+    console.print(gate_table(summary))
+    decision = str(summary["decision"])
+    console.print(
+        Text(
+            f"decision: {decision} ({summary['promotion']}); {summary['model_name']} "
+            f"challenger = version {summary.get('challenger_version')}, "
+            f"champion = version {summary['champion_version']}; data {summary['data_hash']}",
+            style=DECISION_STYLES.get(decision, "bold"),
+        ),
+        soft_wrap=True,
     )
     if summary.get("promotion_message"):
-        lines.append(("DRY RUN: " if summary.get("dry_run") else "") + summary["promotion_message"])
+        dry = summary.get("dry_run")
+        message = Text(("DRY RUN: " if dry else "") + summary["promotion_message"], style="yellow" if dry else "")
+        console.print(message, soft_wrap=True)
     for entry in summary.get("audit", []):
-        lines.append(f"audit: {entry_line(entry)}")
-    lines += link_lines(summary)
-    logger.info("\n".join(lines))
+        console.print(Text(f"audit: {entry_line(entry)}"), soft_wrap=True)
+    for line in link_lines(summary):
+        console.print(Text(line), soft_wrap=True)  # URLs stay whole for copy and paste
 
 
-def family_lines(summary: dict[str, Any]) -> list[str]:
-    """Each candidate's CV and valid score against the best baseline, then the selected one's test score."""
+STATUS_STYLES = {"pass": "green", "fail": "bold red", "skipped": "dim", "ran": "green", "cached": "cyan"}
+"""rich styles of gate statuses (pass / fail / skipped) and stage statuses (ran / cached) in the summary."""
+DECISION_STYLES = {"promote": "bold green", "reject": "bold red"}
+"""rich styles of the decision line."""
+
+
+def stage_table(summary: dict[str, Any]) -> Any:
+    """A rich Table of the run's stages: name, status, seconds."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="stages", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("stage")
+    table.add_column("status")
+    table.add_column("seconds", justify="right")
+    for s in summary["stages"]:
+        status = str(s["status"])
+        table.add_row(Text(str(s["name"])), Text(status, style=STATUS_STYLES.get(status, "")), f"{s['seconds']:.2f}")
+    return table
+
+
+def family_table(summary: dict[str, Any]) -> Any:
+    """A rich Table of each candidate's CV and valid score, trials, and its verdict against the best baseline."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     metric = summary.get("metric", "score")
-    lines = [f"{'family':<18}{'cv ' + metric:>14}{'valid ' + metric:>16}  trials  vs best baseline"]
+    table = Table(title="candidates", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("family")
+    table.add_column(f"cv {metric}", justify="right")
+    table.add_column(f"valid {metric}", justify="right")
+    table.add_column("trials")
+    table.add_column("vs best baseline")
     for family, v in summary.get("families", {}).items():
-        verdict = "beats" if v["beats_baselines"] else "FAILS TO BEAT"
-        cv = v.get("cv_score")
+        beats = v["beats_baselines"]
         trials = f"{v.get('n_trials') or 0} ({v.get('n_pruned') or 0} pruned)" if v.get("n_trials") else "-"
-        lines.append(
-            f"{family:<18}{_num(cv):>14}{_num(v['valid_score']):>16}  {trials:<15} {verdict} {v['best_baseline']}"
-        )
+        verdict = Text(f"{'beats' if beats else 'FAILS TO BEAT'} {v['best_baseline']}", style="" if beats else "red")
+        table.add_row(Text(str(family)), _num(v.get("cv_score")), _num(v["valid_score"]), trials, verdict)
+    return table
+
+
+def selected_line(summary: dict[str, Any]) -> str | None:
+    """The selected family's test score against the champion's (None before evaluate ran)."""
+    metric = summary.get("metric", "score")
     test = summary.get("metrics", {}).get("evaluate", {})
-    if summary.get("family") and f"test_{metric}" in test:
-        champion = test.get(f"test_{metric}_champion")
-        versus = f" (champion {_num(champion)})" if champion is not None else " (no champion yet)"
-        lines.append(f"selected {summary['family']}: test {metric} {_num(test[f'test_{metric}'])}{versus}")
-    return [*lines, ""]
+    if not (summary.get("family") and f"test_{metric}" in test):
+        return None
+    champion = test.get(f"test_{metric}_champion")
+    versus = f" (champion {_num(champion)})" if champion is not None else " (no champion yet)"
+    return f"selected {summary['family']}: test {metric} {_num(test[f'test_{metric}'])}{versus}"
+
+
+def gate_table(summary: dict[str, Any]) -> Any:
+    """A rich Table of the gates: name, status (pass / FAIL / skipped), the one-line reason."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="gates", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("gate", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("reason", overflow="fold")
+    for gate in summary["gates"]:
+        status = str(gate.get("status") or ("pass" if gate["passed"] else "fail"))
+        table.add_row(
+            Text(str(gate["name"])),
+            Text(status.upper(), style=STATUS_STYLES.get(status, "")),
+            Text(str(gate["reason"])),
+        )
+    return table
 
 
 def _num(value: Any) -> str:
@@ -255,16 +325,18 @@ def _emit(data: dict[str, Any]) -> None:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     """Run one stage on files; dvc.yaml calls this for each stage."""
+    from engine.pipeline import standalone_stage
+    from engine.stage import find_stage
+    from flows.dag import DAG
+    from retrain.catalog import GATE_RECORD
     from retrain.config import load_params
     from retrain.paths import project_root, resolve
-    from retrain.stages import GATE_RECORD, get_stage
-    from tasks.pipeline import standalone_stage
 
     root = project_root()
-    get_stage(args.name)
+    stage = find_stage(DAG, args.name)
     params = load_params(resolve(root, args.params))
     trigger = "dvc" if os.environ.get("DVC_STAGE") else os.environ.get("RETRAIN_TRIGGER", "cli")
-    outcome = standalone_stage(root, params, args.name, trigger)
+    outcome = standalone_stage(root, params, DAG, stage, trigger)
     logger.info("stage %s finished in %.2fs", outcome.name, outcome.seconds)
     action = outcome.result.get("info", {}).get("action")
     if action == "rejected":
@@ -275,23 +347,33 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_stages(args: argparse.Namespace) -> int:
-    """Print the stage table, or dvc.yaml generated from it."""
+    """Print the stage table (with each stage's derived code files), or dvc.yaml generated from it."""
+    from engine.stage import dvc_pipeline
+    from flows.dag import DAG
     from retrain.config import load_params, params_dict
     from retrain.paths import project_root, resolve
-    from retrain.stages import STAGES, dvc_pipeline
 
+    root = project_root()
     if args.dvc_yaml:
-        values = params_dict(load_params(resolve(project_root(), args.params)))
+        values = params_dict(load_params(resolve(root, args.params)))
         header = (
-            "# Generated by `retrain stages --dvc-yaml` from retrain/stages.py and the sources in params.yaml;\n"
-            "# a test checks they agree. Regenerate (`make dvc-yaml`) after changing ingest.source's kind.\n"
+            "# Generated by `retrain stages --dvc-yaml` from the stage records (tasks/*.py, in flows/dag.py order),\n"
+            "# their derived code deps and the sources in params.yaml; a test checks they agree.\n"
+            "# Regenerate (`make dvc-yaml`) after changing code imports or ingest.source's kind.\n"
         )
-        sys.stdout.write(header + yaml.safe_dump(dvc_pipeline(values), sort_keys=False, width=120))
+        sys.stdout.write(header + yaml.safe_dump(dvc_pipeline(DAG, root, values), sort_keys=False, width=120))
         return EXIT_OK
-    for stage in STAGES:
-        sys.stdout.write(
-            f"{stage.name:<11} deps={list(stage.deps)} outs={list(stage.outs)} params={list(stage.params)}\n"
-        )
+    for stage in DAG:
+        hooks = [name for name in ("key_inputs", "tags") if getattr(stage, name) is not None]
+        lines = [
+            f"{stage.name}" + ("" if stage.cache else "  (never cached: runs every time)"),
+            f"  deps    {', '.join(stage.deps)}",
+            f"  outs    {', '.join(stage.outs)}",
+            f"  params  {', '.join(stage.params)}",
+            f"  hooks   {', '.join(hooks) or '-'}",
+            f"  code    {', '.join(stage.code(root))}",
+        ]
+        sys.stdout.write("\n".join(lines) + "\n")
     return EXIT_OK
 
 
@@ -299,11 +381,11 @@ def cmd_data(args: argparse.Namespace) -> int:
     """`retrain data restore`: the training data of a registered model version, verified by its md5."""
     from pathlib import Path
 
+    from adapters.dvc_store import HashMismatchError
+    from adapters.lineage import parse_model_ref, restore, summary_lines
+    from engine.context import default_tracking_uri
     from retrain.config import load_params
     from retrain.paths import project_root, resolve
-    from tasks.dvcstore import HashMismatchError
-    from tasks.lineage import parse_model_ref, restore, summary_lines
-    from tasks.runtime import default_tracking_uri
 
     root = project_root()
     ref = parse_model_ref(args.model)
@@ -331,9 +413,9 @@ def entry_line(entry: dict[str, Any]) -> str:
 
 def _registry_args(args: argparse.Namespace) -> tuple[Any, str, str, str]:
     """Project root, tracking URI, model name and alias for history/rollback."""
+    from engine.context import default_tracking_uri
     from retrain.config import load_params
     from retrain.paths import project_root, resolve
-    from tasks.runtime import default_tracking_uri
 
     root = project_root()
     params = load_params(resolve(root, args.params))
@@ -345,7 +427,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     """`retrain history`: every audited alias move of a registered model, oldest first (stdout)."""
     from mlflow.tracking import MlflowClient
 
-    from tasks import audit, registry
+    from adapters import mlflow_audit as audit
+    from adapters import mlflow_registry as registry
 
     _, uri, model, _ = _registry_args(args)
     registry.require_model(MlflowClient(uri), model)
@@ -361,7 +444,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """`retrain rollback`: champion back to the previous (or --to) champion, under the registry lock, audited."""
-    from tasks import registry
+    from adapters import mlflow_registry as registry
 
     root, uri, model, alias = _registry_args(args)
     result = registry.rollback(root, uri, model, alias, args.to)

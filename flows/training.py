@@ -10,10 +10,13 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.pipeline import PipelineRun
 from flows import env
+from flows.dag import DAG
+from flows.summary import preflight, run_summary, summary_tags
 from retrain.config import load_params
 from retrain.paths import project_root, resolve
-from tasks.pipeline import PipelineRun, preflight
+from tasks import baselines, candidates, evaluate, ingest, promote, split, validate, version
 
 logger = logging.getLogger(__name__)
 
@@ -84,22 +87,30 @@ def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli"
     is_default = not overrides and resolve(root, request.params_file) == root / DEFAULT_PARAMS
     logger.info("run requested by %s with overrides %s", trigger, overrides or "(none)")
     run = PipelineRun.start(
-        root, params, trigger, commit_lineage=is_default and not dry_run, flow_run_id=flow_run.get_id(), dry_run=dry_run
+        root,
+        params,
+        DAG,
+        trigger,
+        commit_lineage=is_default and not dry_run,
+        flow_run_id=flow_run.get_id(),
+        dry_run=dry_run,
     )
     try:
         # --- data: snapshot, version, gate, split ---
-        run.stage("ingest")
-        run.stage("version")
-        run.stage("validate", external=run.reference_input())
-        run.stage("split")
+        run.stage(ingest.STAGE)
+        run.stage(version.STAGE)
+        run.stage(validate.STAGE)
+        run.stage(split.STAGE)
         # --- models: reference points and tuned candidates ---
-        run.stage("baselines")
-        candidates = run.stage("candidates")
+        run.stage(baselines.STAGE)
+        run.stage(candidates.STAGE)
         # --- offline gates and promotion ---
-        run.stage("evaluate", external=run.champion_input(candidates))
-        run.stage("promote", external={"dry_run": "true"} if dry_run else None)
+        run.stage(evaluate.STAGE)
+        run.stage(promote.STAGE)
         run.record_lineage()
     except BaseException:
-        run.finish("FAILED")
+        run.finish("FAILED", summary_tags(run_summary(run)))
         raise
-    return run.finish("FINISHED")
+    summary = run_summary(run)
+    run.finish("FINISHED", summary_tags(summary))
+    return summary

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from retrain.errors import ConfigError
+from retrain.models.families import FAMILIES, Family, known
 
 
 class Strict(BaseModel):
@@ -242,14 +243,17 @@ class ParamRange(Strict):
 class FamilyConfig(Strict):
     """A model family: fixed hyperparameters, the space the search explores and its own budget.
 
-    `n_trials` (None: `candidates.n_trials`) and `timeout_seconds` (None: no limit; a run cut by the
-    clock is not reproducible) bound the search; `early_stopping_rounds` (LightGBM only) stops boosting
-    inside each CV fold when the fold's validation loss stops improving; the refit then boosts the
-    folds' mean best round count x sqrt(refit rows / fold rows), and `refit_learning_rate_divisor` d
-    refits with learning_rate / d and d times the rounds (slower learning, usually a little better).
-    `pruning_warmup_rounds` (LightGBM only; None: prune between folds only) reports each fold's
-    validation loss to the pruner every few boosting rounds and lets it stop a trial mid-fold once
-    this many rounds are done (not earlier: a high learning rate always looks better at first).
+    `space` left out means the family's default search space from its registry record
+    (retrain/models/families.py); a `space` given replaces it as a whole (`space: {}`: no search, one fit
+    of `fixed`). `n_trials` (None: `candidates.n_trials`) and `timeout_seconds` (None: no limit; a run cut
+    by the clock is not reproducible) bound the search; `early_stopping_rounds` (families with boosting
+    rounds: LightGBM) stops boosting inside each CV fold when the fold's validation loss stops improving;
+    the refit then boosts the folds' mean best round count x sqrt(refit rows / fold rows), and
+    `refit_learning_rate_divisor` d refits with learning_rate / d and d times the rounds (slower learning,
+    usually a little better). `pruning_warmup_rounds` (boosting rounds only; None: prune between folds
+    only) reports each fold's validation loss to the pruner every few boosting rounds and lets it stop a
+    trial mid-fold once this many rounds are done (not earlier: a high learning rate always looks better
+    at first).
     """
 
     fixed: dict[str, Any] = {}
@@ -261,32 +265,85 @@ class FamilyConfig(Strict):
     pruning_warmup_rounds: int | None = Field(default=None, ge=1)
 
 
+def _default_space(record: Family) -> dict[str, dict[str, Any]]:
+    """The family's default search space from its registry record, as params.yaml would write it."""
+    return {name: dict(dim) for name, dim in record.space.items()}
+
+
+def _family_section(section: Any, record: Family) -> Any:
+    """A `candidates.<family>` section with the registry's default space when it gives none."""
+    if isinstance(section, FamilyConfig):
+        if "space" in section.model_fields_set:
+            return section
+        return FamilyConfig.model_validate({**section.model_dump(exclude_unset=True), "space": _default_space(record)})
+    if isinstance(section, dict) and "space" not in section:
+        return {**section, "space": _default_space(record)}
+    return section  # an explicit space, or a value pydantic will reject with the key's path
+
+
 class CandidatesConfig(Strict):
     """Which families are tuned and how hard; `parallel_trials` > 1 is faster but not reproducible (TPE).
 
+    `families` must name families of the registry (retrain/models/families.py `FAMILIES`). Each registered
+    family has a section `candidates.<family>` (a FamilyConfig; absent: the family's defaults) held as a
+    typed extra, so a new family needs no field here: read it with `family(name)` (or `candidates.lightgbm`
+    / `getattr(candidates, name)`); it is dumped, looked up (`candidates.lightgbm.n_trials`) and overridden
+    (`--set candidates.lightgbm.n_trials=3`) like any other key. A key that is neither a setting below nor
+    a registered family is an error naming it.
+
     `storage`: None keeps Optuna studies in memory; `journal:<file>` appends them to a journal file
     (relative to the project root); a URL with `://` is an Optuna RDB storage. `monotone` maps numeric
-    features to 1 (the score may only rise with it) or -1; LightGBM and HistGradientBoosting are built
-    with those constraints (logreg / ridge cannot be: the directional gate still checks whatever wins).
+    features to 1 (the score may only rise with it) or -1; families whose record has a `monotone_param`
+    (LightGBM, HistGradientBoosting, random forest) are built with those constraints (logreg / ridge cannot
+    be: the directional gate still checks whatever wins).
     """
 
-    families: tuple[Literal["lightgbm", "hgb", "logreg", "ridge", "stacking"], ...] = Field(min_length=1)
+    model_config = ConfigDict(extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, FamilyConfig] = Field(init=False)
+
+    families: tuple[str, ...] = Field(min_length=1)
     cv_folds: int = Field(ge=2)
     n_trials: int = Field(ge=1)
     parallel_trials: int = Field(default=1, ge=1)
     storage: str | None = None
     monotone: dict[str, Literal[-1, 1]] = {}
-    lightgbm: FamilyConfig = FamilyConfig()
-    hgb: FamilyConfig = FamilyConfig()
-    logreg: FamilyConfig = FamilyConfig()
-    ridge: FamilyConfig = FamilyConfig()
-    stacking: FamilyConfig = FamilyConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_sections(cls, data: Any) -> Any:
+        """Only settings and registered families are keys; every family gets a section (defaults filled in)."""
+        if not isinstance(data, dict):
+            return data
+        unknown = [k for k in data if k not in cls.model_fields and k not in FAMILIES]
+        if unknown:
+            raise ValueError(
+                "; ".join(f"candidates.{k}: unknown key" for k in unknown)
+                + f" (neither a candidates setting: {', '.join(cls.model_fields)}; nor a model family: {known()})"
+            )
+        return {**data, **{name: _family_section(data.get(name, {}), r) for name, r in FAMILIES.items()}}
+
+    @field_validator("families")
+    @classmethod
+    def _registered(cls, families: tuple[str, ...]) -> tuple[str, ...]:
+        """Every listed family is in the registry: an unknown one fails here, not deep inside a run."""
+        unknown = [f for f in families if f not in FAMILIES]
+        if unknown:
+            raise ValueError(f"unknown model family {', '.join(map(repr, unknown))}; known families: {known()}")
+        return families
+
+    def family(self, name: str) -> FamilyConfig:
+        """The section `candidates.<name>` of a registered family."""
+        sections = self.__pydantic_extra__ or {}
+        if name not in sections:
+            raise ConfigError(f"candidates.{name}: unknown model family; known families: {known()}")
+        return sections[name]
 
     @model_validator(mode="after")
     def _check(self) -> CandidatesConfig:
-        bases = [f for f in self.families if f != "stacking"]
-        if "stacking" in self.families and len(set(bases)) < 2:
-            raise ValueError(f"family 'stacking' needs at least two other families to stack, got {bases}")
+        bases = [f for f in self.families if not FAMILIES[f].meta]
+        meta = [f for f in self.families if FAMILIES[f].meta]
+        if meta and len(set(bases)) < 2:
+            raise ValueError(f"family {meta[0]!r} needs at least two other families to stack, got {bases}")
         if self.storage is not None and not (self.storage.startswith("journal:") or "://" in self.storage):
             raise ValueError(
                 f"storage {self.storage!r}: use null (in memory), 'journal:<file>' or an RDB URL (sqlite:///x.db)"
@@ -520,11 +577,14 @@ class Params(Strict):
             raise ValueError(
                 f"evaluate.metric {self.evaluate.metric!r} does not fit task {task!r}; use one of {TASK_METRICS[task]}"
             )
-        classification_only = ("logreg", "most_frequent")
-        wrong = classification_only if task == "regression" else ("ridge", "mean", "median")
-        bad = [f for f in (*self.candidates.families, *self.baselines.strategies) if f in wrong]
+        unfit = [f for f in self.candidates.families if task not in FAMILIES[f].tasks]
+        if unfit:
+            fits = "; ".join(f"{f} fits {'/'.join(FAMILIES[f].tasks)}" for f in unfit)
+            raise ValueError(f"candidates.families {unfit} do not apply to dataset.task {task!r} ({fits})")
+        wrong = ("most_frequent",) if task == "regression" else ("mean", "median")
+        bad = [s for s in self.baselines.strategies if s in wrong]
         if bad:
-            raise ValueError(f"candidates.families / baselines.strategies {bad} do not apply to task {task!r}")
+            raise ValueError(f"baselines.strategies {bad} do not apply to task {task!r}")
         if self.ingest.query is None and "://" in self.ingest.source:
             raise ValueError("ingest.source is a database URL: set ingest.query")
         if self.ingest.query is not None and "://" not in self.ingest.source:

@@ -147,10 +147,10 @@ def verify(root: Path, api_url: str, flow_run_id: str) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from engine.context import default_tracking_uri
     from flows.training import RunRequest
     from retrain.config import load_params, stable_hash
     from retrain.config import params_dict as as_dict
-    from tasks.runtime import default_tracking_uri
 
     run = api(api_url, f"/flow_runs/{flow_run_id}")
     if run["state_type"] != "COMPLETED":

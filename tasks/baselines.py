@@ -6,11 +6,12 @@ import logging
 from typing import Any
 
 import pandas as pd
-from prefect import task
 
-from retrain.baselines import baselines_record, input_columns
-from retrain.stages import BASELINES, SPLITS
-from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_json
+from adapters.jsonfile import write_json
+from engine.context import StageContext, clear_outputs, finish, stage_run
+from engine.stage import Stage
+from retrain.catalog import BASELINES, DATASET_KEYS, SPLITS
+from retrain.models.baselines import baselines_record, input_columns
 
 logger = logging.getLogger(__name__)
 
@@ -31,4 +32,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return finish(ctx, active, {f"valid_{metric}_{k}": v for k, v in record["valid_scores"].items()})
 
 
-baselines_task = task(run, name="baselines")
+STAGE = Stage(
+    "baselines",
+    run,
+    deps=(SPLITS["train"], SPLITS["valid"]),
+    outs=(BASELINES,),
+    params=("baselines", *DATASET_KEYS, "evaluate.metric", "seed"),
+)

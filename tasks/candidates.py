@@ -1,6 +1,6 @@
 """candidates: tune each model family by cross-validated search, refit the best, save it safely.
 
-Per family: the Optuna search (retrain/tuning.py) picks hyperparameters by k-fold CV on train; a refit
+Per family: the Optuna search (retrain/models/tuning.py) picks hyperparameters by k-fold CV on train; a refit
 on train alone gives the honest valid score (what `evaluate` selects by); the saved model is a refit
 of the same hyperparameters on train + valid. `stacking` fits a meta-learner on the out-of-fold scores
 of the other families' best trials and saves their train + valid refits beside its coefficients.
@@ -14,34 +14,29 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
-from prefect import task
-from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
+from adapters.jsonfile import write_json
+from engine.context import StageContext, clear_outputs, finish, stage_run
+from engine.scaleout import family_runner
+from engine.stage import Stage
+from retrain.catalog import CANDIDATES, DATASET_KEYS, SPLITS, VALID_SCORES
 from retrain.config import CandidatesConfig, DatasetConfig
 from retrain.errors import DataError
-from retrain.families import check_family
 from retrain.metrics import class_labels, encode_target, get_metric, score
-from retrain.models import (
-    fit_meta,
-    monotone_params,
-    pipeline_scores,
-    save_model,
-    save_stacking,
-    stack_features,
-)
-from retrain.stages import CANDIDATES, SPLITS, VALID_SCORES
-from retrain.tuning import TuningResult, fit_model, make_folds, optuna_storage, plan_threads, tune
-from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_json
-from tasks.scaleout import family_runner
-from tasks.tracking import log_candidate_diagnostics
+from retrain.models.families import FAMILIES, check_family
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
+    from retrain.models.tuning import TuningResult
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +121,12 @@ def fit_family(
     family: str, d: Design, cfg: CandidatesConfig, directory: Path, *, storage: Any = None, study: str | None = None
 ) -> FamilyOutcome:
     """Search, refit on train (valid score), refit on train + valid and save the final model."""
+    from retrain.models.estimators import monotone_params, pipeline_scores, save_model
+    from retrain.models.tuning import fit_model, plan_threads, tune
+
     dataset = d.dataset
-    family_cfg = getattr(cfg, family)
-    constraints = monotone_params(family, cfg.monotone, dataset.numeric, dataset.categorical)
+    family_cfg = cfg.family(family)
+    constraints = monotone_params(family, cfg.monotone, dataset.numeric, dataset.categorical, task=dataset.task)
     if constraints:
         family_cfg = family_cfg.model_copy(update={"fixed": {**family_cfg.fixed, **constraints}})
     elif cfg.monotone:
@@ -174,17 +172,22 @@ def fit_family_at(
     family: str, d: Design, cfg: CandidatesConfig, directory: Path, storage_spec: str | None, root: Path, study: str
 ) -> FamilyOutcome:
     """`fit_family` wherever it runs: the Optuna storage is opened there (a storage object does not travel)."""
+    from retrain.models.tuning import optuna_storage
+
     return fit_family(family, d, cfg, directory, storage=optuna_storage(storage_spec, root), study=study)
 
 
 def fit_stacking(bases: dict[str, FamilyOutcome], d: Design, cfg: CandidatesConfig, directory: Path) -> FamilyOutcome:
     """Meta-learner on the bases' out-of-fold scores: CV-scored on the same folds, valid-scored, saved."""
+    from retrain.models.estimators import fit_meta, save_stacking, stack_features
+    from retrain.models.tuning import TuningResult, make_folds
+
     task, names = d.dataset.task, list(bases)
     started = time.perf_counter()
     rows = np.logical_and.reduce([b.result.oof_rows for b in bases.values()])
     oof = [bases[n].result.oof for n in names]
     features = stack_features(oof, task)
-    params = cfg.stacking.fixed
+    params = cfg.family("stacking").fixed
     folds = make_folds(d.y_train, cfg.cv_folds, d.seed, task=task, groups=d.groups, ordered=d.ordered, labels=d.labels)
     fold_scores = []
     for train_idx, valid_idx in folds:
@@ -226,10 +229,10 @@ def log_trials(result: TuningResult, metric: str) -> None:
 def run(ctx: StageContext) -> dict[str, Any]:
     """One child run per family: search, refit on train, score on valid, refit on train + valid, save."""
     dataset, cfg, metric = ctx.dataset, ctx.params.candidates, ctx.params.evaluate.metric
-    bases = [f for f in cfg.families if f != "stacking"]
+    bases = [f for f in cfg.families if not FAMILIES[f].meta]
     for family in bases:
-        check_family(family, dataset.task, getattr(cfg, family).fixed)
-    order = [*bases, *(["stacking"] if "stacking" in cfg.families else [])]
+        check_family(family, dataset.task, cfg.family(family).fixed)
+    order = [*bases, *(f for f in cfg.families if FAMILIES[f].meta)]  # the meta family last, over the bases
     clear_outputs(ctx)
     with stage_run(ctx) as active:
         train, groups, ordered = cv_design(ctx, pd.read_parquet(ctx.path(SPLITS["train"])))
@@ -273,7 +276,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                     tags=family_tags,
                     log_system_metrics=True,
                 ):
-                    if family == "stacking":
+                    if FAMILIES[family].meta:
                         directory = ctx.path(f"{CANDIDATES}/{family}")
                         outcome = fit_stacking({b: outcomes[b] for b in bases}, d, cfg, directory)
                     else:
@@ -296,6 +299,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 def log_family(ctx: StageContext, family: str, outcome: FamilyOutcome, d: Design, folds: str) -> None:
     """The family's child run: best params, CV/valid scores, timings, every trial and the diagnostics."""
+    from adapters.mlflow_tracking import log_candidate_diagnostics
+
     result, metric = outcome.result, d.metric
     mlflow.log_params({k: str(v)[:6000] for k, v in result.best_params.items()})
     mlflow.set_tags({"retrain.task": d.dataset.task, "retrain.cv_folds": folds})
@@ -346,4 +351,10 @@ def _stable(summary: dict[str, Any]) -> dict[str, Any]:
     return {family: {k: v for k, v in entry.items() if k not in TIMINGS} for family, entry in summary.items()}
 
 
-candidates_task = task(run, name="candidates")
+STAGE = Stage(
+    "candidates",
+    run,
+    deps=(SPLITS["train"], SPLITS["valid"]),
+    outs=(CANDIDATES,),
+    params=("candidates", *DATASET_KEYS, "split.group_column", "split.time_column", "evaluate.metric", "seed"),
+)

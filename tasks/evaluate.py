@@ -12,40 +12,64 @@ import math
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
-from prefect import task
 
-from retrain.baselines import from_dict
-from retrain.calibration import (
-    choose_threshold,
-    fit_calibrator,
+from adapters import mlflow_registry as registry
+from adapters.jsonfile import read_json, write_json
+from adapters.serving_check import serving_gate
+from engine.context import StageContext, clear_outputs, finish, stage_run, tree_md5
+from engine.stage import Stage
+from retrain.catalog import (
+    BASELINES,
+    CANDIDATES,
+    DATASET_KEYS,
+    EVALUATE,
+    EVALUATED_MODEL,
+    GATE_RECORD,
+    MODEL_CARD,
+    SPLITS,
+    VALID_SCORES,
 )
 from retrain.config import DatasetConfig, GatesConfig
 from retrain.errors import DataError
-from retrain.gatepolicy import gate_policy
-from retrain.gates import (
+from retrain.evaluation.gates import (
     GateResult,
     decide,
 )
-from retrain.latency import directory_size_mb, latency_gate, single_row_latency_ms
+from retrain.evaluation.latency import directory_size_mb, latency_gate, single_row_latency_ms
 from retrain.metrics import class_labels, encode_target, get_metric, is_better, score
-from retrain.modelcard import curves, render_model_card
-from retrain.models import Predictor, load_predictor, save_calibration, save_confidence, serve_output
-from retrain.serving import load_serving_model
-from retrain.stages import BASELINES, CANDIDATES, EVALUATED_MODEL, GATE_RECORD, MODEL_CARD, SPLITS, VALID_SCORES
-from tasks import registry
-from tasks.runtime import StageContext, clear_outputs, finish, read_json, stage_run, tree_md5, write_json
-from tasks.servecheck import serving_gate
+from retrain.models.baselines import from_dict
+
+if TYPE_CHECKING:
+    from retrain.models.estimators import Predictor
 
 logger = logging.getLogger(__name__)
 
 EXAMPLE_ROWS = 5
 """Valid rows used as the input example (signature) and by the serving gate."""
+
+
+def champion_input(ctx: StageContext) -> dict[str, str]:
+    """The champion as an input of `evaluate`'s cache key.
+
+    A champion that is one of these very candidates (the previous run promoted it) counts as no
+    other champion, so an unchanged rerun stays a cache hit.
+    """
+    promote = ctx.params.promote
+    current = registry.champion(ctx.tracking.tracking_uri, promote.model_name, promote.alias)
+    if current is None:
+        return {"champion": "none"}
+    candidates = ctx.path(CANDIDATES)
+    own = {tree_md5(d) for d in candidates.iterdir() if d.is_dir()} if candidates.is_dir() else set()
+    shipped = ctx.path(EVALUATED_MODEL)  # what the last evaluate built (candidate + calibration files)
+    if shipped.is_dir():
+        own.add(tree_md5(shipped))
+    return {"champion": "none" if current.get("model_hash") in own else str(current.get("model_hash"))}
 
 
 def select_candidate(summary: dict[str, Any], metric: str | None = None) -> str:
@@ -75,6 +99,10 @@ def family_valid_scores(path: Path, family: str, task: str) -> np.ndarray:
 
 def build_model(ctx: StageContext, family: str, y_valid: np.ndarray, gates: GatesConfig) -> tuple[Path, dict[str, Any]]:
     """Copy the candidate to models/evaluate/model and add its calibrator and confidence threshold."""
+    from retrain.evaluation.calibration import choose_threshold
+    from retrain.models.calibrator import fit_calibrator
+    from retrain.models.estimators import save_calibration, save_confidence
+
     dataset = ctx.dataset
     target = ctx.path(EVALUATED_MODEL)
     shutil.copytree(ctx.path(f"{CANDIDATES}/{family}"), target)
@@ -119,7 +147,11 @@ def run_gates(
     example: pd.DataFrame,
     context: dict[str, Any],
 ) -> tuple[list[GateResult], dict[str, Any]]:
-    """The gate policy (retrain/gatepolicy.py) with latency through the served pyfunc and the fresh-process check."""
+    """The gate policy (retrain/evaluation/policy.py), latency through the served pyfunc, the fresh-process check."""
+    from adapters.mlflow_pyfunc import load_serving_model
+    from retrain.evaluation.policy import gate_policy
+    from retrain.models.estimators import serve_output
+
     cfg = ctx.params.evaluate.gates
     latency: dict[str, float] = {}
     previous = (context["champion_record"] or {}).get("latency") or None
@@ -158,6 +190,9 @@ def champion_scores_on(champion: dict[str, Any] | None, X: pd.DataFrame, dataset
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Apply every gate to the selected candidate on the test split and write the gate record and model card."""
+    from retrain.evaluation.modelcard import curves, render_model_card
+    from retrain.models.estimators import load_predictor
+
     dataset, cfg, metric = ctx.dataset, ctx.params.evaluate, ctx.params.evaluate.metric
     direction = get_metric(metric).direction
     clear_outputs(ctx)
@@ -247,4 +282,19 @@ def require_columns(X: pd.DataFrame, columns: list[str], key: str) -> None:
         raise DataError(f"evaluate: {key} columns {missing} are not in {SPLITS['test']}")
 
 
-evaluate_task = task(run, name="evaluate")
+STAGE = Stage(
+    "evaluate",
+    run,
+    deps=(SPLITS["valid"], SPLITS["test"], BASELINES, CANDIDATES),
+    outs=(EVALUATE,),
+    params=(
+        "evaluate",
+        "promote.model_name",
+        "promote.alias",
+        *DATASET_KEYS,
+        "dataset.slices",
+        "dataset.protected",
+        "seed",
+    ),
+    key_inputs=champion_input,
+)

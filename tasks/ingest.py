@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import mlflow
-from prefect import task
 from pydantic import ValidationError
 
-from retrain import schema
+from adapters.dvc_store import file_md5
+from adapters.jsonfile import write_json
+from engine.context import StageContext, clear_outputs, finish, stage_run
+from engine.stage import Stage
+from retrain.catalog import DATASET_KEYS, SCHEMA, SNAPSHOT
 from retrain.config import Params
+from retrain.data import schema
+from retrain.data.ingest import SOURCE_COLUMN, ingest
+from retrain.data.sources import Source, display, parse_source
 from retrain.errors import DataError
-from retrain.ingest import SOURCE_COLUMN, ingest
-from retrain.sources import Source, display, parse_source
-from retrain.stages import SCHEMA, SNAPSHOT
-from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -72,4 +76,20 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return result_record
 
 
-ingest_task = task(run, name="ingest")
+def data_hash_tag(root: Path, outs: Mapping[str, str] | None) -> dict[str, str]:
+    """The snapshot's md5: the data version every later run and the model version carry."""
+    if outs is not None:
+        return {"retrain.data_hash": outs[SNAPSHOT]}
+    snapshot = root / SNAPSHOT
+    return {"retrain.data_hash": file_md5(snapshot)} if snapshot.exists() else {}
+
+
+STAGE = Stage(
+    "ingest",
+    run,
+    deps=("${ingest.source}", "${ingest.test_source}"),
+    outs=(SNAPSHOT, SCHEMA),
+    params=("ingest", *DATASET_KEYS, "split.group_column", "split.time_column", "seed"),
+    tags=data_hash_tag,
+    sources={"${ingest.source}": "ingest.query", "${ingest.test_source}": "ingest.test_query"},
+)

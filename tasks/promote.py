@@ -2,7 +2,7 @@
 
 Never cached (it has side effects) and idempotent: a model already registered with the same content
 hash is not registered again, and an alias already in place is not moved. Every alias move is appended
-to the audit log (tasks/audit.py) inside the registry lock. With `external["dry_run"]` it only reports
+to the audit log (adapters/mlflow_audit.py) inside the registry lock. With `ctx.dry_run` it only reports
 what it would do.
 """
 
@@ -14,13 +14,15 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
-from prefect import task
 
+from adapters import mlflow_audit as audit
+from adapters import mlflow_registry as registry
+from adapters.jsonfile import read_json, write_json
+from adapters.mlflow_packaging import pyfunc_kwargs
+from engine.context import StageContext, finish, stage_run
+from engine.stage import Stage
+from retrain.catalog import EVALUATE, GATE_RECORD, PROMOTION, SPLITS
 from retrain.errors import ConfigError
-from retrain.stages import GATE_RECORD, PROMOTION, SPLITS
-from tasks import audit, registry
-from tasks.packaging import pyfunc_kwargs
-from tasks.runtime import StageContext, finish, read_json, stage_run, write_json
 from tasks.version import version_tags
 
 logger = logging.getLogger(__name__)
@@ -172,7 +174,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     client = MlflowClient(ctx.tracking.tracking_uri)
     with stage_run(ctx) as active:
         uris = log_record(ctx, record, active.info.run_id)
-        if ctx.external.get("dry_run") == "true":
+        if ctx.dry_run:
             outcome = dry_run(ctx, record, client) | {"version": None, "audit": []}
             mlflow.set_tag("retrain.promotion", outcome["action"])
             mlflow.set_tag("retrain.dry_run", "true")
@@ -204,4 +206,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return finish(ctx, active, dry_run=False, **outcome)
 
 
-promote_task = task(run, name="promote")
+STAGE = Stage(
+    "promote",
+    run,
+    deps=(EVALUATE,),
+    outs=(PROMOTION,),
+    params=("promote.model_name", "promote.alias"),
+    cache=False,
+)

@@ -5,15 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-from prefect import task
 
-from retrain.split import split_snapshot
-from retrain.stages import SNAPSHOT, SPLITS
-from tasks.runtime import StageContext, clear_outputs, finish, stage_run
+from engine.context import StageContext, clear_outputs, finish, stage_run
+from engine.stage import Stage
+from retrain.catalog import DATASET_KEYS, SCHEMA, SNAPSHOT, SPLITS, VALIDATION
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Split the validated snapshot."""
+    from retrain.data.split import split_snapshot
+
     clear_outputs(ctx)
     with stage_run(ctx) as active:
         snapshot = pd.read_parquet(ctx.path(SNAPSHOT))
@@ -27,4 +28,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return finish(ctx, active, {f"rows_{name}": float(len(frame)) for name, frame in parts.items()})
 
 
-split_task = task(run, name="split")
+STAGE = Stage(
+    "split",
+    run,
+    deps=(SNAPSHOT, SCHEMA, VALIDATION),
+    outs=tuple(SPLITS.values()),
+    params=("split", *DATASET_KEYS, "seed"),
+)

@@ -14,21 +14,22 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from prefect import task
 
-from retrain.drift import drift_without_reference, feature_drift
-from retrain.errors import DataError, DataValidationError
-from retrain.ingest import SOURCE_COLUMN
-from retrain.stages import SNAPSHOT, VALIDATION
-from retrain.validate import (
+from adapters import dvc_store as dvcstore
+from adapters.jsonfile import write_json
+from adapters.mlflow_registry import champion
+from engine.context import StageContext, clear_outputs, finish, stage_run
+from engine.stage import Stage
+from retrain.catalog import DATASET_KEYS, SCHEMA, SNAPSHOT, VALIDATION
+from retrain.data.drift import drift_without_reference, feature_drift
+from retrain.data.ingest import SOURCE_COLUMN
+from retrain.data.validate import (
     check_snapshot,
     describe_failure,
     failures,
     warnings,
 )
-from tasks import dvcstore
-from tasks.registry import REFERENCE_KEY, drift_reference
-from tasks.runtime import StageContext, clear_outputs, finish, stage_run, write_json
+from retrain.errors import DataError, DataValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,28 @@ def drift_section(ctx: StageContext, main: pd.DataFrame, reference: str, tmp: Pa
     return {"status": "computed", "action": cfg.action, "reference_data_hash": reference, **table}
 
 
+REFERENCE_KEY = "drift_reference"
+"""validate's external cache input: the champion's snapshot md5, `none` or `off`."""
+
+
+def drift_reference_input(ctx: StageContext) -> dict[str, str]:
+    """The drift reference as a cache-key input: the champion's training-snapshot md5.
+
+    `none` when there is no champion (or it carries no data hash), and also when the champion was trained on
+    this very snapshot (drift against itself is zero), so an unchanged rerun after promotion stays a cache hit;
+    `off` when drift is switched off, so the registry never matters then.
+    """
+    params = ctx.params
+    if params.validate_.drift.action == "off":
+        return {REFERENCE_KEY: "off"}
+    current = champion(ctx.tracking.tracking_uri, params.promote.model_name, params.promote.alias)
+    data_hash = (current or {}).get("data_hash")
+    snapshot = ctx.path(SNAPSHOT)
+    if not data_hash or (snapshot.exists() and dvcstore.file_md5(snapshot) == data_hash):
+        return {REFERENCE_KEY: "none"}
+    return {REFERENCE_KEY: str(data_hash)}
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     """Run every check of the gate, log Data Docs and the report, and raise naming every failed check."""
     clear_outputs(ctx)
@@ -63,10 +86,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         started = time.perf_counter()
         snapshot = pd.read_parquet(ctx.path(SNAPSHOT))
         dataset = ctx.dataset
-        reference = (
-            ctx.external.get(REFERENCE_KEY)
-            or drift_reference(ctx.root, params, ctx.tracking.tracking_uri)[REFERENCE_KEY]
-        )
+        reference = ctx.external.get(REFERENCE_KEY) or drift_reference_input(ctx)[REFERENCE_KEY]
         with tempfile.TemporaryDirectory(prefix="retrain-validate-") as tmp_name:
             tmp = Path(tmp_name)
             docs = tmp / "data_docs"
@@ -118,4 +138,20 @@ def _metrics(report: dict[str, Any], gx_seconds: float, seconds: float) -> dict[
     return metrics
 
 
-validate_task = task(run, name="validate")
+STAGE = Stage(
+    "validate",
+    run,
+    deps=(SNAPSHOT, SCHEMA),
+    outs=(VALIDATION,),
+    params=(
+        "validate",
+        *DATASET_KEYS,
+        "split.group_column",
+        "split.time_column",
+        "split.valid_size",
+        "split.test_size",
+        "candidates.cv_folds",
+        "seed",
+    ),
+    key_inputs=drift_reference_input,
+)

@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from prefect import task
 
-from retrain.stages import SNAPSHOT, VERSION
-from tasks import dvcstore
-from tasks.runtime import StageContext, clear_outputs, finish, read_json, stage_run, write_json
+from adapters import dvc_store as dvcstore
+from adapters.jsonfile import read_json, write_json
+from engine.context import StageContext, clear_outputs, finish, stage_run
+from engine.stage import Stage
+from retrain.catalog import SNAPSHOT, VERSION
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -48,4 +49,11 @@ def version_tags(root: Path) -> dict[str, str]:
     return tags
 
 
-version_task = task(run, name="version")
+STAGE = Stage(
+    "version",
+    run,
+    deps=(SNAPSHOT,),
+    outs=(VERSION,),
+    params=("version.remote",),
+    tags=lambda root, outs: version_tags(root),
+)

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from engine.codedeps import PACKAGES
+
 REPO = Path(__file__).resolve().parent.parent
-COPIED = ("retrain", "tasks", "flows", "data/source", "requirements.lock", "pyproject.toml", "dvc.yaml", ".gitignore")
+COPIED = (*PACKAGES, "data/source", "requirements.lock", "pyproject.toml", "dvc.yaml", ".gitignore")
 
 SMALL = {
     "ingest": {"sample_rows": 2500},

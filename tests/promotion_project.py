@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from adapters.jsonfile import read_json, write_json
+from engine.context import tree_md5
 from flows.cli import main
-from tasks.runtime import read_json, tree_md5, write_json
 from tests.conftest import make_project, small_params
 
 MODEL = "adult-income"

@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.cli import main
-from tasks.dvcstore import file_md5
+from adapters.dvc_store import file_md5
 from tests.conftest import make_project, small_params
 
 pytestmark = pytest.mark.e2e

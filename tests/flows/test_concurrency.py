@@ -14,9 +14,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tasks import audit
-from tasks.dvcstore import file_md5
-from tasks.registry import MODEL_HASH_TAG
+from adapters import mlflow_audit as audit
+from adapters.dvc_store import file_md5
+from adapters.mlflow_registry import MODEL_HASH_TAG
 from tests.conftest import small_params
 from tests.flows.ops_project import env_for, kill_group, output, shared_project, start
 
@@ -103,7 +103,7 @@ def test_two_runs_at_once_end_cleanly_and_champion_is_the_better_model(
 
 
 def test_a_busy_workspace_lock_fails_after_the_timeout_naming_its_holder(tmp_path: Path) -> None:
-    from tasks.recovery import WorkspaceBusyError, workspace_lock
+    from engine.recovery import WorkspaceBusyError, workspace_lock
 
     with workspace_lock(tmp_path, "schedule", "flow run abc"):
         started = time.monotonic()
@@ -122,9 +122,9 @@ def test_the_flow_skips_dvc_lock_when_dvc_repro_holds_the_repo_lock(
 ) -> None:
     from dvc.repo import Repo
 
+    from engine.context import Tracking
+    from engine.pipeline import PipelineRun
     from retrain.config import Params
-    from tasks.pipeline import PipelineRun
-    from tasks.runtime import Tracking
 
     root = shared_project(tmp_path_factory)
     before = (root / "dvc.lock").read_text() if (root / "dvc.lock").exists() else None

@@ -255,7 +255,11 @@ def test_ui_run_from_the_manual_deployment_completes_and_promotes(tmp_path: Path
     finally:
         stop(serve)
         stop(server)
-    for needle in ("stage ingest", "trial 1/2", "gate beats_baselines"):  # tasks.pipeline, retrain.tuning, evaluate
+    for needle in (
+        "stage ingest",
+        "trial 1/2",
+        "gate beats_baselines",
+    ):  # engine.pipeline, retrain.models.tuning, evaluate
         assert any(needle in line for line in ui_logs), f"{needle!r} not in the flow run's Prefect logs: {ui_logs[:20]}"
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     champion = client.get_model_version_by_alias(MODEL, "champion")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from adapters import mlflow_audit as audit
 from flows.cli import main
-from tasks import audit
 from tests.promotion_project import (
     MODEL,
     champion_predictions,

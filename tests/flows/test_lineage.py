@@ -19,10 +19,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prefect import flow
 
+from adapters.dvc_store import file_md5
 from flows.cli import main
+from retrain.catalog import SNAPSHOT, VERSION
 from retrain.config import Params
-from retrain.stages import SNAPSHOT, VERSION
-from tasks.dvcstore import file_md5
 from tests.conftest import make_project, small_params
 
 pytestmark = pytest.mark.e2e
@@ -169,7 +169,9 @@ def test_database_source_reruns_ingest_but_the_rest_stays_cached(
     tmp_path: Path, prefect_backend: None, use_root
 ) -> None:
     """`sqlite://` (in memory) cannot be hashed before querying: ingest's cache key is None every time."""
-    from tasks.pipeline import PipelineRun
+    from engine.pipeline import PipelineRun
+    from flows.dag import DAG
+    from tasks import ingest, version
 
     query = (
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400) "
@@ -185,10 +187,10 @@ def test_database_source_reruns_ingest_but_the_rest_stays_cached(
 
     @flow(name="ingest-twice")
     def ingest_twice() -> list[tuple[str, str]]:
-        run = PipelineRun.start(root, params, "cli", commit_lineage=False, flow_run_id=None)
+        run = PipelineRun.start(root, params, DAG, "cli", commit_lineage=False, flow_run_id=None)
         for _ in range(2):
-            run.stage("ingest")
-            run.stage("version")
+            run.stage(ingest.STAGE)
+            run.stage(version.STAGE)
         run.finish("FINISHED")
         return [(s.name, s.status) for s in run.stages]
 

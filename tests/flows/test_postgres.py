@@ -134,7 +134,7 @@ def test_flow_tracks_registers_and_tunes_in_postgres(
 ) -> None:
     import optuna
 
-    from tasks import audit
+    from adapters import mlflow_audit as audit
 
     tracking, storage = postgres.url("mlflow"), postgres.url("optuna")
     params = small_params(
@@ -158,7 +158,7 @@ def test_flow_tracks_registers_and_tunes_in_postgres(
     assert not list(project.rglob("mlflow.db")), "tracking went to a SQLite mlflow.db, not PostgreSQL"
 
     # artifacts: a DB tracking URI without a server would put them in ./mlruns of the cwd; the experiment is
-    # created with <project>/mlartifacts instead (tasks/runtime.py ensure_experiment), wherever the cwd is
+    # created with <project>/mlartifacts instead (engine/context.py ensure_experiment), wherever the cwd is
     experiment = client.get_experiment_by_name(params["tracking"]["experiment"])
     artifacts = (project / "mlartifacts").resolve()
     assert experiment.artifact_location == artifacts.as_uri(), f"artifacts not under the project: {experiment}"

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 
-from tasks.recovery import RECOVERED_TAG
+from engine.recovery import RECOVERED_TAG
 from tests.conftest import small_params
 from tests.flows.ops_project import kill_group, output, shared_project, start
 
@@ -89,7 +89,7 @@ def test_recover_closes_runs_of_dead_processes_only(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tasks.recovery import process_tags, recover
+    from engine.recovery import process_tags, recover
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

@@ -12,7 +12,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from retrain.metrics import score
-from retrain.models import build_model, fit_meta, pipeline_scores, stack_features
+from retrain.models.estimators import build_model, fit_meta, pipeline_scores, stack_features
 
 
 @pytest.fixture(autouse=True)

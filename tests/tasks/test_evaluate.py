@@ -21,10 +21,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from flows.cli import main
+from retrain.catalog import CANDIDATES, EVALUATED_MODEL, GATE_RECORD, SPLITS, VALID_SCORES
 from retrain.config import load_params
 from retrain.metrics import encode_target
-from retrain.models import build_model, save_model
-from retrain.stages import CANDIDATES, EVALUATED_MODEL, GATE_RECORD, SPLITS, VALID_SCORES
+from retrain.models.estimators import build_model, save_model
 from tests.conftest import make_project, small_params
 
 pytestmark = pytest.mark.e2e

@@ -7,9 +7,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from adapters import mlflow_audit as audit
+from adapters.jsonfile import read_json
 from flows.cli import main
-from tasks import audit
-from tasks.runtime import read_json
 from tests.promotion_project import MODEL, client, craft_record, other_family
 
 pytestmark = pytest.mark.e2e

@@ -6,22 +6,26 @@ import os
 import shutil
 from pathlib import Path
 
+from adapters.jsonfile import write_json
+from engine.codedeps import PACKAGES
+from engine.context import StageContext, Tracking, tree_md5
+from engine.stage import find_stage
+from flows.dag import DAG
 from retrain.config import load_params
-from tasks.runtime import StageContext, Tracking, tree_md5, write_json
 
 REPO = Path(__file__).resolve().parents[2]
 TRACKING = Tracking("sqlite:///unused.db", "0", None)
 
 
 def copy_project(dest: Path) -> Path:
-    for rel in ("retrain", "tasks", "data/source"):
+    for rel in (*PACKAGES, "data/source"):
         shutil.copytree(REPO / rel, dest / rel, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(REPO / "requirements.lock", dest / "requirements.lock")
     return dest
 
 
 def ctx(root: Path, stage: str = "ingest", overrides: list[str] | None = None) -> StageContext:
-    return StageContext(stage, load_params(REPO / "params.yaml", overrides), root, TRACKING)
+    return StageContext(find_stage(DAG, stage), load_params(REPO / "params.yaml", overrides), root, TRACKING)
 
 
 def test_same_content_at_different_paths_gives_same_key(tmp_path: Path) -> None:
@@ -54,15 +58,15 @@ def test_only_params_the_stage_reads_change_its_key(tmp_path: Path) -> None:
 def test_code_change_changes_the_key(tmp_path: Path) -> None:
     root = copy_project(tmp_path / "p")
     base = ctx(root).cache_key()
-    with (root / "retrain/ingest.py").open("a") as handle:
+    with (root / "retrain/data/ingest.py").open("a") as handle:
         handle.write("\n# changed\n")
     assert ctx(root).cache_key() != base
 
 
 def test_external_input_is_part_of_the_key(tmp_path: Path) -> None:
     root = copy_project(tmp_path / "p")
-    a = StageContext("ingest", ctx(root).params, root, TRACKING, {"champion": "none"})
-    b = StageContext("ingest", ctx(root).params, root, TRACKING, {"champion": "abc"})
+    a = StageContext(find_stage(DAG, "ingest"), ctx(root).params, root, TRACKING, {"champion": "none"})
+    b = StageContext(find_stage(DAG, "ingest"), ctx(root).params, root, TRACKING, {"champion": "abc"})
     assert a.cache_key() != b.cache_key()
 
 

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from engine.context import tree_md5
+from engine.pipeline import standalone_stage
+from engine.scaleout import cluster_kwargs, family_runner
 from flows.cli import main
+from flows.dag import DAG
+from retrain.catalog import CANDIDATES
 from retrain.config import RunnerConfig, load_params
-from retrain.stages import CANDIDATES
-from tasks.pipeline import standalone_stage
-from tasks.runtime import tree_md5
-from tasks.scaleout import cluster_kwargs, family_runner
+from tasks import candidates
 from tests.conftest import make_project, small_params
 
 DASK = RunnerConfig(task_runner="dask", dask_workers=2)
@@ -37,6 +39,7 @@ def test_default_runner_calls_in_this_process_on_demand() -> None:
         assert outcome("b") == ("b", os.getpid()), "default: computed here, when asked"
 
 
+@pytest.mark.slow
 def test_dask_runner_outside_a_flow_uses_worker_processes() -> None:
     """`retrain stage candidates` under dvc: plain Dask futures, no Prefect API needed."""
     calls = {name: {"family": name} for name in ("a", "b", "c")}
@@ -74,7 +77,7 @@ def test_flow_on_dask_gives_the_default_runners_models(tmp_path: Path, use_root,
     on_dask = {f: tree_md5(root / CANDIDATES / f) for f in families}
     on_dask["summary"] = tree_md5(root / CANDIDATES / "summary.json")
     default = load_params(root / "params.yaml", ["runner.task_runner=default"])
-    standalone_stage(root, default, "candidates", "cli")
+    standalone_stage(root, default, DAG, candidates.STAGE, "cli")
     here = {f: tree_md5(root / CANDIDATES / f) for f in families}
     here["summary"] = tree_md5(root / CANDIDATES / "summary.json")
     assert on_dask == here, "the Dask runner must build byte-identical models (same CV scores, same champion)"

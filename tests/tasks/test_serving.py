@@ -24,20 +24,20 @@ import skops.io as sio
 from mlflow.pyfunc import PythonModelContext
 from threadpoolctl import threadpool_limits
 
-from retrain.calibration import fit_calibrator
+from adapters.mlflow_packaging import pyfunc_kwargs
+from adapters.mlflow_pyfunc import RetrainModel
+from adapters.serving_check import _compare, serving_gate
 from retrain.config import ServingGate
-from retrain.models import PIPELINE, build_model, load_predictor, save_calibration, save_model, serve_output
-from retrain.serving import (
+from retrain.models.calibrator import fit_calibrator
+from retrain.models.estimators import PIPELINE, build_model, load_predictor, save_calibration, save_model, serve_output
+from retrain.serving.predict import (
     ABSTAIN,
     ARTIFACT_KEY,
     CONFIDENCE_FILE,
     PARALLEL_ROWS,
     FastLightGBM,
-    RetrainModel,
     decisions,
 )
-from tasks.packaging import pyfunc_kwargs
-from tasks.servecheck import _compare, serving_gate
 from tests.unit.test_models import CATEGORICAL, NUMERIC, PARAMS, frame, task_target
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,7 +125,7 @@ def test_calibrated_and_stacked_lightgbm_serve_the_same_scores(lgbm_dir: Path, t
     save_calibration(calibrated, fit_calibrator("isotonic", raw, y, "binary"))
     predictor = load_predictor(calibrated)
     served = pyfunc(calibrated)
-    assert isinstance(served.predictor.inner, FastLightGBM), "the calibrated model's LightGBM uses the fast path"
+    assert isinstance(served.model.predictor.inner, FastLightGBM), "the calibrated model's LightGBM uses the fast path"
     assert np.array_equal(served.predict(None, X), predictor.predict_scores(X)), "calibration is still applied"
     assert not np.array_equal(predictor.predict_scores(X), raw), "the fixture's calibrator changes the scores"
     singles = np.concatenate([served.predict(None, X.iloc[[i]]) for i in range(5)])
@@ -207,6 +207,7 @@ def test_tampered_artifacts_are_never_unpickled(logreg_dir: Path, tmp_path: Path
     assert live.exists(), "the payload is live: unpickling it does create the marker"
 
 
+@pytest.mark.slow
 def test_serving_gate_passes_in_a_fresh_process_and_names_failures(lgbm_dir: Path, tmp_path: Path) -> None:
     example = frame(n=5, seed=6)[0]
     expected = load_predictor(lgbm_dir).predict_scores(example)
@@ -259,6 +260,7 @@ def post(url: str, payload: dict) -> dict:
         raise AssertionError(f"{url}: HTTP {exc.code}: {exc.read().decode()[:800]}") from exc
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve_answers_invocations(lgbm_dir: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)

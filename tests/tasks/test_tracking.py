@@ -12,11 +12,13 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from adapters.mlflow_tracking import log_candidate_diagnostics
+from engine.context import LOCK_FILE, StageContext, Tracking
+from engine.stage import find_stage
+from flows.dag import DAG
 from retrain.config import load_params
 from retrain.metrics import encode_target
-from retrain.models import build_model
-from tasks.runtime import LOCK_FILE, StageContext, Tracking
-from tasks.tracking import log_candidate_diagnostics
+from retrain.models.estimators import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 PLOTS = {"roc", "pr", "confusion_matrix", "calibration", "feature_importance", "learning_curve"}
@@ -43,7 +45,7 @@ def test_child_run_holds_every_diagnostic(family: str, adult, tmp_path: Path) ->
     client = MlflowClient(uri)
     experiment = client.create_experiment("diag", artifact_location=(tmp_path / "artifacts").as_uri())
     params = load_params(REPO / "params.yaml")
-    ctx = StageContext("candidates", params, tmp_path, Tracking(uri, experiment, None))
+    ctx = StageContext(find_stage(DAG, "candidates"), params, tmp_path, Tracking(uri, experiment, None))
     dataset = ctx.dataset
     train, valid = adult
     X_train, y_train = train[dataset.features], encode_target(train[dataset.target], dataset)
@@ -91,7 +93,9 @@ def test_a_family_without_a_single_pipeline_logs_what_its_valid_scores_allow(adu
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment = client.create_experiment("diag", artifact_location=(tmp_path / "artifacts").as_uri())
-    ctx = StageContext("candidates", load_params(REPO / "params.yaml"), tmp_path, Tracking(uri, experiment, None))
+    ctx = StageContext(
+        find_stage(DAG, "candidates"), load_params(REPO / "params.yaml"), tmp_path, Tracking(uri, experiment, None)
+    )
     dataset = ctx.dataset
     train, valid = adult
     y_valid = encode_target(valid[dataset.target], dataset)

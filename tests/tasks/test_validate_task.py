@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -16,15 +17,17 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from adapters import dvc_store as dvcstore
+from adapters.jsonfile import write_json
+from engine.context import StageContext
+from engine.pipeline import PipelineRun
+from flows.dag import DAG
+from retrain.catalog import SCHEMA, SNAPSHOT, VALIDATION
 from retrain.config import Params, load_params
+from retrain.data.ingest import SOURCE_COLUMN
+from retrain.data.schema import to_json
 from retrain.errors import DataError, DataValidationError
-from retrain.ingest import SOURCE_COLUMN
-from retrain.schema import to_json
-from retrain.stages import SCHEMA, SNAPSHOT, VALIDATION
-from tasks import dvcstore
-from tasks.pipeline import PipelineRun
-from tasks.runtime import StageContext, write_json
-from tasks.validate import REFERENCE_KEY, drift_reference
+from tasks.validate import REFERENCE_KEY, STAGE, drift_reference_input
 from tasks.validate import run as validate
 from tests.conftest import make_project, small_params
 
@@ -63,8 +66,8 @@ def put_snapshot(root: Path, snapshot: pd.DataFrame) -> str:
 def context(root: Path, overrides: list[str] | None = None) -> tuple[StageContext, Params]:
     """The validate stage's context inside a fresh pipeline run, with its drift reference as the flow passes it."""
     params = load_params(root / "params.yaml", overrides)
-    run = PipelineRun.start(root, params, "test", commit_lineage=False, flow_run_id=None)
-    return run.context("validate", external=run.reference_input()), params
+    run = PipelineRun.start(root, params, DAG, "test", commit_lineage=False, flow_run_id=None)
+    return run.context(STAGE), params
 
 
 def artifacts(ctx: StageContext, run_id: str, path: str) -> list[str]:
@@ -138,13 +141,12 @@ def test_drift_reference_is_the_champions_snapshot_and_part_of_the_key(project: 
     md5 = put_snapshot(project, reference)
     ctx, params = context(project)
     make_champion(project, ctx, md5)
-    uri = ctx.tracking.tracking_uri
-    assert drift_reference(project, params, uri) == {REFERENCE_KEY: "none"}, "champion trained on this very snapshot"
+    assert drift_reference_input(ctx) == {REFERENCE_KEY: "none"}, "champion trained on this very snapshot"
     off = load_params(project / "params.yaml", ["validate.drift.action=off"])
-    assert drift_reference(project, off, uri) == {REFERENCE_KEY: "off"}
+    assert drift_reference_input(replace(ctx, params=off)) == {REFERENCE_KEY: "off"}
     put_snapshot(project, reference.iloc[::-1])
-    assert drift_reference(project, params, uri) == {REFERENCE_KEY: md5}
-    keyed = [StageContext("validate", params, project, ctx.tracking, {REFERENCE_KEY: r}) for r in ("none", md5)]
+    assert drift_reference_input(ctx) == {REFERENCE_KEY: md5}
+    keyed = [StageContext(STAGE, params, project, ctx.tracking, {REFERENCE_KEY: r}) for r in ("none", md5)]
     assert keyed[0].cache_key() != keyed[1].cache_key(), "another champion snapshot re-runs validate"
 
 

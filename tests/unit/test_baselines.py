@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retrain.baselines import baselines_record, families_vs_baselines, fit_baselines, from_dict, input_columns
 from retrain.config import BaselinesConfig, DatasetConfig
 from retrain.errors import DataError
 from retrain.metrics import encode_labels, score
+from retrain.models.baselines import baselines_record, families_vs_baselines, fit_baselines, from_dict, input_columns
 
 STRATEGIES = {
     "binary": ("most_frequent", "stratified", "uniform"),

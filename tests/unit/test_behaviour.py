@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
-from retrain.behaviour import directional_gate, invariance_gate, perturbation_gate
 from retrain.config import DirectionalGate, InvarianceGate, PerturbationGate
 from retrain.errors import ConfigError
-from retrain.models import build_model, pipeline_scores
+from retrain.evaluation.behaviour import directional_gate, invariance_gate, perturbation_gate
+from retrain.models.estimators import build_model, pipeline_scores
 
 NUMERIC, CATEGORICAL = ["x1", "x2", "code"], ["sex", "color"]
 LGBM = {"n_estimators": 60, "learning_rate": 0.1, "verbose": -1, "deterministic": True, "n_jobs": 1, "seed": 0}

@@ -11,19 +11,18 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
-from retrain.calibration import (
-    Calibrator,
+from retrain.config import CalibrationGate, ConfidenceGate
+from retrain.errors import ConfigError
+from retrain.evaluation.calibration import (
     brier_score,
     calibration_gate,
     choose_threshold,
     confidence_gate,
     expected_calibration_error,
-    fit_calibrator,
     top_confidence,
 )
-from retrain.config import CalibrationGate, ConfidenceGate
-from retrain.errors import ConfigError
-from retrain.models import (
+from retrain.models.calibrator import Calibrator, fit_calibrator
+from retrain.models.estimators import (
     CALIBRATION,
     CONFIDENCE,
     CalibratedPredictor,
@@ -210,3 +209,50 @@ def test_multiclass_confidence_and_regression_refused() -> None:
     assert choose_threshold(np.array([0, 2, 1]), probs, task="multiclass", cfg=cfg) == pytest.approx(0.6)
     with pytest.raises(ConfigError, match="classification"):
         choose_threshold(np.zeros(3), np.zeros(3), task="regression", cfg=cfg)
+
+
+def _equal_width_ece(y: np.ndarray, p: np.ndarray, bins: int) -> float:
+    """The hand-written ECE this module used before sklearn's binning: bin = floor(p * bins), last bin closed."""
+    index = np.clip(np.floor(p * bins).astype(np.int64), 0, bins - 1)
+    total = 0.0
+    for b in np.unique(index):
+        rows = index == b
+        total += rows.sum() * abs(p[rows].mean() - y[rows].mean())
+    return total / len(p)
+
+
+def test_reliability_bins_are_calibration_curves_and_ece_matches_the_hand_binning() -> None:
+    from sklearn.calibration import calibration_curve
+
+    from retrain.evaluation.calibration import reliability_bins
+
+    rng = np.random.default_rng(7)
+    p = rng.uniform(size=20_000)
+    y = (rng.random(p.size) < p**1.3).astype(int)
+    for bins in (5, 10, 15):
+        counts, mean_pred, mean_obs = reliability_bins(y, p, bins)
+        observed, expected = calibration_curve(y, p, n_bins=bins, strategy="uniform")
+        used = counts > 0
+        assert np.array_equal(mean_pred[used], expected) and np.array_equal(mean_obs[used], observed), (
+            f"{bins} bins: the means are sklearn's calibration_curve, bit for bit"
+        )
+        assert counts.sum() == p.size and np.isnan(mean_pred[~used]).all(), "every row counted once; empty bins NaN"
+        ece = expected_calibration_error(y, p, "binary", bins)
+        assert ece == pytest.approx(_equal_width_ece(y.astype(float), p, bins), abs=1e-12), (
+            f"{bins} bins: continuous scores never sit on an edge, so the old and new ECE agree to 1e-12"
+        )
+
+
+def test_bins_are_right_closed_like_calibration_curve() -> None:
+    from retrain.evaluation.calibration import bin_label, reliability_bins
+
+    counts, _, _ = reliability_bins(np.array([0, 1, 1, 0]), np.array([0.0, 0.5, 0.50001, 1.0]), 2)
+    assert counts.tolist() == [2.0, 2.0], f"0.5 falls in [0, 0.5] (sklearn searchsorted), not (0.5, 1]: {counts}"
+    assert [bin_label(i, 4) for i in range(4)] == ["[0.00, 0.25]", "(0.25, 0.50]", "(0.50, 0.75]", "(0.75, 1.00]"]
+    gate = calibration_gate(
+        np.array([0, 1, 1, 0]), np.array([0.1, 0.5, 0.9, 0.5]), task="binary", cfg=CalibrationGate()
+    )
+    labels = [row["bin"] for row in gate.details["reliability"]]
+    assert labels == ["[0.00, 0.10]", "(0.40, 0.50]", "(0.80, 0.90]"], f"the record names the bins it used: {labels}"
+    empty_counts, empty_pred, _ = reliability_bins(np.array([], dtype=int), np.array([]), 3)
+    assert empty_counts.sum() == 0 and np.isnan(empty_pred).all(), "no rows, no crash"

@@ -80,3 +80,59 @@ def test_lookup_dotted_key() -> None:
     assert lookup(params, "validate.min_rows") == params.validate_.min_rows
     with pytest.raises(ConfigError):
         lookup(params, "nope.key")
+
+
+def test_unknown_family_fails_at_load_naming_the_key_and_the_known_families(tmp_path: Path) -> None:
+    data = repo_params()
+    data["candidates"]["families"] = ["lightgbm", "xgboost"]
+    with pytest.raises(ConfigError, match=r"candidates\.families: .*unknown model family 'xgboost'") as raised:
+        load_params(write(tmp_path, data))
+    assert "known families: hgb, lightgbm, logreg, random_forest, ridge, stacking" in str(raised.value), raised.value
+
+
+def test_misspelt_family_section_fails_naming_the_key(tmp_path: Path) -> None:
+    data = repo_params()
+    data["candidates"]["lightgmb"] = {"n_trials": 3}
+    with pytest.raises(ConfigError, match=r"candidates\.lightgmb: unknown key") as raised:
+        load_params(write(tmp_path, data))
+    assert "random_forest" in str(raised.value), f"the error lists the families it could have meant: {raised.value}"
+    with pytest.raises(ConfigError, match=r"candidates\.random_forest\.n_trails"):
+        load_params(write(tmp_path, repo_params()), ["candidates.random_forest.n_trails=3"])
+
+
+def test_family_that_does_not_fit_the_task_fails_at_load(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"candidates\.families \['ridge'\] do not apply to dataset\.task 'binary'"):
+        load_params(write(tmp_path, repo_params()), ["candidates.families=[lightgbm, ridge]"])
+
+
+def test_family_sections_are_generic_frozen_and_looked_up_by_key(tmp_path: Path) -> None:
+    params = load_params(REPO / "params.yaml")
+    candidates = params.candidates
+    assert candidates.families == ("lightgbm", "hgb", "logreg", "stacking"), "the default Adult run keeps its families"
+    name = "lightgbm"
+    assert candidates.family(name) is candidates.lightgbm is getattr(candidates, name), "one section, three ways"
+    assert lookup(params, "candidates.lightgbm.timeout_seconds") == candidates.lightgbm.timeout_seconds == 58
+    forest = candidates.family("random_forest")
+    assert set(forest.space) == {"n_estimators", "max_depth", "min_samples_leaf", "max_features"}, (
+        "a registered family without a section gets its registry defaults"
+    )
+    assert lookup(params, "candidates.random_forest.space.max_depth.int") is True
+    with pytest.raises(Exception, match="frozen"):
+        candidates.lightgbm = candidates.hgb  # type: ignore[misc]
+    with pytest.raises(ConfigError, match=r"candidates\.xgboost: unknown model family"):
+        candidates.family("xgboost")
+    path = write(tmp_path, repo_params())
+    on = load_params(path, ["candidates.families=[lightgbm, random_forest]", "candidates.random_forest.n_trials=3"])
+    assert on.candidates.random_forest.n_trials == 3, "--set reaches a section params.yaml does not write"
+    assert on.candidates.random_forest.space == forest.space, "a section without `space` keeps the default space"
+    empty = load_params(path, ["candidates.random_forest.space={}"]).candidates.random_forest
+    assert empty.space == {}, "an explicit empty space means no search (one fit of `fixed`), not the default"
+
+
+def test_candidates_built_in_code_get_the_same_defaults() -> None:
+    from retrain.config import CandidatesConfig, FamilyConfig
+
+    cfg = CandidatesConfig(families=("hgb",), cv_folds=2, n_trials=1, hgb=FamilyConfig(fixed={"max_iter": 5}))
+    assert cfg.hgb.fixed == {"max_iter": 5} and cfg.hgb.space, "a section object without space gets the default"
+    explicit = CandidatesConfig(families=("hgb",), cv_folds=2, n_trials=1, hgb=FamilyConfig(space={}))
+    assert explicit.hgb.space == {}, "an explicit space (even empty) is kept"

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from retrain import diagnostics as diag
+from retrain.evaluation import diagnostics as diag
 from retrain.metrics import score
-from retrain.models import build_model, pipeline_scores
+from retrain.models.estimators import build_model, pipeline_scores
 
 NUMERIC, CATEGORICAL = ["x1", "x2"], ["c"]
 
@@ -113,3 +113,48 @@ def test_importance_is_gain_for_trees_and_permutation_otherwise() -> None:
         assert max(importance, key=importance.get) == "x1", f"{family}: x1 carries the signal, {importance}"
         assert importance["x2"] < importance["x1"] / 5, f"{family}: x2 is noise, {importance}"
         assert isinstance(diag.importance_figure(kind, importance), Figure)
+
+
+def test_learning_curve_points_are_refits_on_the_seeded_prefixes() -> None:
+    """Each refitted point is the pipeline fitted on the first n rows of the seeded permutation (sklearn wiring)."""
+    from sklearn.base import clone
+
+    model, X_train, y_train, X_valid, y_valid = fitted("lightgbm", "binary")
+    curve = diag.learning_curve(
+        model, X_train, y_train, X_valid, y_valid, task="binary", n_classes=2, metric="log_loss", seed=3
+    )
+    order = np.random.default_rng(3).permutation(len(X_train))
+    for i in (0, len(curve["sizes"]) - 2):
+        n = curve["sizes"][i]
+        refit = clone(model).set_params(model__n_jobs=1).fit(X_train.iloc[order[:n]], y_train[order[:n]])
+        train = score("log_loss", y_train[order[:n]], pipeline_scores(refit, X_train.iloc[order[:n]], "binary", 2))
+        valid = score("log_loss", y_valid, pipeline_scores(refit, X_valid, "binary", 2))
+        assert curve["train"][i] == pytest.approx(train, rel=1e-12), f"train score at {n} rows"
+        assert curve["valid"][i] == pytest.approx(valid, rel=1e-12), f"valid score at {n} rows"
+
+
+def test_small_training_sets_have_only_the_full_size_point() -> None:
+    model, X_train, y_train, X_valid, y_valid = fitted("logreg", "binary")
+    small = diag.learning_curve(
+        model, X_train.iloc[:150], y_train[:150], X_valid, y_valid, task="binary", n_classes=2, metric="roc_auc", seed=0
+    )
+    assert small["sizes"] == [150], f"half of 150 rows is under MIN_LEARNING_ROWS: no refit, {small['sizes']}"
+
+
+def test_permutation_importance_is_sklearns_with_the_metric_as_scorer() -> None:
+    from sklearn.inspection import permutation_importance
+
+    model, _, _, X_valid, y_valid = fitted("logreg", "multiclass")
+    scores = lambda X: pipeline_scores(model, X, "multiclass", 3)  # noqa: E731
+    kind, importance = diag.feature_importance(
+        model, ["x1", "x2", "c"], X_valid, y_valid, scores, metric="log_loss", greater_is_better=False, seed=4
+    )
+    assert kind == "permutation" and importance["x1"] > 0.1, f"shuffling x1 raises the log loss: {importance}"
+    idx = np.random.default_rng(4).choice(len(X_valid), size=len(X_valid), replace=False)
+    X, y = X_valid.iloc[idx].reset_index(drop=True), y_valid[idx]
+    direct = permutation_importance(
+        model, X, y, scoring=lambda _m, X, y: -score("log_loss", y, scores(X)), n_repeats=2, random_state=4
+    )
+    assert list(importance.values()) == pytest.approx(list(direct.importances_mean), rel=1e-12), (
+        "the same seeded rows, scorer and repeats give sklearn's numbers"
+    )

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from retrain.config import DatasetConfig, DriftConfig, load_params
-from retrain.drift import EPSILON, category_counts, column_psi, feature_drift, numeric_counts, numeric_edges, psi
+from retrain.data.drift import EPSILON, category_counts, column_psi, feature_drift, numeric_counts, numeric_edges, psi
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = load_params(REPO / "params.yaml")
@@ -49,6 +50,7 @@ def test_categories_unseen_and_null_bins() -> None:
     assert shifted > 5, "all-new categories are a large shift"
 
 
+@pytest.mark.slow
 def test_adult_train_vs_test_is_stable_and_an_age_shift_is_caught() -> None:
     train, test = adult(), adult("adult_test.csv.gz")
     stable = feature_drift(train, test, PARAMS.dataset, DRIFT)

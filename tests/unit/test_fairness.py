@@ -11,8 +11,8 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from retrain.config import FairnessGate
-from retrain.fairness import fairness_gate, group_table
-from retrain.models import build_model, pipeline_scores
+from retrain.evaluation.fairness import fairness_gate, group_table
+from retrain.models.estimators import build_model, pipeline_scores
 
 NUMERIC, CATEGORICAL = ["x1"], ["sex", "race"]
 LGBM = {"n_estimators": 50, "verbose": -1, "deterministic": True, "n_jobs": 1}
@@ -94,3 +94,31 @@ def test_applicability() -> None:
     assert small.skipped and "two groups with >= 30" in small.reason, small.reason
     nan = fairness_gate(y, np.array([np.nan, 0.5]), group, task="binary", cfg=CFG)
     assert not nan.passed and not nan.skipped, nan.reason
+
+
+def test_group_rates_match_a_pandas_groupby() -> None:
+    """The bincount rates equal an independent groupby (fairlearn's MetricFrame agrees too: benchmarks/)."""
+    X, y, p = scored(biased=True)
+    predicted = (p >= 0.5).astype(int)
+    table = group_table(y, predicted, X["race"], min_rows=30)
+    frame = pd.DataFrame({"g": X["race"], "y": y, "p": predicted})
+    for name, rows in frame.groupby("g"):
+        expected = {
+            "rows": len(rows),
+            "selection_rate": rows["p"].mean(),
+            "tpr": rows.loc[rows["y"] == 1, "p"].mean(),
+            "fpr": rows.loc[rows["y"] == 0, "p"].mean(),
+        }
+        for key, value in expected.items():
+            assert table[name][key] == pytest.approx(value, abs=5e-7), f"{name} {key}: {table[name]} vs {expected}"
+
+
+def test_a_rate_without_rows_is_undefined_not_zero() -> None:
+    """Unlike fairlearn (TPR 0.0), a group with no positives has no TPR and stays out of the TPR range."""
+    y, predicted = np.array([0, 0, 1, 1]), np.array([1, 0, 1, 0])
+    table = group_table(y, predicted, pd.Series(["a", "a", "b", "b"]), min_rows=1)
+    assert table["a"]["tpr"] is None and table["b"]["fpr"] is None, table
+    cfg = FairnessGate(min_rows=2, max_demographic_parity_difference=1.0, max_equalized_odds_difference=0.1)
+    gate = fairness_gate(y, predicted / 1.0, {"g": pd.Series(["a", "a", "b", "b"])}, task="binary", cfg=cfg)
+    entry = gate.details["attributes"]["g"]
+    assert entry["equalized_odds_difference"] == 0.0 and gate.passed, f"no defined pair, no gap: {gate.reason}"

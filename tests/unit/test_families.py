@@ -1,4 +1,5 @@
-"""Family/task checks run before any model library is imported."""
+"""The family registry: one consistent record per family, and family/task checks run before any model library
+is imported."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ import sys
 
 import pytest
 
+from retrain.config import CandidatesConfig, FamilyConfig
 from retrain.errors import ConfigError
-from retrain.families import check_family, lightgbm_params
+from retrain.models.families import FAMILIES, SKOPS_BASE_TRUSTED, TASKS, check_family, get_family, lightgbm_params
 
 
 def test_family_that_cannot_serve_the_task_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"'ridge' does not apply to dataset.task 'binary'"):
         check_family("ridge", "binary")
-    with pytest.raises(ValueError, match="unknown model family 'xgboost'"):
+    with pytest.raises(ConfigError, match=r"unknown model family 'xgboost'; known families: hgb, lightgbm, logreg"):
         check_family("xgboost", "binary")
     check_family("logreg", "multiclass")
+    check_family("random_forest", "regression")
 
 
 def test_objective_follows_the_task_and_a_contradiction_names_the_key() -> None:
@@ -30,6 +33,46 @@ def test_objective_follows_the_task_and_a_contradiction_names_the_key() -> None:
 
 
 def test_the_checks_import_no_model_library() -> None:
-    code = "import sys, retrain.families; print(sorted({'lightgbm', 'sklearn', 'pandas'} & set(sys.modules)))"
+    code = (
+        "import sys, retrain.models.families, retrain.config; "
+        "print(sorted({'lightgbm', 'sklearn', 'pandas'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]", f"retrain.families pulled in {out.strip()}: a cached rerun would pay for it"
+    assert out.strip() == "[]", f"the registry / config pulled in {out.strip()}: a cached rerun would pay for it"
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_record_is_consistent(name: str) -> None:
+    family = get_family(name)
+    assert family.name == name, f"FAMILIES[{name!r}] holds the record of {family.name!r}"
+    assert family.tasks and set(family.tasks) <= set(TASKS), f"{name}: tasks {family.tasks} outside {TASKS}"
+    assert len(set(family.tasks)) == len(family.tasks), f"{name}: a task is listed twice"
+    assert family.summary, f"{name}: no one-line summary for docs and logs"
+    FamilyConfig(space=dict(family.space))  # the default space is a valid `candidates.<name>.space`
+    assert name not in CandidatesConfig.model_fields, f"{name} would shadow the setting candidates.{name}"
+    if family.meta:
+        assert family.build is None and not family.space, f"{name}: a meta family is assembled, not built or searched"
+        assert family.format == "stacking" and family.fit_rounds is None, name
+        return
+    assert family.build is not None, f"{name}: a base family needs a builder"
+    assert family.space, f"{name}: a base family needs a default search space"
+    if family.format == "skops":
+        assert family.trusted_types >= SKOPS_BASE_TRUSTED, f"{name}: skops families trust at least numpy.dtype"
+    else:
+        assert not family.trusted_types, f"{name}: only skops files have a trusted-types list"
+    threads = family.threads
+    if threads.param is not None:
+        assert threads.param in threads.drop, f"{name}: a thread hyperparameter in `fixed` must not fight the planner"
+    assert not (threads.serve_params and family.format != "skops"), f"{name}: serve_params are set on skops models"
+    assert family.boosting_rounds == (family.fit_rounds is not None), name
+    if family.monotone_tasks is not None:
+        assert family.monotone_param and set(family.monotone_tasks) <= set(family.tasks), f"{name}: monotone tasks"
+
+
+def test_only_lightgbm_has_boosting_rounds_and_only_stacking_is_meta() -> None:
+    rounds = sorted(n for n, f in FAMILIES.items() if f.boosting_rounds)
+    meta = sorted(n for n, f in FAMILIES.items() if f.meta)
+    assert rounds == ["lightgbm"], f"early stopping / round pruning are LightGBM callbacks: {rounds}"
+    assert meta == ["stacking"], meta
+    monotone = sorted(n for n, f in FAMILIES.items() if f.monotone_param)
+    assert monotone == ["hgb", "lightgbm", "random_forest"], f"the linear families cannot be monotone: {monotone}"

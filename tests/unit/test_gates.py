@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from retrain.config import ChampionGate, MetricBoundsGate, SlicesGate
-from retrain.gates import (
+from retrain.evaluation.gates import (
     _weighted_auc,
     beats_baselines,
     decide,

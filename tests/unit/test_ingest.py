@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from retrain.config import load_params
+from retrain.data.ingest import SOURCE_COLUMN, build_snapshot, ingest, normalise_labels, read_table, sample
+from retrain.data.sources import parse_source
 from retrain.errors import DataError
-from retrain.ingest import SOURCE_COLUMN, build_snapshot, ingest, normalise_labels, read_table, sample
-from retrain.sources import parse_source
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = load_params(REPO / "params.yaml")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from retrain.config import LatencyGate
-from retrain.latency import WARMUP_CALLS, directory_size_mb, latency_gate, single_row_latency_ms
+from retrain.evaluation.latency import WARMUP_CALLS, directory_size_mb, latency_gate, single_row_latency_ms
 
 
 def test_single_row_latency_times_one_row_per_call() -> None:

@@ -11,16 +11,14 @@ import pytest
 from sklearn.datasets import load_wine
 
 from retrain.config import DatasetConfig, load_params
-from retrain.leakage import MIN_ROWS, feature_scores, leaks
-from retrain.schema import infer_columns
+from retrain.data.leakage import MIN_ROWS, feature_scores, leaks
+from retrain.data.schema import infer_columns
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = load_params(REPO / "params.yaml")
 THRESHOLD = PARAMS.validate_.leakage_threshold
-CALIFORNIA = [
-    REPO / "data/source/california_housing.csv.gz",
-    Path("/work/shared/datasets/california_housing/housing.csv"),
-]
+CALIFORNIA = REPO / "data/source/california_housing.csv.gz"
+"""Shipped with the repo (data/source/CALIFORNIA_PROVENANCE.md)."""
 
 
 def adult() -> pd.DataFrame:
@@ -50,6 +48,7 @@ def wine() -> tuple[pd.DataFrame, DatasetConfig]:
     return frame, with_columns(dataset, frame)
 
 
+@pytest.mark.slow
 def test_clean_adult_is_not_flagged_and_is_cheap() -> None:
     frame = adult()
     feature_scores(frame.head(500), PARAMS.dataset, 0)  # imports sklearn outside the timing
@@ -62,6 +61,7 @@ def test_clean_adult_is_not_flagged_and_is_cheap() -> None:
     assert seconds < 5.0, f"leakage check on 48k rows x 14 features took {seconds:.2f}s (budget ~2 s)"
 
 
+@pytest.mark.slow
 def test_copies_of_the_label_are_flagged_as_category_and_as_number() -> None:
     frame = adult().sample(5000, random_state=0)
     frame["income_copy"] = frame["income"]
@@ -73,6 +73,7 @@ def test_copies_of_the_label_are_flagged_as_category_and_as_number() -> None:
     assert all(score > 0.999 for score in found.values()), found
 
 
+@pytest.mark.slow
 def test_a_noisy_label_proxy_below_the_threshold_is_not_a_leak() -> None:
     frame = adult().sample(5000, random_state=0)
     rng = np.random.default_rng(0)
@@ -94,11 +95,9 @@ def test_multiclass_wine_clean_and_with_a_copy() -> None:
     assert leaks(result, THRESHOLD) == {"cls": 1.0}, result.scores
 
 
+@pytest.mark.slow
 def test_regression_california_clean_and_with_a_function_of_the_target() -> None:
-    path = next((p for p in CALIFORNIA if p.is_file()), None)
-    if path is None:
-        pytest.skip("California housing data not available")
-    frame = pd.read_csv(path)
+    frame = pd.read_csv(CALIFORNIA)
     dataset = with_columns(DatasetConfig(name="cal", task="regression", target="median_house_value"), frame)
     result = feature_scores(frame, dataset, PARAMS.seed)
     assert result.metric == "r2"

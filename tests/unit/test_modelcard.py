@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from retrain.modelcard import MAX_POINTS, curves, render_model_card
+from retrain.evaluation.modelcard import MAX_POINTS, curves, render_model_card
 
 
 class Card(HTMLParser):
@@ -205,3 +205,50 @@ def test_nonfinite_scores_are_counted_not_fatal() -> None:
     broken = curves(y, np.full(200, np.nan), "binary", None)
     assert broken == {"task": "binary", "nonfinite_rows": 200}, broken
     assert "200 test rows had non-finite scores" in render_model_card(record(broken)), "the card says so"
+
+
+def test_card_calibration_bins_are_the_gates_bins() -> None:
+    from retrain.config import CalibrationGate
+    from retrain.evaluation.calibration import calibration_gate
+
+    y, p = binary_data(2000)
+    p[:40] = 0.5  # on a bin edge: both must put these rows in the same bin
+    card = curves(y, p, "binary", None)["calibration"]
+    gate = calibration_gate(y, p, task="binary", cfg=CalibrationGate(bins=10)).details["reliability"]
+    assert card["count"] == [row["rows"] for row in gate], f"card {card['count']} vs gate {gate}"
+    assert card["mean_predicted"] == pytest.approx([row["mean_predicted"] for row in gate], abs=1e-6)
+    assert card["fraction_positive"] == pytest.approx([row["observed"] for row in gate], abs=1e-6)
+
+
+def test_template_is_package_data_shipped_by_pyproject() -> None:
+    import tomllib
+    from fnmatch import fnmatch
+    from importlib.resources import files
+    from pathlib import Path
+
+    from retrain.evaluation.modelcard import TEMPLATE
+
+    template = files("retrain.evaluation") / "templates" / TEMPLATE
+    assert template.is_file(), f"{template} missing"
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    shipped = pyproject["tool"]["setuptools"]["package-data"]["retrain.evaluation"]
+    assert any(fnmatch(f"templates/{TEMPLATE}", pattern) for pattern in shipped), f"not shipped: {shipped}"
+
+
+def test_gate_details_are_escaped_nested_and_truncated() -> None:
+    details = {
+        "<b>key</b>": "<img src=x onerror=alert(1)>",
+        "deep": {"a": {"b": {"c": {"d": 1}}}},
+        "long": list(range(60)),
+        "rows": [{"group": "A&B", "rate": 0.123456789}, {"group": "C", "note": None}],
+    }
+    old_style = {"name": "perturbation", "passed": False, "skipped": False, "reason": "x", "details": details}
+    page = render_model_card({**record({}), "gates": [old_style]})
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page, "values are escaped"
+    assert "&lt;b&gt;key&lt;/b&gt;" in page, "keys are escaped"
+    assert "0.1235" in page and "A&amp;B" in page, "floats to 4 significant digits, text escaped"
+    assert "&#34;d&#34;: 1" in page or "&quot;d&quot;: 1" in page, "nesting deeper than 3 becomes JSON text"
+    assert "49 &hellip; (+10)" in page, "long lists are cut at 50 items"
+    card = parse(page)
+    assert "perturbation:" in card.headings, f"a behavioural gate gets its own section: {card.headings}"
+    assert '<span class="fail">fail</span>' in page, "an old record's gate (no status) is pass/fail from `passed`"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +17,16 @@ from threadpoolctl import threadpool_limits
 from retrain.config import FamilyConfig, ParamRange
 from retrain.errors import ConfigError, DataError
 from retrain.metrics import score
-from retrain.models import (
+from retrain.models import estimators
+from retrain.models.estimators import (
     BOOSTER,
     MANIFEST,
     PIPELINE,
+    SERVE_ONE_THREAD_ROWS,
     SKOPS_TRUSTED_TYPES,
+    ModelIntegrityError,
     build_model,
+    file_sha256,
     load_predictor,
     monotone_params,
     pipeline_scores,
@@ -28,7 +34,8 @@ from retrain.models import (
     scores_from_output,
     serve_output,
 )
-from retrain.tuning import tune
+from retrain.models.families import FAMILIES
+from retrain.models.tuning import fit_model, tune
 
 
 @pytest.fixture(autouse=True)
@@ -62,6 +69,7 @@ PARAMS = {
     "hgb": {"max_iter": 30, "random_state": 0},
     "logreg": {"C": 1.0},
     "ridge": {"alpha": 1.0},
+    "random_forest": {"n_estimators": 8, "min_samples_leaf": 3, "random_state": 0},
 }
 LABELS = ["low", "mid", "high"]
 
@@ -119,7 +127,49 @@ def test_skops_file_with_untrusted_type_is_refused(tmp_path: Path) -> None:
     with zipfile.ZipFile(path, "w") as zf:
         for name, blob in entries.items():
             zf.writestr(name, schema if name == "schema.json" else blob)
+    with pytest.raises(ModelIntegrityError, match=r"pipeline\.skops: sha256 .* differs"):
+        load_predictor(tmp_path / "m")
+    # even with the manifest's hash forged to match, skops refuses the type outside the trusted list
+    manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    manifest["files"][PIPELINE] = file_sha256(path)
+    (tmp_path / "m" / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="trusted"):
+        load_predictor(tmp_path / "m")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda text: text[: len(text) // 2],  # truncated
+        lambda text: text.replace("Tree=0", "Tree=0\nnum_leaves=-7", 1),  # edited
+        lambda text: "\x00" * 64 + text,  # garbage bytes
+    ],
+    ids=["truncated", "edited", "garbage"],
+)
+def test_a_corrupt_booster_is_refused_naming_the_file_before_lightgbm_parses_it(tmp_path: Path, damage) -> None:
+    X, y = frame()
+    model = build_model("lightgbm", PARAMS["lightgbm"], NUMERIC, CATEGORICAL).fit(X, y)
+    save_model(model, "lightgbm", [*NUMERIC, *CATEGORICAL], tmp_path / "m")
+    booster = tmp_path / "m" / BOOSTER
+    booster.write_text(damage(booster.read_text()))
+    expected = re.escape(str(booster)) + r": sha256 .* differs .* refusing to parse it"
+    with pytest.raises(ModelIntegrityError, match=expected):
+        load_predictor(tmp_path / "m")
+
+
+def test_a_manifest_without_the_file_hash_or_unreadable_is_refused(tmp_path: Path) -> None:
+    X, y = frame()
+    model = build_model("lightgbm", PARAMS["lightgbm"], NUMERIC, CATEGORICAL).fit(X, y)
+    save_model(model, "lightgbm", [*NUMERIC, *CATEGORICAL], tmp_path / "m")
+    path = tmp_path / "m" / MANIFEST
+    manifest = json.loads(path.read_text())
+    assert set(manifest["files"]) == {BOOSTER}, "the manifest records the booster's sha256"
+    manifest["files"] = {}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelIntegrityError, match=r"no hash recorded for booster\.txt"):
+        load_predictor(tmp_path / "m")
+    path.write_text("{not json")
+    with pytest.raises(ModelIntegrityError, match=re.escape(f"{path}: cannot read the model manifest")):
         load_predictor(tmp_path / "m")
 
 
@@ -216,14 +266,17 @@ def test_hgb_uses_native_categories_and_a_minimal_trusted_list(tmp_path: Path) -
     assert model.named_steps["model"].is_categorical_.tolist() == [False, False, True, True], "native categories"
     save_model(model, "hgb", [*NUMERIC, *CATEGORICAL], tmp_path / "m")
     needed = set(sio.get_untrusted_types(file=tmp_path / "m" / PIPELINE))
-    assert needed <= SKOPS_TRUSTED_TYPES, f"hgb needs only listed types: {needed - SKOPS_TRUSTED_TYPES}"
-    assert len(SKOPS_TRUSTED_TYPES - needed) <= 1, f"the list holds nothing hgb does not need but numpy.dtype: {needed}"
+    trusted = FAMILIES["hgb"].trusted_types
+    assert needed <= trusted, f"hgb needs only its listed types: {needed - trusted}"
+    assert trusted - needed <= {"numpy.dtype"}, f"hgb's list holds nothing it does not need but numpy.dtype: {needed}"
+    union = frozenset().union(*(f.trusted_types for f in FAMILIES.values()))
+    assert union == SKOPS_TRUSTED_TYPES, "the exported list is the union of the families' lists"
     probe = X.head(3).copy()
     probe["c"] = "never-seen"
     assert np.isfinite(load_predictor(tmp_path / "m").predict_scores(probe)).all(), "unseen category scores"
 
 
-@pytest.mark.parametrize("family", ["lightgbm", "hgb"])
+@pytest.mark.parametrize("family", ["lightgbm", "hgb", "random_forest"])
 def test_monotone_constraints_make_the_score_rise_with_the_feature(family: str) -> None:
     rng = np.random.default_rng(0)
     n = 800
@@ -232,11 +285,108 @@ def test_monotone_constraints_make_the_score_rise_with_the_feature(family: str) 
     y = ((np.sin(3 * X["a"]) + X["b"] + rng.normal(scale=0.3, size=n)) > 0).astype(int).to_numpy()  # a: not monotone
     params = monotone_params(family, {"a": 1}, ["a", "b"], ["c"])
     assert params, f"{family} takes monotone constraints"
-    fixed = {"n_estimators": 50, "verbose": -1} if family == "lightgbm" else {"max_iter": 50}
+    fixed = {
+        "lightgbm": {"n_estimators": 50, "verbose": -1},
+        "hgb": {"max_iter": 50},
+        "random_forest": {"n_estimators": 20, "min_samples_leaf": 5, "random_state": 0},
+    }[family]
     model = build_model(family, {**fixed, **params}, ["a", "b"], ["c"]).fit(X, y)
     grid = pd.DataFrame({"a": np.linspace(-2, 2, 41), "b": 0.0, "c": "x"}).astype({"c": "str"})
     scores = model.predict_proba(grid)[:, 1]
     assert np.all(np.diff(scores) >= -1e-12), f"{family}: P rises with a (+1): {np.diff(scores).min()}"
     assert monotone_params("logreg", {"a": 1}, ["a", "b"], ["c"]) == {}, "linear families take no constraint"
+    on_multiclass = monotone_params(family, {"a": 1}, ["a", "b"], ["c"], task="multiclass")
+    assert bool(on_multiclass) == (family == "lightgbm"), f"scikit-learn trees refuse multiclass constraints: {family}"
     with pytest.raises(ConfigError, match=r"candidates\.monotone"):
         monotone_params(family, {"c": 1}, ["a", "b"], ["c"])
+
+
+FOREST = FamilyConfig(
+    fixed={"n_jobs": 2},
+    space={
+        "n_estimators": ParamRange(low=4, high=10, int=True),
+        "max_depth": ParamRange(low=2, high=8, int=True),
+        "min_samples_leaf": ParamRange(low=1, high=20, int=True, log=True),
+        "max_features": ParamRange(low=0.3, high=1.0),
+    },
+)
+"""A few small trees: the registry's default space (100-400 trees) is for real data."""
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_random_forest_tunes_saves_and_reloads_to_identical_scores(tmp_path: Path, task: str) -> None:
+    X, _ = frame(300)
+    y = frame()[1] if task == "binary" else task_target(X, task)
+    labels = ["neg", "pos"] if task == "binary" else LABELS if task == "multiclass" else None
+    metric = {"binary": "roc_auc", "multiclass": "roc_auc_ovr", "regression": "r2"}[task]
+    kwargs = dict(numeric=NUMERIC, categorical=CATEGORICAL, metric=metric, n_trials=2, n_folds=2, seed=0, task=task)
+    result = tune("random_forest", FOREST, X, y, labels=labels, **kwargs)
+    assert len(result.trials) == 2 and np.isfinite(result.cv_score), f"2 trials, a finite CV score: {result.trials}"
+    assert result.threads == 2, "fixed.n_jobs asks for the threads per model (2 CPUs, one trial at a time)"
+    model = fit_model("random_forest", result.best_params, X, y, numeric=NUMERIC, categorical=CATEGORICAL, task=task,
+                      threads=2)  # fmt: skip
+    assert model.named_steps["model"].n_jobs == 2, "training uses the planned threads"
+    save_model(model, "random_forest", [*NUMERIC, *CATEGORICAL], tmp_path / "rf", task=task, labels=labels)
+    assert model.named_steps["model"].n_jobs == 2, "saving does not change the caller's model"
+    needed = set(sio.get_untrusted_types(file=tmp_path / "rf" / PIPELINE))
+    assert needed <= FAMILIES["random_forest"].trusted_types, f"types outside the list: {needed}"
+    predictor = load_predictor(tmp_path / "rf")
+    assert predictor.pipeline.named_steps["model"].n_jobs == 1, "a served forest predicts on one thread"
+    n_classes = len(labels) if task == "multiclass" else 2
+    threaded = pipeline_scores(model, X, task, n_classes)
+    assert np.allclose(predictor.predict_scores(X), threaded, rtol=1e-12, atol=1e-12), "same scores as when fitted"
+    model.set_params(model__n_jobs=1)  # 2 threads add the trees' outputs in a varying order (last-bit differences)
+    assert np.array_equal(predictor.predict_scores(X), pipeline_scores(model, X, task, n_classes)), "bit-identical"
+    fitted = score(metric, y, predictor.predict_scores(X))
+    assert fitted > 0.8, f"the forest learnt the {task} target on its training rows: {metric} {fitted:.3f}"
+    probe = X.head(3).copy()
+    probe["c"], probe["a"] = "never-seen", np.nan
+    assert np.isfinite(predictor.predict_scores(probe)).all(), "unseen categories and missing numbers score"
+
+
+def test_random_forest_file_does_not_depend_on_training_threads(tmp_path: Path) -> None:
+    X, y = frame()
+    for threads in (1, 2):
+        model = fit_model("random_forest", PARAMS["random_forest"], X, y, numeric=NUMERIC, categorical=CATEGORICAL,
+                          task="binary", threads=threads)  # fmt: skip
+        save_model(model, "random_forest", [*NUMERIC, *CATEGORICAL], tmp_path / str(threads))
+    blobs = [(tmp_path / str(t) / PIPELINE).read_bytes() for t in (1, 2)]
+    assert blobs[0] == blobs[1], "the file holds the serving n_jobs (1), not the training threads"
+
+
+@pytest.mark.parametrize(("family", "task"), [(f, t) for f in sorted(FAMILIES) for t in FAMILIES[f].tasks])
+def test_every_family_builds_and_fits_from_its_default_space(family: str, task: str) -> None:
+    record = FAMILIES[family]
+    if record.meta:
+        with pytest.raises(ValueError, match="assembled from tuned base models"):
+            build_model(family, {}, NUMERIC, CATEGORICAL, task=task)
+        return
+    X, _ = frame(200)
+    y = frame(200)[1] if task == "binary" else task_target(X, task)
+    low = {k: ParamRange(**v) for k, v in record.space.items()}
+    params = {k: (int(r.low) if r.int else r.low) if r.choices is None else r.choices[0] for k, r in low.items()}
+    quiet = {"verbose": -1} if family == "lightgbm" else {}
+    model = build_model(family, {**params, **quiet}, NUMERIC, CATEGORICAL, task=task).fit(X, y)
+    assert np.isfinite(pipeline_scores(model, X, task, 3)).all(), f"{family} on {task} with its space's low ends"
+
+
+def test_small_requests_are_served_on_one_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from threadpoolctl import ThreadpoolController
+
+    X, y = frame()
+    model = build_model("hgb", PARAMS["hgb"], NUMERIC, CATEGORICAL).fit(X, y)
+    save_model(model, "hgb", [*NUMERIC, *CATEGORICAL], tmp_path / "m")
+    predictor = load_predictor(tmp_path / "m")
+    seen: list[int] = []
+    original = estimators.pipeline_scores
+
+    def spy(*args: object, **kwargs: object) -> np.ndarray:
+        seen.append(max(p["num_threads"] for p in ThreadpoolController().info() if p["user_api"] == "openmp"))
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(estimators, "pipeline_scores", spy)
+    big = pd.concat([X] * (SERVE_ONE_THREAD_ROWS // len(X) + 1), ignore_index=True)
+    with threadpool_limits(limits=2, user_api="openmp"):
+        predictor.predict_scores(X.head(1))
+        predictor.predict_scores(big)
+    assert seen == [1, 2], f"one OpenMP thread for a single row, the process' threads for a batch: {seen}"

@@ -13,18 +13,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from retrain import schema
+from engine.context import StageContext, Tracking, ensure_experiment
+from engine.stage import find_stage
+from flows.dag import DAG
+from retrain.catalog import SCHEMA, SNAPSHOT
 from retrain.config import Params, load_params
+from retrain.data import schema
+from retrain.data.ingest import SOURCE_COLUMN, Contract, ingest, read_sql, read_table
+from retrain.data.sources import display, parse_source
 from retrain.errors import ConfigError, DataError
-from retrain.ingest import SOURCE_COLUMN, Contract, ingest, read_sql, read_table
-from retrain.sources import display, parse_source
-from retrain.stages import SCHEMA, SNAPSHOT
-from tasks.runtime import StageContext, Tracking, ensure_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 ADULT = REPO / "data/source/adult_train.csv.gz"
 TRACKING = Tracking("sqlite:///unused.db", "0", None)
-INGEST_CODE = ("tasks/ingest.py", "retrain/ingest.py", "retrain/sources.py", "retrain/schema.py")
+INGEST_CODE = ("tasks/ingest.py", "retrain/data/ingest.py", "retrain/data/sources.py", "retrain/data/schema.py")
 
 
 def adult_lines(n: int, skip: int = 0) -> tuple[str, list[str]]:
@@ -88,7 +90,7 @@ def test_a_new_batch_changes_the_ingest_cache_key(tmp_path: Path) -> None:
     root = project(tmp_path / "proj")
     write_batch(root / "batches/a.csv", 20, 0)
     write_batch(root / "batches/b.csv", 20, 20)
-    ctx = StageContext("ingest", params("ingest.source=batches/*.csv"), root, TRACKING)
+    ctx = StageContext(find_stage(DAG, "ingest"), params("ingest.source=batches/*.csv"), root, TRACKING)
     before = ctx.cache_key()
     assert before is not None and ctx.cache_key() == before, "a glob of files is cacheable and stable"
     write_batch(root / "batches/c.csv", 20, 40)
@@ -197,7 +199,10 @@ def test_database_cache_keys_follow_the_file_or_are_off(tmp_path: Path) -> None:
     root = project(tmp_path / "proj")
     db = adult_db(root / "adult.db", 50)
     ctx = StageContext(
-        "ingest", params("ingest.source=sqlite:///adult.db", "ingest.query=SELECT * FROM adult"), root, TRACKING
+        find_stage(DAG, "ingest"),
+        params("ingest.source=sqlite:///adult.db", "ingest.query=SELECT * FROM adult"),
+        root,
+        TRACKING,
     )
     key = ctx.cache_key()
     assert key is not None, "a SQLite file is hashed like any input"
@@ -205,7 +210,7 @@ def test_database_cache_keys_follow_the_file_or_are_off(tmp_path: Path) -> None:
         conn.execute("DELETE FROM adult WHERE rowid = 1")
     assert ctx.cache_key() != key, "a changed database file is a new data version"
     memory = StageContext(
-        "ingest", params("ingest.source=sqlite://", "ingest.query=SELECT 1 AS income"), root, TRACKING
+        find_stage(DAG, "ingest"), params("ingest.source=sqlite://", "ingest.query=SELECT 1 AS income"), root, TRACKING
     )
     assert memory.cache_key() is None, "a database that can only be known by querying makes ingest uncacheable"
 
@@ -242,12 +247,14 @@ def test_failed_ingest_leaves_no_snapshot(tmp_path: Path) -> None:
     write_batch(root / "good.csv", 50, 0)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking = Tracking(uri, ensure_experiment(uri, "ingest-test", root), None)
-    good = StageContext("ingest", params("ingest.source=good.csv", "ingest.sample_rows=null"), root, tracking)
+    good = StageContext(
+        find_stage(DAG, "ingest"), params("ingest.source=good.csv", "ingest.sample_rows=null"), root, tracking
+    )
     result = run(good)
     assert (root / SNAPSHOT).is_file() and (root / SCHEMA).is_file(), result
     bad = root / "bad.csv"
     bad.write_text((root / "good.csv").read_text().replace(",40,", ",forty,", 1))
     with pytest.raises(DataError, match=r"bad\.csv: column 'hours-per-week' \(rule: type int\)"):
-        run(StageContext("ingest", params("ingest.source=bad.csv"), root, tracking))
+        run(StageContext(find_stage(DAG, "ingest"), params("ingest.source=bad.csv"), root, tracking))
     leftovers = sorted(str(p.relative_to(root)) for p in (root / "data/raw").iterdir())
     assert leftovers == [], f"a failed ingest must leave no snapshot, schema or temp file: {leftovers}"

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from retrain.config import DatasetConfig, SplitConfig
+from retrain.data.ingest import SOURCE_COLUMN
+from retrain.data.split import check_disjoint, split_snapshot
 from retrain.errors import DataError
-from retrain.ingest import SOURCE_COLUMN
-from retrain.split import check_disjoint, split_snapshot
 
 CFG = SplitConfig(valid_size=0.25, test_size=0.2)
 BINARY = DatasetConfig(

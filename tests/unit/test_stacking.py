@@ -12,10 +12,11 @@ import pytest
 from mlflow.pyfunc import PythonModelContext
 from sklearn.linear_model import LogisticRegression
 
+from adapters.mlflow_pyfunc import RetrainModel
 from retrain.config import CandidatesConfig, DatasetConfig, FamilyConfig, ParamRange
 from retrain.metrics import score
-from retrain.models import MANIFEST, STACKING, StackingPredictor, fit_meta, load_predictor, stack_features
-from retrain.serving import ARTIFACT_KEY, RetrainModel
+from retrain.models.estimators import MANIFEST, STACKING, StackingPredictor, fit_meta, load_predictor, stack_features
+from retrain.serving.predict import ARTIFACT_KEY
 from tasks.candidates import Design, fit_family, fit_stacking
 from tests.unit.test_models import LABELS, frame, task_target
 

@@ -1,43 +1,112 @@
-"""Given the stage table in code, dvc.yaml must be exactly what it generates."""
+"""Given the stage records in code, dvc.yaml must be exactly what they generate; code deps are derived."""
 
 from __future__ import annotations
 
+import ast
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import yaml
 
+from engine.codedeps import PACKAGES, code_files
+from engine.stage import check_dag, dvc_pipeline, find_stage, render_path, upstream
+from flows.dag import DAG
 from retrain.config import load_params, lookup, params_dict
-from retrain.stages import STAGE_NAMES, STAGES, dvc_pipeline, render_path
 
 REPO = Path(__file__).resolve().parents[2]
+ENGINE = ("engine",)
 
 
 def test_dvc_yaml_matches_stage_table() -> None:
     on_disk = yaml.safe_load((REPO / "dvc.yaml").read_text())
     values = params_dict(load_params(REPO / "params.yaml"))
-    assert on_disk == dvc_pipeline(values), "dvc.yaml is stale: run `make dvc-yaml` (retrain stages --dvc-yaml)"
+    assert on_disk == dvc_pipeline(DAG, REPO, values), (
+        "dvc.yaml is stale: run `make dvc-yaml` (retrain stages --dvc-yaml)"
+    )
 
 
 def test_stage_order_is_the_dag() -> None:
-    assert STAGE_NAMES == ("ingest", "version", "validate", "split", "baselines", "candidates", "evaluate", "promote")
+    names = tuple(s.name for s in DAG)
+    assert names == ("ingest", "version", "validate", "split", "baselines", "candidates", "evaluate", "promote")
+    check_dag(DAG)  # every workspace input written by an earlier stage, one writer per file
 
 
-def test_every_input_is_produced_upstream_or_is_a_source() -> None:
-    produced: set[str] = set()
-    for stage in STAGES:
-        for dep in stage.deps:
-            assert dep.startswith("${") or dep in produced, f"{stage.name} reads {dep} before any stage writes it"
-        produced.update(stage.outs)
+def test_a_table_that_is_not_a_dag_is_refused_naming_the_stage_and_file() -> None:
+    split, version = find_stage(DAG, "split"), find_stage(DAG, "version")
+    with pytest.raises(
+        ValueError, match=r"stage split: input data/raw/snapshot.parquet is written by no earlier stage"
+    ):
+        check_dag([split, *DAG])
+    with pytest.raises(ValueError, match=r"output data/raw/version.json is already written by stage version"):
+        check_dag([*DAG, replace(version, name="again")])
 
 
-def test_params_keys_and_code_files_exist() -> None:
+def test_params_keys_exist_and_each_stage_is_its_own_module() -> None:
     params = load_params(REPO / "params.yaml")
-    for stage in STAGES:
+    for stage in DAG:
         for key in stage.params:
             lookup(params, key)  # raises if the key is not in params.yaml
-        for rel in stage.code:
-            assert (REPO / rel).is_file(), f"{stage.name}: code file {rel} does not exist"
-        assert (REPO / "tasks" / f"{stage.name}.py").is_file(), "one task module per stage, same name"
+        assert stage.module == f"tasks.{stage.name}", "one task module per stage, same name"
+        for rel in stage.code(REPO):
+            assert (REPO / rel).is_file(), f"{stage.name}: derived code file {rel} does not exist"
+
+
+def test_code_deps_follow_imports_transitively() -> None:
+    split = find_stage(DAG, "split").code(REPO)
+    assert "retrain/data/ingest.py" in split, "split uses retrain.data.split, which imports retrain.data.ingest"
+    assert "tasks/split.py" in split and "retrain/data/split.py" in split
+    candidates = find_stage(DAG, "candidates").code(REPO)
+    assert "retrain/models/calibrator.py" in candidates, "imported inside a function body, still a dependency"
+    evaluate = find_stage(DAG, "evaluate").code(REPO)
+    assert {"retrain/evaluation/gates.py", "adapters/pyfunc_entry.py"} <= set(evaluate), "RESOURCES count too"
+    for stage in DAG:
+        used = stage.code(REPO)
+        assert not any(f.startswith("flows/") for f in used), f"{stage.name}: a stage never imports the wiring"
+        assert "engine/runner.py" not in used and "engine/pipeline.py" not in used, f"{stage.name} imports the runner"
+
+
+def test_a_module_no_stage_imports_is_in_no_stage(tmp_path: Path) -> None:
+    everything = {f for stage in DAG for f in stage.code(REPO)}
+    assert "flows/cli.py" not in everything and "engine/runner.py" not in everything
+
+
+def test_code_deps_see_edits_and_skip_type_checking_imports(tmp_path: Path) -> None:
+    for package in ("retrain", "tasks"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "retrain" / "a.py").write_text("X = 1\n")
+    (tmp_path / "retrain" / "b.py").write_text("Y = 2\n")
+    stage = tmp_path / "tasks" / "s.py"
+    stage.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from retrain import b\n")
+    assert "retrain/b.py" not in code_files(tmp_path, "tasks.s"), "a TYPE_CHECKING import never runs"
+    stage.write_text("def run():\n    from retrain.a import X\n    return X\n")
+    assert "retrain/a.py" in code_files(tmp_path, "tasks.s"), "a function-level import is a dependency"
+    assert code_files(tmp_path, "tasks.s") == ("retrain/__init__.py", "retrain/a.py", "tasks/__init__.py", "tasks/s.py")
+
+
+def test_upstream_is_what_runs_before() -> None:
+    assert [s.name for s in upstream(DAG, find_stage(DAG, "version"))] == ["ingest"]
+    with pytest.raises(KeyError, match="stages are ingest, version"):
+        find_stage(DAG, "nope")
+
+
+def test_the_engine_never_names_a_stage() -> None:
+    names = {s.name for s in DAG}
+    for path in sorted((REPO / "engine").glob("*.py")):
+        strings = {
+            n.value
+            for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)
+        }
+        assert not strings & names, f"{path.name} tests stage names {sorted(strings & names)}: use the stage record"
+
+
+def test_packages_are_the_project_layout() -> None:
+    for package in PACKAGES:
+        assert (REPO / package / "__init__.py").is_file(), package
+    modules = sorted(p.stem for p in (REPO / "tasks").glob("*.py") if p.stem != "__init__")
+    assert modules == sorted(s.name for s in DAG), "tasks/ holds exactly the stage modules"
 
 
 def test_render_path_fills_and_drops_unset() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from retrain.config import FamilyConfig, ParamRange
 from retrain.errors import DataError
-from retrain.tuning import (
+from retrain.models.tuning import (
     PRUNE_REPORT_EVERY,
     ROUND_STEP_STRIDE,
     Deadline,
@@ -22,7 +22,9 @@ from retrain.tuning import (
     make_folds,
     optuna_storage,
     plan_threads,
+    requested_threads,
     tune,
+    with_threads,
 )
 
 
@@ -234,8 +236,20 @@ def test_refit_scales_early_stopped_rounds_and_divides_the_learning_rate() -> No
 def test_each_trial_logs_progress_with_an_eta(caplog: pytest.LogCaptureFixture) -> None:
     X, y = lgbm_data(300)
     cfg = LGBM.model_copy(update={"n_trials": 3})
-    with caplog.at_level("INFO", logger="retrain.tuning"):
+    with caplog.at_level("INFO", logger="retrain.models.tuning"):
         tune("lightgbm", cfg, X, y, numeric=["a"], categorical=["c"], metric="roc_auc", n_trials=3, n_folds=2, seed=0)
     lines = [r.getMessage() for r in caplog.records if "trial " in r.getMessage() and "ETA" in r.getMessage()]
     assert [line.split(" ")[2] for line in lines] == ["1/3", "2/3", "3/3"], lines
     assert lines[-1].endswith("ETA 0s"), f"nothing left after the last trial: {lines[-1]}"
+
+
+def test_each_family_takes_the_planned_threads_as_its_record_says() -> None:
+    fixed = {"n_jobs": 1, "num_threads": 4, "C": 1.0}
+    assert with_threads("lightgbm", fixed, 2) == {"C": 1.0, "n_jobs": 2}, "LightGBM: aliases dropped, n_jobs planned"
+    assert with_threads("random_forest", fixed, 2) == {"num_threads": 4, "C": 1.0, "n_jobs": 2}, "forest: n_jobs"
+    assert with_threads("hgb", fixed, 2) == {"C": 1.0}, "hgb has no thread parameter: threadpoolctl bounds it"
+    assert with_threads("logreg", fixed, 2) is fixed, "the linear families are left as configured"
+    asked = {f: requested_threads(f, {"n_jobs": 3}) for f in ("lightgbm", "hgb", "random_forest", "logreg", "ridge")}
+    assert asked == {"lightgbm": 3, "hgb": 3, "random_forest": 3, "logreg": None, "ridge": None}, (
+        f"fixed.n_jobs is a request only where the record reads it: {asked}"
+    )

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from retrain.config import DatasetConfig, SplitConfig, ValidateConfig, load_params
-from retrain.ingest import SOURCE_COLUMN, sample
-from retrain.leakage import feature_scores
-from retrain.validate import (
+from retrain.data.ingest import SOURCE_COLUMN, sample
+from retrain.data.leakage import feature_scores
+from retrain.data.validate import (
     build_report,
     cv_check,
     describe_failure,
@@ -228,7 +228,7 @@ def test_regression_target_must_be_finite() -> None:
     assert "finite target" in line and "inf" in line, line
 
 
-@pytest.mark.parametrize("rows", [2500, None])
+@pytest.mark.parametrize("rows", [2500, pytest.param(None, marks=pytest.mark.slow)])
 def test_full_and_sampled_adult_pass(rows: int | None) -> None:
     """The e2e tests' seeded 2500-row samples and the full files (48,842 rows) both pass the gate."""
     parts = [sample(adult_rows(10**6, source), rows, PARAMS.seed) for source in ("main", "test")]

@@ -1,0 +1,66 @@
+"""The machine-readable summary of one pipeline run (what `retrain run --json` prints): wiring that knows the stages."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from adapters.jsonfile import read_json
+from engine.pipeline import PipelineRun
+from retrain.catalog import BASELINES, CANDIDATES, GATE_RECORD
+from retrain.config import Params
+from retrain.models.families import check_family
+
+
+def preflight(params: Params) -> None:
+    """Config problems that pydantic cannot see (a LightGBM objective that contradicts the task) fail at start."""
+    for family in params.candidates.families:
+        check_family(family, params.dataset.task, getattr(params.candidates, family).fixed)
+
+
+def run_summary(run: PipelineRun) -> dict[str, Any]:
+    """Stages (cached or ran, seconds), metrics, gates, decision and model version."""
+    by_name = {s.name: s.result for s in run.stages}
+    evaluate = by_name.get("evaluate", {}).get("info", {})
+    promote = by_name.get("promote", {}).get("info", {})
+    record_path = run.root / GATE_RECORD
+    gates = read_json(record_path)["gates"] if "evaluate" in by_name and record_path.exists() else []
+    ran = {"baselines", "candidates"} <= set(by_name)
+    families: dict[str, Any] = {}
+    if ran and (run.root / CANDIDATES / "summary.json").exists() and (run.root / BASELINES).exists():
+        from retrain.models.baselines import families_vs_baselines  # numpy/pandas: not for a cached start
+
+        tuned = read_json(run.root / CANDIDATES / "summary.json")
+        families = families_vs_baselines(tuned, read_json(run.root / BASELINES))
+        for family, entry in tuned["families"].items():
+            families[family] |= {k: entry.get(k) for k in ("cv_score", "n_trials", "n_pruned")}
+    return {
+        "stages": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 3)} for s in run.stages],
+        "metrics": {s.name: s.result.get("metrics", {}) for s in run.stages},
+        "gates": gates,
+        "families": families,
+        "family": evaluate.get("family"),
+        "decision": evaluate.get("decision"),
+        "failed_gates": evaluate.get("failed_gates", []),
+        "promotion": promote.get("action"),
+        "promotion_message": promote.get("message", ""),
+        "dry_run": run.dry_run,
+        "model_name": run.params.promote.model_name,
+        "model_version": promote.get("version"),
+        "challenger_version": promote.get("challenger_version"),
+        "champion_version": promote.get("champion_version"),
+        "audit": promote.get("audit", []),
+        "data_hash": run.tracking.tags.get("retrain.data_hash"),
+        "metric": run.params.evaluate.metric,
+        "mlflow_run_id": run.tracking.parent_run_id,
+        "mlflow_experiment_id": run.tracking.experiment_id,
+        "tracking_uri": run.tracking.tracking_uri,
+        "prefect_flow_run_id": run.tracking.tags.get("retrain.prefect_flow_run_id"),
+        "recovered": run.recovered,
+        "seconds": round(time.perf_counter() - run.started, 3),
+    }
+
+
+def summary_tags(summary: dict[str, Any]) -> dict[str, str]:
+    """Tags the parent MLflow run closes with."""
+    return {"retrain.decision": str(summary.get("decision")), "retrain.promotion": str(summary.get("promotion"))}

@@ -1,0 +1,1 @@
+"""Data: read sources, infer the schema, validate, detect leakage and drift, split."""

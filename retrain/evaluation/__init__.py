@@ -1,0 +1,1 @@
+"""Evaluation: metrics gates, the gate policy, behaviour, calibration, fairness, latency, model card."""

@@ -1,0 +1,1 @@
+"""Models: the family registry, estimators, tuning, baselines."""

@@ -1,0 +1,252 @@
+"""The registered model: an MLflow pyfunc that takes raw feature rows and loads without unpickling.
+
+What `predict` returns, per task (the manifest written by `retrain.models.estimators.save_model` says which):
+
+- binary: a 1-D float array, P(positive label);
+- multiclass: a DataFrame with one float column per label (named by the label, in `dataset.labels`
+  order); each row sums to 1;
+- regression: a 1-D float array of predictions.
+
+With `params={"output": "decision"}` a classifier returns a DataFrame with columns `label` (the most
+probable label), `confidence` (its probability) and `decision` (the label, or "abstain" when the
+confidence is under the threshold stored in the model directory's `confidence.json`).
+
+LightGBM models are served by `FastLightGBM`: the same encoding as `retrain.models.estimators.encode_frame` written
+straight into a float array (no pandas Categorical per call), so a single row costs a fraction of a
+millisecond; its scores equal `LightGBMPredictor.predict_scores` exactly (tests/unit/test_latency.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retrain.models.estimators import (
+    CalibratedPredictor,
+    LightGBMPredictor,
+    Predictor,
+    StackingPredictor,
+    load_predictor,
+    serve_output,
+    task_scores,
+)
+
+ARTIFACT_KEY = "model_dir"
+CONFIDENCE_FILE = "confidence.json"
+"""The confidence threshold stored with the model: {"threshold": float, "labels": [...]}."""
+OUTPUTS = ("scores", "decision")
+"""Values of the `output` predict parameter; "scores" is the default."""
+ABSTAIN = "abstain"
+LAYOUT_CACHE = 64
+"""Column layouts (names in request order) remembered per model, so a client's fixed layout is resolved once."""
+SMALL_BATCH = 32
+"""Up to this many rows are encoded value by value in Python; larger batches column by column (vectorised)."""
+PARALLEL_ROWS = 1024
+"""From this many rows LightGBM predicts on `FastLightGBM.threads` threads (it splits rows between threads
+and scores each row the same way, so outputs are bit-identical); fewer rows, e.g. online requests, on one
+(no thread wake-up cost, no contention between concurrent requests)."""
+
+
+class FastLightGBM:
+    """LightGBM scores from raw rows without building a pandas frame of Categoricals on every call.
+
+    Categorical values become their index in the training category list (what LightGBM receives from a
+    pandas Categorical), missing or unseen values NaN; numbers become float64, text coerced like
+    `pd.to_numeric(errors="coerce")`.
+    """
+
+    def __init__(self, predictor: LightGBMPredictor) -> None:
+        self.predictor = predictor
+        self.features, self.task, self.labels = predictor.features, predictor.task, predictor.labels
+        self.booster = predictor.booster
+        self.numeric = list(predictor.numeric)
+        self.categorical = list(predictor.categories)
+        self.codes = {c: {v: float(i) for i, v in enumerate(cats)} for c, cats in predictor.categories.items()}
+        self.indexes = {c: pd.Index(cats, dtype=object) for c, cats in predictor.categories.items()}
+        self.n_classes = len(predictor.labels or ()) or 2
+        self.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self._positions: dict[tuple[Any, ...], tuple[list[int], list[tuple[int, dict[str, float]]]]] = {}
+
+    def encode(self, X: pd.DataFrame) -> np.ndarray:
+        """(n, features) float64 in the booster's column order (numeric, then categorical)."""
+        if len(X) <= SMALL_BATCH:
+            return self._encode_rows(X)
+        out = np.empty((len(X), len(self.numeric) + len(self.categorical)), dtype=np.float64)
+        for j, column in enumerate(self.numeric):
+            values = X[column]
+            if values.dtype.kind in "iufb":
+                out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+            else:
+                out[:, j] = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        for j, column in enumerate(self.categorical, start=len(self.numeric)):
+            raw = X[column].to_numpy(dtype=object)
+            missing = pd.isna(raw)
+            found = self.indexes[column].get_indexer(np.where(missing, None, raw).astype(str)).astype(np.float64)
+            found[(found < 0) | missing] = np.nan
+            out[:, j] = found
+        return out
+
+    def _encode_rows(self, X: pd.DataFrame) -> np.ndarray:
+        """Few rows (online requests): one object array and plain Python per value beat per-column pandas calls."""
+        columns = tuple(X.columns)
+        positions = self._positions.get(columns)
+        if positions is None:
+            where = {c: i for i, c in enumerate(columns)}
+            positions = (
+                [where[c] for c in self.numeric],
+                [(where[c], self.codes[c]) for c in self.categorical],
+            )
+            if len(self._positions) < LAYOUT_CACHE:
+                self._positions[columns] = positions
+        numeric, categorical = positions
+        rows = X.to_numpy(dtype=object)
+        return np.array(
+            [
+                [_number(row[i]) for i in numeric]
+                + [math.nan if _missing(row[i]) else codes.get(str(row[i]), math.nan) for i, codes in categorical]
+                for row in rows
+            ],
+            dtype=np.float64,
+        ).reshape(len(rows), len(self.numeric) + len(self.categorical))
+
+    def predict_scores(self, X: pd.DataFrame) -> np.ndarray:
+        """Scores in the task's shape, equal to `LightGBMPredictor.predict_scores`; large batches use every core."""
+        encoded = self.encode(X)
+        raw = self.booster.predict(encoded, num_threads=self.threads if len(encoded) >= PARALLEL_ROWS else 1)
+        return task_scores(np.asarray(raw), self.predictor.task, self.predictor.classes, self.n_classes)
+
+
+def _number(value: Any) -> float:
+    """float(value) as `pd.to_numeric(errors="coerce")` then float64 would give it (missing and junk are NaN)."""
+    if isinstance(value, bool | int | float | np.number) and not isinstance(value, np.datetime64 | np.timedelta64):
+        return float(value)
+    if _missing(value):
+        return math.nan
+    try:
+        return float(pd.to_numeric(pd.Series([value], dtype=object), errors="coerce").iloc[0])
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def with_fast_bases(predictor: Predictor) -> Predictor:
+    """The same model with its LightGBM parts (stacking bases, a calibrated model's inner model) on FastLightGBM.
+
+    Scores are identical (FastLightGBM equals LightGBMPredictor bit for bit); only per-call overhead drops.
+    """
+    if type(predictor) is CalibratedPredictor:
+        inner = predictor.inner
+        fast_inner = FastLightGBM(inner) if type(inner) is LightGBMPredictor else with_fast_bases(inner)
+        return CalibratedPredictor(fast_inner, predictor.calibrator)  # type: ignore[arg-type]
+    if type(predictor) is StackingPredictor:
+        bases = [FastLightGBM(b) if type(b) is LightGBMPredictor else b for b in predictor.bases]
+        return StackingPredictor(bases, predictor.meta, predictor.features, labels=predictor.labels)  # type: ignore[arg-type]
+    return predictor
+
+
+def _missing(value: Any) -> bool:
+    """None, NaN and pd.NA/NaT are missing (what `Series.notna` calls missing)."""
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
+
+
+def read_confidence(model_dir: Path) -> dict[str, Any] | None:
+    """The stored confidence threshold and labels, or None when the model has none."""
+    path = model_dir / CONFIDENCE_FILE
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    threshold = data.get("threshold")
+    if not isinstance(threshold, int | float) or not math.isfinite(threshold):
+        raise ValueError(f"{path}: 'threshold' must be a finite number, got {threshold!r}")
+    return {"threshold": float(threshold), "labels": [str(v) for v in data.get("labels") or []]}
+
+
+def decisions(
+    scores: np.ndarray, task: str, labels: Sequence[str], threshold: float | None, index: pd.Index | None = None
+) -> pd.DataFrame:
+    """label / confidence / decision per row from classifier scores (P(positive) or (n, k) probabilities)."""
+    if task == "regression":
+        raise ValueError("output 'decision' needs a classifier; this model is a regression")
+    values = np.asarray(scores, dtype=float)
+    proba = np.column_stack([1.0 - values, values]) if values.ndim == 1 else values
+    if proba.shape[1] != len(labels):
+        raise ValueError(f"{proba.shape[1]} score columns but {len(labels)} labels {list(labels)}")
+    top = proba.argmax(axis=1)
+    confidence = proba[np.arange(len(proba)), top]
+    label = np.asarray([str(v) for v in labels], dtype=object)[top]
+    keep = np.ones(len(proba), dtype=bool) if threshold is None else confidence >= threshold
+    decision = np.where(keep, label, ABSTAIN)
+    return pd.DataFrame({"label": label, "confidence": confidence, "decision": decision}, index=index)
+
+
+class ServingModel:
+    """Serves the model directory written by `retrain.models.estimators.save_model` (see the module docstring).
+
+    Plain Python: the MLflow pyfunc (`adapters.mlflow_pyfunc.RetrainModel`) only hands it the directory and rows.
+    """
+
+    def __init__(self, model_dir: Path) -> None:
+        """Load the LightGBM text or the trusted-types skops file named by the manifest, and the threshold."""
+        self.predictor: Predictor = with_fast_bases(load_predictor(model_dir))
+        self.fast: FastLightGBM | None = (
+            FastLightGBM(self.predictor) if type(self.predictor) is LightGBMPredictor else None
+        )
+        self.features = list(self.predictor.features)
+        self._checked: set[tuple[Any, ...]] = set()
+        self.confidence = read_confidence(model_dir)
+        labels = self.predictor.labels
+        stored = self.confidence["labels"] if self.confidence is not None else []
+        if labels and stored and [str(v) for v in labels] != stored:
+            raise ValueError(f"{model_dir / CONFIDENCE_FILE}: labels {stored} differ from the model's labels {labels}")
+
+    def predict(self, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray | pd.DataFrame:
+        """Scores (default) or decisions for raw rows; extra columns are ignored, missing ones fail with their names."""
+        output = (params or {}).get("output") or "scores"
+        if output not in OUTPUTS:
+            raise ValueError(f"params.output must be one of {list(OUTPUTS)}, got {output!r}")
+        if self.fast is None:
+            served = serve_output(self.predictor, model_input)
+            if output == "scores":
+                return served
+            scores = served.to_numpy(dtype=float) if isinstance(served, pd.DataFrame) else served
+        else:
+            self._check_columns(model_input)
+            scores = self.fast.predict_scores(model_input)
+            if output == "scores":
+                return _as_output(scores, self.predictor, model_input.index)
+        return self._decide(scores, model_input.index)
+
+    def _check_columns(self, X: pd.DataFrame) -> None:
+        """Missing feature columns fail with their names; a column layout seen before is not checked again."""
+        columns = tuple(X.columns)
+        if columns in self._checked:
+            return
+        present = set(columns)
+        missing = [c for c in self.features if c not in present]
+        if missing:
+            raise ValueError(f"input is missing feature columns {missing}")
+        if len(self._checked) < LAYOUT_CACHE:
+            self._checked.add(columns)
+
+    def _decide(self, scores: np.ndarray, index: pd.Index) -> pd.DataFrame:
+        """The decision frame; a model saved without confidence.json cannot abstain, so it refuses."""
+        if self.confidence is None:
+            raise ValueError(
+                f"output 'decision' needs {CONFIDENCE_FILE} in the model (a confidence threshold chosen on "
+                "validation: enable evaluate.gates.confidence); this model has none"
+            )
+        labels = self.predictor.labels or self.confidence["labels"]
+        return decisions(scores, self.predictor.task, labels, self.confidence["threshold"], index)
+
+
+def _as_output(scores: np.ndarray, predictor: Predictor, index: pd.Index) -> np.ndarray | pd.DataFrame:
+    """The default output shape (what `serve_output` returns) from scores."""
+    if predictor.task == "multiclass":
+        return pd.DataFrame(scores, columns=[str(v) for v in predictor.labels or ()], index=index)
+    return np.asarray(scores, dtype=float)
