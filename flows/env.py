@@ -7,7 +7,7 @@ import os
 
 RUN_ENV = {
     # our loggers get Prefect's API handler: stage, tuning-progress and gate lines show in the flow run's logs
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "retrain,tasks,flows",  # = OUR_LOGGERS
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "retrain,tasks,engine,adapters,flows",  # = OUR_LOGGERS (the packages)
     # the same loggers also run outside any flow (`retrain stage` under dvc, the CLI summary): no warning there
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     # no network but the package index here: the ephemeral Prefect server's telemetry would only error
@@ -22,7 +22,8 @@ def apply() -> None:
         os.environ.setdefault(key, value)
 
 
-OUR_LOGGERS = ("retrain", "tasks", "flows")
+OUR_LOGGERS = ("retrain", "tasks", "engine", "adapters", "flows")
+"""The project's packages (engine/codedeps.py PACKAGES): every logger of ours."""
 
 
 def log_info() -> None:

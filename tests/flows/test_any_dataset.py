@@ -129,3 +129,27 @@ def test_wine_multiclass_runs_end_to_end(
     assert np.allclose(probabilities.sum(axis=1), 1.0), "each row's class probabilities sum to 1"
     predicted = probabilities.idxmax(axis=1)
     assert (predicted == frame["target"].head(20)).mean() > 0.8, "the champion picks the right class"
+
+
+@pytest.mark.parametrize("dataset", ["adult", "california"])
+def test_random_forest_trains_is_gated_and_promoted_by_params_alone(
+    dataset: str, tmp_path_factory: pytest.TempPathFactory, prefect_backend: None, use_root, capsys
+) -> None:
+    """The family added through the registry alone (retrain/models/families.py) goes the whole way."""
+    forest = {"candidates": {"families": ["random_forest"], "n_trials": 2, "cv_folds": 2}}
+    if dataset == "adult":
+        params, name = small_params(**forest), "adult-income"
+    else:
+        california = yaml.safe_load((REPO / "params.california.yaml").read_text())
+        # 3,000 rows and two trials of a depth-capped forest: R^2 ~0.7, under the full-data floor of 0.80
+        loose = {"evaluate": {"gates": {"metric_bounds": {"min": {"r2": 0.6}}}}}
+        params, name = deep_update(deep_update(deep_update(california, SMALL), forest), loose), "california-housing"
+    root = use_root(make_project(tmp_path_factory.mktemp(f"forest-{dataset}") / "proj", small_params()))
+    code, summary = run_flow(root, params, capsys)
+    assert code == 0, (summary.get("failed_gates"), summary.get("promotion_message"))
+    assert summary["family"] == "random_forest" and summary["promotion"] == "promoted", summary
+    model, record = champion_model(root, name)
+    assert record["candidate"]["family"] == "random_forest", record["candidate"]
+    assert record["decision"] == "promote" and not record["failed_gates"], record["failed_gates"]
+    sample = pd.read_parquet(root / "data/processed/test.parquet").head(20)
+    assert np.isfinite(np.asarray(model.predict(sample), dtype=float)).all(), "the registered forest serves"

@@ -29,7 +29,17 @@ from adapters.mlflow_pyfunc import RetrainModel
 from adapters.serving_check import _compare, serving_gate
 from retrain.config import ServingGate
 from retrain.models.calibrator import fit_calibrator
-from retrain.models.estimators import PIPELINE, build_model, load_predictor, save_calibration, save_model, serve_output
+from retrain.models.estimators import (
+    MANIFEST,
+    PIPELINE,
+    ModelIntegrityError,
+    build_model,
+    file_sha256,
+    load_predictor,
+    save_calibration,
+    save_model,
+    serve_output,
+)
 from retrain.serving.predict import (
     ABSTAIN,
     ARTIFACT_KEY,
@@ -183,6 +193,11 @@ def test_tampered_artifacts_are_never_unpickled(logreg_dir: Path, tmp_path: Path
     (bad / "model.pkl").write_bytes(pickle.dumps(Boom(marker)))
     # a skops archive holding a type outside the trusted list (this test's Boom class)
     (bad / PIPELINE).write_bytes(sio.dumps(Boom(marker)))
+    with pytest.raises(ModelIntegrityError, match=r"pipeline\.skops: sha256 .* refusing to parse it"):
+        load_predictor(bad)  # the bytes are not the saved ones: refused before skops reads them
+    manifest = json.loads((bad / MANIFEST).read_text())
+    manifest["files"][PIPELINE] = file_sha256(bad / PIPELINE)  # an attacker who also rewrites the manifest
+    (bad / MANIFEST).write_text(json.dumps(manifest))
     untrusted = f"{Boom.__module__}.Boom"
     with pytest.raises(ValueError, match=untrusted.replace(".", r"\.")):
         load_predictor(bad)

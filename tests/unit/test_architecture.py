@@ -104,3 +104,12 @@ def test_the_checker_catches_an_upward_import() -> None:
     """The contract is live: the engine importing the wiring would be reported."""
     assert layer_index("engine.runner", CONTRACTS["layers"]) > layer_index("flows.cli", CONTRACTS["layers"])
     assert layer_index("retrain.metrics", CONTRACTS["retrain_layers"]) == len(CONTRACTS["retrain_layers"]) - 1
+
+
+def test_every_package_logs_to_the_prefect_ui() -> None:
+    """Prefect forwards only the loggers it is told about: every package of ours must be in the list."""
+    from flows.env import OUR_LOGGERS, RUN_ENV
+
+    assert set(OUR_LOGGERS) == set(PACKAGES), "flows/env.py OUR_LOGGERS must name every package"
+    assert RUN_ENV["PREFECT_LOGGING_EXTRA_LOGGERS"].split(",") == list(OUR_LOGGERS)
+    assert f'PREFECT_LOGGING_EXTRA_LOGGERS: "{",".join(OUR_LOGGERS)}"' in (REPO / "prefect.yaml").read_text()
