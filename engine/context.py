@@ -1,8 +1,9 @@
 """What every stage task shares: its context, its content-addressed cache key, and MLflow runs.
 
 A stage's cache key is built from content only: the md5 (DVC's hash) of each input file, the values of
-the params keys it reads, the md5 of its code files and of the dependency lock, plus any external
-input (the current champion for `evaluate`). Paths, DataFrames and run metadata never enter it.
+the params keys it reads, the md5 of every project file its module imports (derived: engine/codedeps.py) and
+of the dependency lock, plus what its `key_inputs` hook returns (the current champion for `evaluate`, the
+drift reference for `validate`). Paths, DataFrames and run metadata never enter it.
 """
 
 from __future__ import annotations
