@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from adapters.dvc_store import file_md5
+from adapters.dvc_store import file_md5, open_repo
 from flows.cli import main
 from tests.conftest import make_project, small_params
 
@@ -211,3 +211,99 @@ def test_unknown_trigger_exits_2_before_any_stage(monkeypatch, caplog) -> None:
     with caplog.at_level(logging.ERROR):
         assert main(["run"]) == 2, "an unknown trigger is bad input"
     assert "RETRAIN_TRIGGER='cron'" in caplog.text and "schedule" in caplog.text, caplog.text
+
+
+# --- code identity derived from imports; cache restores verified (engine/codedeps.py, engine/runner.py) ---
+# These run last on the module's project: they edit its code and damage its cache records and objects.
+
+SPLIT_OUTS = ("data/processed/train.parquet", "data/processed/valid.parquet", "data/processed/test.parquet")
+
+
+def run(root: Path, use_root, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    """`retrain run --json` on the default params; each stage's status."""
+    use_root(root)
+    code, summary = run_cli([], capsys)
+    assert code == 0, summary.get("promotion_message") or summary
+    return statuses(summary)
+
+
+def record_file(root: Path, stage: str) -> Path:
+    """The newest cached result record of a stage (named `<stage>-<key>`)."""
+    files = sorted((root / ".retrain/cache").glob(f"{stage}-*"), key=lambda p: p.stat().st_mtime)
+    assert files, f"no cache record for {stage}"
+    return files[-1]
+
+
+def object_path(root: Path, md5: str) -> Path:
+    """Where the local DVC cache keeps the object `md5`."""
+    return Path(open_repo(root).cache.local.oid_to_path(md5))
+
+
+def locked_outs(root: Path, stage: str) -> dict[str, str]:
+    """What dvc.lock records as a stage's outputs."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for out in lock["stages"][stage]["outs"]}
+
+
+def test_an_unchanged_rerun_restores_and_caches_every_stage(project: Path, use_root, capsys) -> None:
+    """After the override runs above, the default params run again: every stage from cache but promote."""
+    run(project, use_root, capsys)
+    again = run(project, use_root, capsys)
+    assert {k: v for k, v in again.items() if v == "ran"} == {"promote": "ran"}, again
+
+
+def test_editing_a_module_reruns_the_stages_that_import_it(project: Path, use_root, capsys) -> None:
+    module = project / "retrain/data/ingest.py"
+    module.write_text(module.read_text() + "\n# an edit: split imports this module through retrain.data.split\n")
+    got = run(project, use_root, capsys)
+    assert got["split"] == "ran", f"split imports retrain/data/ingest.py (via retrain.data.split): {got}"
+    assert got["ingest"] == "ran" and got["validate"] == "ran", got
+    # split's outputs came out byte-identical, so nothing downstream re-runs
+    assert got["baselines"] == got["candidates"] == got["evaluate"] == "cached", got
+
+
+def test_editing_a_module_no_stage_imports_reruns_nothing(project: Path, use_root, capsys) -> None:
+    module = project / "flows/deploy.py"
+    module.write_text(module.read_text() + "\n# an edit no stage can see\n")
+    got = run(project, use_root, capsys)
+    assert {k for k, v in got.items() if v == "ran"} == {"promote"}, got
+
+
+def test_an_edited_cache_record_is_not_trusted(project: Path, use_root, capsys) -> None:
+    """The record now claims train.parquet is the snapshot's bytes (an object the DVC cache holds)."""
+    record = record_file(project, "split")
+    document = json.loads(record.read_text())
+    result = json.loads(document["result"])
+    expected = result["outs"][SPLIT_OUTS[0]]
+    result["outs"][SPLIT_OUTS[0]] = file_md5(project / "data/raw/snapshot.parquet")
+    document["result"] = json.dumps(result)
+    record.write_text(json.dumps(document))
+    (project / SPLIT_OUTS[0]).unlink()
+    got = run(project, use_root, capsys)
+    assert got["split"] == "ran", f"an edited record must re-run its stage, not restore what it names: {got}"
+    assert file_md5(project / SPLIT_OUTS[0]) == expected, "the re-run wrote the real split again"
+    assert locked_outs(project, "split")[SPLIT_OUTS[0]] == expected, "dvc.lock holds what split produced"
+
+
+def test_a_truncated_cache_record_reruns_the_stage(project: Path, use_root, capsys) -> None:
+    record = record_file(project, "baselines")
+    record.write_text(record.read_text()[:40])
+    got = run(project, use_root, capsys)
+    assert got["baselines"] == "ran", got
+
+
+def test_a_corrupted_dvc_cache_object_is_replaced_and_the_stage_reruns(project: Path, use_root, capsys) -> None:
+    target = project / SPLIT_OUTS[1]
+    md5 = file_md5(target)
+    obj = object_path(project, md5)
+    assert obj.is_file(), "the split output is in the DVC cache after the run"
+    obj.chmod(0o644)
+    obj.write_bytes(b"not a parquet file")
+    target.unlink()  # the next run must restore valid.parquet from the (now corrupted) object
+    got = run(project, use_root, capsys)
+    assert got["split"] == "ran", f"a corrupted object cannot be restored: the stage re-runs: {got}"
+    assert file_md5(target) == md5, "the re-run produced the same bytes"
+    assert file_md5(obj) == md5, "the corrupted object was replaced by the re-run's output"
+    assert locked_outs(project, "split")[SPLIT_OUTS[1]] == md5
+    status = subprocess.run(["dvc", "status", "--json"], cwd=project, capture_output=True, text=True, check=True)
+    assert json.loads(status.stdout) == {}, f"dvc agrees with the workspace: {status.stdout}"
