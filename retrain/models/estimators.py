@@ -476,7 +476,7 @@ def save_confidence(directory: Path, threshold: float, labels: Sequence[str] | N
 def load_confidence(directory: Path) -> dict | None:
     """The stored confidence decision ({"threshold", "labels"}), or None when the model has none."""
     path = directory / CONFIDENCE
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_model_json(path) if path.exists() else None
 
 
 def load_predictor(directory: Path) -> Predictor:
@@ -484,7 +484,11 @@ def load_predictor(directory: Path) -> Predictor:
     predictor = _load_uncalibrated(directory)
     path = directory / CALIBRATION
     if path.exists():
-        return CalibratedPredictor(predictor, Calibrator.from_dict(json.loads(path.read_text())))
+        try:
+            calibrator = Calibrator.from_dict(read_model_json(path))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelIntegrityError(f"{path}: not a calibration map: {exc}") from exc
+        return CalibratedPredictor(predictor, calibrator)
     return predictor
 
 
@@ -499,6 +503,14 @@ def file_sha256(path: Path) -> str:
 
 class ModelIntegrityError(ValueError):
     """A model file whose bytes are not those its manifest recorded: it is never handed to a parser."""
+
+
+def read_model_json(path: Path) -> Any:
+    """A JSON file of a saved model (calibration, confidence threshold), or an error naming the file."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelIntegrityError(f"{path}: cannot read the model file: {exc}") from exc
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

@@ -18,7 +18,6 @@ millisecond; its scores equal `LightGBMPredictor.predict_scores` exactly (tests/
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from retrain.models.estimators import (
     Predictor,
     StackingPredictor,
     load_predictor,
+    read_model_json,
     serve_output,
     task_scores,
 )
@@ -160,8 +160,8 @@ def read_confidence(model_dir: Path) -> dict[str, Any] | None:
     path = model_dir / CONFIDENCE_FILE
     if not path.exists():
         return None
-    data = json.loads(path.read_text())
-    threshold = data.get("threshold")
+    data = read_model_json(path)
+    threshold = data.get("threshold") if isinstance(data, dict) else None
     if not isinstance(threshold, int | float) or not math.isfinite(threshold):
         raise ValueError(f"{path}: 'threshold' must be a finite number, got {threshold!r}")
     return {"threshold": float(threshold), "labels": [str(v) for v in data.get("labels") or []]}

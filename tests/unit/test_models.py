@@ -390,3 +390,19 @@ def test_small_requests_are_served_on_one_thread(tmp_path: Path, monkeypatch: py
         predictor.predict_scores(X.head(1))
         predictor.predict_scores(big)
     assert seen == [1, 2], f"one OpenMP thread for a single row, the process' threads for a batch: {seen}"
+
+
+@pytest.mark.parametrize("name", ["calibration.json", "confidence.json"])
+def test_a_damaged_side_file_fails_naming_it(tmp_path: Path, name: str) -> None:
+    from retrain.models.calibrator import fit_calibrator
+    from retrain.models.estimators import save_calibration, save_confidence
+    from retrain.serving.predict import read_confidence
+
+    X, y = frame()
+    model = build_model("lightgbm", PARAMS["lightgbm"], NUMERIC, CATEGORICAL).fit(X, y)
+    save_model(model, "lightgbm", [*NUMERIC, *CATEGORICAL], tmp_path / "m")
+    save_calibration(tmp_path / "m", fit_calibrator("sigmoid", model.predict_proba(X)[:, 1], y, "binary"))
+    save_confidence(tmp_path / "m", 0.7, ["no", "yes"])
+    (tmp_path / "m" / name).write_text('{"method": ')
+    with pytest.raises(ModelIntegrityError, match=re.escape(str(tmp_path / "m" / name))):
+        load_predictor(tmp_path / "m") if name == "calibration.json" else read_confidence(tmp_path / "m")
