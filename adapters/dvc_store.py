@@ -22,11 +22,8 @@ logger = logging.getLogger(__name__)
 
 def file_md5(path: Path) -> str:
     """DVC 3's hash of a file: the plain md5 of its bytes."""
-    digest = hashlib.md5()
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def _route_dvc_logs() -> None:

@@ -3,9 +3,9 @@
 Needs a THROWAWAY venv with fairlearn: fairlearn is not a project dependency and must not be installed
 into .venv. Set it up once and run the script with that interpreter and the project on PYTHONPATH:
 
-    python3.11 -m venv /tmp/fl
-    /tmp/fl/bin/pip install fairlearn pandas scikit-learn lightgbm pyarrow pyyaml pydantic
-    PYTHONPATH=. /tmp/fl/bin/python benchmarks/fairlearn_compare.py [--params params.yaml] [--trees 200]
+    python3.11 -m venv .venv-fairlearn
+    .venv-fairlearn/bin/pip install fairlearn pandas scikit-learn lightgbm pyarrow pyyaml pydantic
+    PYTHONPATH=. .venv-fairlearn/bin/python benchmarks/fairlearn_compare.py [--params params.yaml] [--trees 200]
 
 A seeded LightGBM (native API, pandas categoricals, two threads) is trained on the params file's `source`
 (Adult train) and scores its `test_source` (Adult test); on those same predictions it compares, per
@@ -55,9 +55,9 @@ except ImportError as exc:  # the whole point of the script: fail loudly, with t
     raise SystemExit(
         f"benchmarks/fairlearn_compare.py needs fairlearn, which is not a project dependency ({exc}).\n"
         "Run it from a throwaway venv, never the project's .venv:\n"
-        "  python3.11 -m venv /tmp/fl && /tmp/fl/bin/pip install fairlearn pandas scikit-learn lightgbm pyarrow "
-        "pyyaml pydantic\n"
-        "  PYTHONPATH=. /tmp/fl/bin/python benchmarks/fairlearn_compare.py"
+        "  python3.11 -m venv .venv-fairlearn\n"
+        "  .venv-fairlearn/bin/pip install fairlearn pandas scikit-learn lightgbm pyarrow pyyaml pydantic\n"
+        "  PYTHONPATH=. .venv-fairlearn/bin/python benchmarks/fairlearn_compare.py"
     ) from exc
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.jsonfile import write_json  # the bytes the stage tasks write (light: no Prefect, no MLflow)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 logger = logging.getLogger("benchmarks.stages")
@@ -92,14 +94,6 @@ class Plain:
         path = self.artifacts.joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)
         return path
-
-
-def write_json(path: Path, data: Any) -> None:
-    """The same bytes engine.context.write_json writes (indent 2, sorted keys), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
 
 
 def plain_ingest(s: Plain) -> None:
@@ -987,7 +981,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
         logging.getLogger("matplotlib").setLevel(logging.WARNING)
         result = plain_pipeline(args.plain_run.resolve(), args.overrides)
-        result["retrain_file"] = sys.modules["retrain"].__file__
+        # relative to the project: fails here if the plain path imported another checkout's retrain
+        result["retrain_file"] = str(Path(sys.modules["retrain"].__file__).relative_to(args.plain_run.resolve()))
         args.plain_out.write_text(json.dumps(result, indent=2, default=str))
         return 0
     from benchmarks._runs import machine_info, setup_logging, write_results

@@ -8,14 +8,6 @@ from typing import Any
 from adapters.jsonfile import read_json
 from engine.pipeline import PipelineRun
 from retrain.catalog import BASELINES, CANDIDATES, GATE_RECORD
-from retrain.config import Params
-from retrain.models.families import check_family
-
-
-def preflight(params: Params) -> None:
-    """Config problems that pydantic cannot see (a LightGBM objective that contradicts the task) fail at start."""
-    for family in params.candidates.families:
-        check_family(family, params.dataset.task, getattr(params.candidates, family).fixed)
 
 
 def run_summary(run: PipelineRun) -> dict[str, Any]:

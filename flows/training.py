@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.pipeline import PipelineRun
 from flows import env
 from flows.dag import DAG
-from flows.summary import preflight, run_summary, summary_tags
+from flows.summary import run_summary, summary_tags
 from retrain.config import load_params
 from retrain.paths import project_root, resolve
 from tasks import baselines, candidates, evaluate, ingest, promote, split, validate, version
@@ -83,7 +83,6 @@ def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli"
     overrides = request.to_overrides()
     dry_run = request.dry_run
     params = load_params(resolve(root, request.params_file), overrides)
-    preflight(params)
     is_default = not overrides and resolve(root, request.params_file) == root / DEFAULT_PARAMS
     logger.info("run requested by %s with overrides %s", trigger, overrides or "(none)")
     run = PipelineRun.start(

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from retrain.errors import ConfigError
-from retrain.models.families import FAMILIES, Family, known
+from retrain.models.families import FAMILIES, Family, check_family, known
 
 
 class Strict(BaseModel):
@@ -581,6 +581,11 @@ class Params(Strict):
         if unfit:
             fits = "; ".join(f"{f} fits {'/'.join(FAMILIES[f].tasks)}" for f in unfit)
             raise ValueError(f"candidates.families {unfit} do not apply to dataset.task {task!r} ({fits})")
+        for family in self.candidates.families:  # fixed hyperparameters against the task (LightGBM's objective)
+            try:
+                check_family(family, task, self.candidates.family(family).fixed)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from exc
         wrong = ("most_frequent",) if task == "regression" else ("mean", "median")
         bad = [s for s in self.baselines.strategies if s in wrong]
         if bad:

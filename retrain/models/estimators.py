@@ -494,11 +494,8 @@ def load_predictor(directory: Path) -> Predictor:
 
 def file_sha256(path: Path) -> str:
     """sha256 of a model file, recorded in the manifest when saved and checked before it is parsed."""
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 class ModelIntegrityError(ValueError):

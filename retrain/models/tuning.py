@@ -41,14 +41,11 @@ from retrain.config import FamilyConfig, ParamRange
 from retrain.errors import DataError
 from retrain.metrics import get_metric, score
 from retrain.models.estimators import build_model, pipeline_scores
-from retrain.models.families import LIGHTGBM_THREAD_KEYS, get_family
+from retrain.models.families import get_family
 
 logger = logging.getLogger(__name__)
 
 Folds = list[tuple[np.ndarray, np.ndarray]]
-
-THREAD_KEYS = LIGHTGBM_THREAD_KEYS
-"""LightGBM's names (aliases) for its thread count (kept for callers; families declare theirs in `threads`)."""
 
 TPE_STARTUP_TRIALS = 5
 """Random trials before TPE models the space (Optuna's default of 10 wastes small budgets)."""

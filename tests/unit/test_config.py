@@ -59,7 +59,7 @@ def test_params_are_frozen() -> None:
 def test_override_parses_yaml_values() -> None:
     assert parse_override("candidates.n_trials=3") == ("candidates.n_trials", 3)
     assert parse_override("ingest.sample_rows=null") == ("ingest.sample_rows", None)
-    assert parse_override("ingest.source=/tmp/x.csv") == ("ingest.source", "/tmp/x.csv")
+    assert parse_override("ingest.source=/data/x.csv") == ("ingest.source", "/data/x.csv")
 
 
 def test_override_applies_and_unknown_key_fails(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:work|home|root|Users|tmp/pytest-of-\w+)/[\w.-]+")
+MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:work|home|root|Users|tmp)/[\w.-]+")
 TEXT = {".py", ".md", ".yaml", ".yml", ".toml", ".cfg", ".txt", ".json", ".sh", ""}
 
 
