@@ -142,7 +142,7 @@ class IngestConfig(Strict):
     label_suffix: str = ""
     delimiter: str = Field(",", min_length=1, max_length=1)
     drop_missing_target: bool = False
-    max_bytes: int = Field(gt=0)
+    max_bytes: int = Field(2_000_000_000, gt=0)
     sample_rows: int | None = Field(None, gt=0)
 
 
@@ -166,22 +166,44 @@ class DriftConfig(Strict):
         return "off" if value is False else value
 
 
+class DomainsConfig(Strict):
+    """Domains and ranges for columns that declare none, taken from the champion's training snapshot.
+
+    A category column of dataset.columns without `domain`, or a numeric one without `min` / `max`, is checked
+    against the values the current champion was trained on: a share of rows above `max_unseen_fraction`
+    (categories never seen) or `max_out_of_range_fraction` (numbers outside the seen range) fails the data
+    gate (`block`), is logged (`warn`), or is not checked (`off`). With no champion only what dataset.columns
+    declares is checked (`retrain init` writes domains and ranges there).
+    """
+
+    action: Literal["block", "warn", "off"] = "block"
+    max_unseen_fraction: float = Field(0.02, ge=0.0, le=1.0)
+    max_out_of_range_fraction: float = Field(0.02, ge=0.0, le=1.0)
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        """YAML reads a bare `off` as false."""
+        return "off" if value is False else value
+
+
 class ValidateConfig(Strict):
     """Table-level rules of the data gate (column rules come from dataset.columns)."""
 
-    min_rows: int = Field(gt=0)
-    max_rows: int = Field(gt=0)
+    min_rows: int = Field(100, gt=0)
+    max_rows: int = Field(100_000_000, gt=0)
     max_duplicate_fraction: float = Field(0.01, ge=0.0, le=1.0)
     min_class_fraction: float = Field(0.01, ge=0.0, lt=1.0)
     leakage_threshold: float = Field(0.98, gt=0.5, le=1.0)
     drift: DriftConfig = DriftConfig()
+    domains: DomainsConfig = DomainsConfig()
 
 
 class SplitConfig(Strict):
     """How the snapshot becomes train / valid / test (stratified, grouped or time-ordered)."""
 
-    valid_size: float = Field(gt=0.0, lt=1.0)
-    test_size: float = Field(gt=0.0, lt=1.0)
+    valid_size: float = Field(0.2, gt=0.0, lt=1.0)
+    test_size: float = Field(0.2, gt=0.0, lt=1.0)
     group_column: str | None = None
     time_column: str | None = None
 
@@ -271,14 +293,16 @@ def _default_space(record: Family) -> dict[str, dict[str, Any]]:
 
 
 def _family_section(section: Any, record: Family) -> Any:
-    """A `candidates.<family>` section with the registry's default space when it gives none."""
+    """A `candidates.<family>` section with the registry's defaults (space, fixed, ...) for every key it leaves out."""
+    defaults = {**record.defaults, "space": _default_space(record)}
     if isinstance(section, FamilyConfig):
-        if "space" in section.model_fields_set:
+        given = section.model_dump(exclude_unset=True)
+        if set(defaults) <= set(given):
             return section
-        return FamilyConfig.model_validate({**section.model_dump(exclude_unset=True), "space": _default_space(record)})
-    if isinstance(section, dict) and "space" not in section:
-        return {**section, "space": _default_space(record)}
-    return section  # an explicit space, or a value pydantic will reject with the key's path
+        return FamilyConfig.model_validate({**defaults, **given})
+    if isinstance(section, dict):
+        return {**defaults, **section}
+    return section  # a value pydantic will reject with the key's path
 
 
 class CandidatesConfig(Strict):
@@ -302,8 +326,8 @@ class CandidatesConfig(Strict):
     __pydantic_extra__: dict[str, FamilyConfig] = Field(init=False)
 
     families: tuple[str, ...] = Field(min_length=1)
-    cv_folds: int = Field(ge=2)
-    n_trials: int = Field(ge=1)
+    cv_folds: int = Field(3, ge=2)
+    n_trials: int = Field(10, ge=1)
     parallel_trials: int = Field(default=1, ge=1)
     storage: str | None = None
     monotone: dict[str, Literal[-1, 1]] = {}
@@ -403,12 +427,15 @@ class SlicesGate(Gate):
 class PerturbationGate(Gate):
     """Noise numeric features (sigma = `noise_std` x the feature's std), swap categories at `swap_rate`.
 
-    The metric may drop by at most `max_drop`.
+    The metric may drop by at most `max_drop` (metric units); None: by at most `max_lift_share` of the
+    candidate's lift over the best baseline (noise may eat at most half of what the model adds over the
+    best non-ML rule, by default), a bound that means the same on every table and metric.
     """
 
-    noise_std: float = Field(default=0.1, ge=0.0)
+    noise_std: float = Field(default=0.05, ge=0.0)
     swap_rate: float = Field(default=0.05, ge=0.0, le=1.0)
-    max_drop: float = Field(default=0.02, ge=0.0)
+    max_drop: float | None = Field(default=None, ge=0.0)
+    max_lift_share: float = Field(default=0.5, gt=0.0, le=1.0)
 
 
 class InvarianceGate(Gate):
@@ -516,10 +543,32 @@ class GatesConfig(Strict):
     serving: ServingGate = ServingGate()
 
 
+ScreenGate = Literal["latency", "serving", "directional", "invariance"]
+"""Gates that may decide between candidates: they need no test labels (docs/gates.md, "Selection")."""
+
+
+class SelectionConfig(Strict):
+    """How evaluate picks the one candidate it gates: the best on valid that passes the screening gates.
+
+    Candidates are ranked by their valid score; those within `tie_tolerance` (relative: a share of the best
+    valid score's magnitude) of the best count as tied, and the smaller model (bytes on disk) goes first.
+    In that order, each candidate is screened by the label-free gates in `screen` (computed exactly as in
+    the policy); the first to pass them all is gated on test, the others are recorded with the reason they
+    were passed over. Test labels never rank candidates. `screen: []` gates the top-ranked one only.
+    """
+
+    tie_tolerance: float = Field(0.001, ge=0.0)
+    screen: tuple[ScreenGate, ...] = ("latency", "directional", "invariance", "serving")
+
+
 class EvaluateConfig(Strict):
-    """The metric candidates are selected and gated by, and the gate policy."""
+    """The metric candidates are selected and gated by, the selection rule and the gate policy.
+
+    `metric` left out: the task's default (binary roc_auc, multiclass roc_auc_ovr, regression r2).
+    """
 
     metric: str
+    selection: SelectionConfig = SelectionConfig()
     gates: GatesConfig = GatesConfig()
 
 
@@ -552,23 +601,78 @@ class RunnerConfig(Strict):
     dask_threads_per_worker: int = Field(default=1, ge=1)
 
 
-class Params(Strict):
-    """The whole params.yaml."""
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "binary": {
+        "metric": "roc_auc",
+        "families": ["lightgbm", "hgb", "logreg"],
+        "baselines": ["most_frequent", "stratified", "uniform"],
+    },
+    "multiclass": {
+        "metric": "roc_auc_ovr",
+        "families": ["lightgbm", "hgb", "logreg"],
+        "baselines": ["most_frequent", "stratified", "uniform"],
+    },
+    "regression": {"metric": "r2", "families": ["lightgbm", "hgb", "ridge"], "baselines": ["mean", "median"]},
+}
+"""What a params file that leaves a section out gets, per task (see `Params._defaults`)."""
 
-    seed: int
+
+def model_name_for(dataset_name: str) -> str:
+    """A registry-safe model name from the dataset name (letters, digits, `-`)."""
+    cleaned = "".join(ch if ch.isalnum() else "-" for ch in dataset_name.lower()).strip("-")
+    return cleaned or "model"
+
+
+def _fill(raw: dict[str, Any], section: str, defaults: dict[str, Any]) -> None:
+    """Set the section's keys that the file leaves out (a section that is not a mapping is left to fail)."""
+    current = raw.get(section)
+    if current is None:
+        raw[section] = dict(defaults)
+    elif isinstance(current, dict):
+        raw[section] = {**defaults, **current}
+
+
+class Params(Strict):
+    """The whole params.yaml. Only `dataset` and `ingest` are required: every other section has defaults.
+
+    The task-dependent ones (metric, families, baselines, experiment and model names) are filled in from
+    `dataset` before validation (`_defaults`); `retrain check` prints the resolved file.
+    """
+
+    seed: int = 42
     tracking: TrackingConfig
     runner: RunnerConfig = RunnerConfig()
     dataset: DatasetConfig
     ingest: IngestConfig
-    version: VersionConfig
-    validate_: ValidateConfig = Field(alias="validate")
-    split: SplitConfig
+    version: VersionConfig = VersionConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    split: SplitConfig = SplitConfig()
     baselines: BaselinesConfig
     candidates: CandidatesConfig
     evaluate: EvaluateConfig
     promote: PromoteConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        """Fill the sections a file leaves out with defaults that depend on dataset.task and dataset.name."""
+        if not isinstance(data, dict) or not isinstance(data.get("dataset"), dict):
+            return data
+        dataset = data["dataset"]
+        task = dataset.get("task")
+        name = dataset.get("name")
+        raw = dict(data)
+        if isinstance(name, str):
+            _fill(raw, "tracking", {"experiment": f"retrain-{model_name_for(name)}"})
+            _fill(raw, "promote", {"model_name": model_name_for(name)})
+        if task in TASK_DEFAULTS:
+            chosen = TASK_DEFAULTS[task]
+            _fill(raw, "baselines", {"strategies": chosen["baselines"]})
+            _fill(raw, "candidates", {"families": chosen["families"]})
+            _fill(raw, "evaluate", {"metric": chosen["metric"]})
+        return raw
 
     @model_validator(mode="after")
     def _check(self) -> Params:

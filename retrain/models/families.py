@@ -81,7 +81,9 @@ class Family:
     and runs LightGBM-style callbacks after every boosting round (pruning, the deadline); the fitted
     estimator exposes `best_iteration_`. None: no boosting rounds to stop or prune on (pruning is between
     folds). `check_params` validates `candidates.<name>.fixed` against the task before anything is fit.
-    A `meta` family has no builder: it is assembled from the other families' tuned models.
+    A `meta` family has no builder: it is assembled from the other families' tuned models. `defaults` are
+    the keys of `candidates.<name>` (fixed, early_stopping_rounds, ...) used when params.yaml leaves the
+    section (or that key) out: a params file with no `candidates` section still trains sensible models.
     """
 
     name: str
@@ -97,6 +99,7 @@ class Family:
     fit_rounds: RoundsFit | None = None
     check_params: Callable[[str, Mapping[str, Any]], Any] | None = None
     meta: bool = False
+    defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def monotone_for(self, task: str | None) -> str | None:
         """The monotone-constraint hyperparameter for the task (None: the family cannot be built monotone)."""
@@ -253,6 +256,11 @@ def _build_random_forest(task: str, params: Mapping[str, Any], numeric: list[str
     return Pipeline([("prep", ordinal_prep(numeric, categorical)), ("model", forest(**params))])
 
 
+def _defaults(**keys: Any) -> Mapping[str, Any]:
+    """A family's default `candidates.<name>` keys (read-only)."""
+    return MappingProxyType(keys)
+
+
 def _space(**dims: Mapping[str, Any]) -> Mapping[str, Mapping[str, Any]]:
     """A read-only default search space."""
     return MappingProxyType({name: MappingProxyType(dict(dim)) for name, dim in dims.items()})
@@ -279,6 +287,11 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                 monotone_param="monotone_constraints",
                 fit_rounds=_fit_lightgbm_rounds,
                 check_params=lightgbm_params,
+                defaults=_defaults(
+                    fixed={"verbose": -1, "deterministic": True, "force_row_wise": True, "n_jobs": 1, "n_estimators": 3000},
+                    early_stopping_rounds=50,
+                    pruning_warmup_rounds=100,
+                ),
             ),
             Family(
                 name="hgb",
@@ -304,6 +317,9 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                 threads=Threads(requested_by="n_jobs", drop=LIGHTGBM_THREAD_KEYS, serve_limit=True),
                 monotone_param="monotonic_cst",
                 monotone_tasks=("binary", "regression"),
+                defaults=_defaults(
+                    fixed={"max_iter": 500, "early_stopping": True, "n_iter_no_change": 20, "n_jobs": 1}
+                ),
             ),
             Family(
                 name="logreg",
@@ -313,6 +329,7 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                 space=_space(C={"low": 0.001, "high": 10.0, "log": True}),
                 format="skops",
                 trusted_types=SKOPS_BASE_TRUSTED,
+                defaults=_defaults(fixed={"max_iter": 2000}),
             ),
             Family(
                 name="ridge",
@@ -347,6 +364,7 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                 ),
                 monotone_param="monotonic_cst",
                 monotone_tasks=("binary", "regression"),
+                defaults=_defaults(fixed={"n_jobs": 1}),
             ),
             Family(
                 name="stacking",
