@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.run [--quick] [--only stages,caching] [--repeats N]   (`make bench`)
 
-Order: stages, caching, tuning, inference, scale. A module that does not exist yet is skipped with a
+Order: stages, caching, tuning, inference, scale, own_table. A module that does not exist yet is skipped with a
 warning; a benchmark that fails is reported and the others still run (exit 1 at the end). RESULTS.md is
 a header naming the machine, commit and date, then benchmarks/results/<name>.md of every benchmark in that
 order (sections of benchmarks not run this time are kept from their last run, and say when that was).
@@ -22,7 +22,7 @@ from benchmarks._runs import RESULTS, ROOT, machine_info, machine_line, pinned_c
 
 logger = logging.getLogger("benchmarks.run")
 
-ORDER = ("stages", "caching", "tuning", "inference", "scale")
+ORDER = ("stages", "caching", "tuning", "inference", "scale", "own_table")
 OUTPUT = ROOT / "benchmarks" / "RESULTS.md"
 
 

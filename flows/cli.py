@@ -23,6 +23,8 @@ examples:
   retrain run                                   full flow on params.yaml (Adult by default)
   retrain run --set candidates.n_trials=3       override a params key for this run only
   retrain run --set ingest.sample_rows=2000 --json
+  retrain init data/t.csv --target y            profile a table, write params.t.yaml (commented, gated)
+  retrain check                                 params + data checked in seconds, every problem at once
   retrain run --dry-run                         every stage and gate; report what promote would do, change nothing
   retrain history                               every alias move of the model (audit log), oldest first
   retrain rollback                              champion back to the previous champion (audited)
@@ -76,6 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run every stage and gate, then report what promote would do without registering or moving aliases",
     )
+    from flows import init
+
+    init.add_parser(sub)
+    check = sub.add_parser(
+        "check",
+        help="check params and data before a run: every problem at once, with its key path (exit 2)",
+        description=(
+            "Parses the params (defaults filled in), reads each source's header and first rows, infers the schema "
+            "when dataset.columns is null, and checks every column the params name against the data. `retrain run` "
+            "and `retrain stage` run the same checks first. Exit 0 all good, 2 problems (all listed)."
+        ),
+    )
+    check.add_argument("--params", default="params.yaml", help="params file, relative to the project root")
+    check.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="as in `run`"
+    )
+    check.add_argument("--show", action="store_true", help="print the resolved params (defaults filled in) as YAML")
     stage = sub.add_parser("stage", help="run one stage on files (called by dvc.yaml)")
     stage.add_argument("name", help="stage name")
     stage.add_argument("--params", default="params.yaml")
@@ -142,10 +161,45 @@ def exit_code_for(exc: BaseException | None) -> int:
     return EXIT_INPUT if isinstance(exc, RetrainInputError) else EXIT_ERROR
 
 
+def preflight_or_raise(params_file: str, overrides: list[str]) -> Any:
+    """Preflight (retrain/data/preflight.py) before anything heavy: a ConfigError listing every problem (exit 2)."""
+    from retrain.data.preflight import preflight
+    from retrain.errors import ConfigError
+    from retrain.paths import project_root, resolve
+
+    root = project_root()
+    report = preflight(resolve(root, params_file), root, overrides)
+    if not report.ok:
+        raise ConfigError(report.message(params_file))
+    return report
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """`retrain init`: profile a table and write a complete, commented params file (flows/init.py)."""
+    from flows import init
+
+    return init.cmd_init(args)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """`retrain check`: the preflight alone, with what it read."""
+    from retrain.data.preflight import resolved_yaml
+
+    report = preflight_or_raise(args.params, args.overrides)
+    for key, seen in report.sources.items():
+        logger.info("%s: %s, %d columns, first %d rows read", key, seen["where"], seen["columns"], seen["rows_read"])
+    schema = "declared" if report.params.dataset.columns is not None else "inferred at ingest (dataset.columns: null)"
+    logger.info("%s: OK (task %s, schema %s)", args.params, report.params.dataset.task, schema)
+    if args.show:
+        sys.stdout.write(resolved_yaml(report.params))
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the Prefect flow and map its outcome to an exit code."""
     from typing import get_args
 
+    preflight_or_raise(args.params, args.overrides)  # before Prefect starts (~seconds), every problem at once
     from flows.training import RunRequest, Trigger, retrain_flow
 
     trigger = os.environ.get("RETRAIN_TRIGGER", "cli")
@@ -237,35 +291,57 @@ def stage_table(summary: dict[str, Any]) -> Any:
 
 
 def family_table(summary: dict[str, Any]) -> Any:
-    """A rich Table of each candidate's CV and valid score, trials, and its verdict against the best baseline."""
+    """A rich Table of each candidate's CV and valid score, trials, its verdict against the best baseline, and
+    what selection made of it (chosen, passed over and why, not screened)."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
 
     metric = summary.get("metric", "score")
+    ranking = {r["family"]: r for r in (summary.get("selection") or {}).get("ranking", [])}
     table = Table(title="candidates", box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("family")
     table.add_column(f"cv {metric}", justify="right")
     table.add_column(f"valid {metric}", justify="right")
     table.add_column("trials")
     table.add_column("vs best baseline")
+    if ranking:
+        table.add_column("selection", overflow="fold")
     for family, v in summary.get("families", {}).items():
         beats = v["beats_baselines"]
         trials = f"{v.get('n_trials') or 0} ({v.get('n_pruned') or 0} pruned)" if v.get("n_trials") else "-"
         verdict = Text(f"{'beats' if beats else 'FAILS TO BEAT'} {v['best_baseline']}", style="" if beats else "red")
-        table.add_row(Text(str(family)), _num(v.get("cv_score")), _num(v["valid_score"]), trials, verdict)
+        row = [Text(str(family)), _num(v.get("cv_score")), _num(v["valid_score"]), trials, verdict]
+        entry = ranking.get(family)
+        if entry is not None:  # '#2 tied chosen', '#1 passed over: latency failed (...)' (plain text, never markup)
+            status = str(entry.get("status", ""))
+            style = "bold" if status == "chosen" else "yellow" if status in ("screened_out", "tied_larger") else ""
+            tied = " tied" if entry.get("tied") else ""
+            row.append(Text(f"#{entry.get('rank')}{tied} {entry.get('short') or status}", style=style))
+        elif ranking:
+            row.append(Text("-"))
+        table.add_row(*row)
     return table
 
 
 def selected_line(summary: dict[str, Any]) -> str | None:
-    """The selected family's test score against the champion's (None before evaluate ran)."""
+    """The selected family's test score against the champion's, and what was passed over (None before evaluate ran)."""
     metric = summary.get("metric", "score")
     test = summary.get("metrics", {}).get("evaluate", {})
     if not (summary.get("family") and f"test_{metric}" in test):
         return None
     champion = test.get(f"test_{metric}_champion")
     versus = f" (champion {_num(champion)})" if champion is not None else " (no champion yet)"
-    return f"selected {summary['family']}: test {metric} {_num(test[f'test_{metric}'])}{versus}"
+    line = f"selected {summary['family']}: test {metric} {_num(test[f'test_{metric}'])}{versus}"
+    selection = summary.get("selection") or {}
+    passed = selection.get("passed_over") or []
+    if selection.get("ranking"):
+        line += f"; rank {selection.get('chosen_rank')} of {len(selection['ranking'])} on valid"
+    if passed:
+        line += "; passed over " + ", ".join(f"{p['family']} ({p.get('gate') or 'tied, larger'})" for p in passed)
+    if selection.get("all_screened_out"):
+        line += "; EVERY candidate failed screening (the top-ranked one was gated)"
+    return line
 
 
 def gate_table(summary: dict[str, Any]) -> Any:
@@ -334,6 +410,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     root = project_root()
     stage = find_stage(DAG, args.name)
+    preflight_or_raise(args.params, [])
     params = load_params(resolve(root, args.params))
     trigger = "dvc" if os.environ.get("DVC_STAGE") else os.environ.get("RETRAIN_TRIGGER", "cli")
     outcome = standalone_stage(root, params, DAG, stage, trigger)
@@ -476,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     handlers = {
         "run": cmd_run,
+        "check": cmd_check,
+        "init": cmd_init,
         "stage": cmd_stage,
         "stages": cmd_stages,
         "data": cmd_data,

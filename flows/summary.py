@@ -11,12 +11,16 @@ from retrain.catalog import BASELINES, CANDIDATES, GATE_RECORD
 
 
 def run_summary(run: PipelineRun) -> dict[str, Any]:
-    """Stages (cached or ran, seconds), metrics, gates, decision and model version."""
+    """Stages (cached or ran, seconds), metrics, gates, how the candidate was selected, decision and model version.
+
+    `selection` is the gate record's section (ranking, chosen family, why each candidate was passed over).
+    """
     by_name = {s.name: s.result for s in run.stages}
     evaluate = by_name.get("evaluate", {}).get("info", {})
     promote = by_name.get("promote", {}).get("info", {})
     record_path = run.root / GATE_RECORD
-    gates = read_json(record_path)["gates"] if "evaluate" in by_name and record_path.exists() else []
+    record = read_json(record_path) if "evaluate" in by_name and record_path.exists() else {}
+    gates = record.get("gates", [])
     ran = {"baselines", "candidates"} <= set(by_name)
     families: dict[str, Any] = {}
     if ran and (run.root / CANDIDATES / "summary.json").exists() and (run.root / BASELINES).exists():
@@ -32,6 +36,7 @@ def run_summary(run: PipelineRun) -> dict[str, Any]:
         "gates": gates,
         "families": families,
         "family": evaluate.get("family"),
+        "selection": record.get("selection"),
         "decision": evaluate.get("decision"),
         "failed_gates": evaluate.get("failed_gates", []),
         "promotion": promote.get("action"),

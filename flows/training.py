@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow
@@ -14,7 +15,9 @@ from engine.pipeline import PipelineRun
 from flows import env
 from flows.dag import DAG
 from flows.summary import run_summary, summary_tags
-from retrain.config import load_params
+from retrain.config import Params
+from retrain.data.preflight import preflight
+from retrain.errors import ConfigError
 from retrain.paths import project_root, resolve
 from tasks import baselines, candidates, evaluate, ingest, promote, split, validate, version
 
@@ -71,6 +74,14 @@ class RunRequest(BaseModel):
 DEFAULT_REQUEST = RunRequest()
 
 
+def checked_params(root: Path, params_file: str, overrides: list[str]) -> Params:
+    """The params after the preflight (retrain/data/preflight.py): a run from the UI gets every problem at once too."""
+    report = preflight(resolve(root, params_file), root, overrides)
+    if not report.ok or report.params is None:
+        raise ConfigError(report.message(params_file))
+    return report.params
+
+
 @flow(name="retrain", log_prints=False, validate_parameters=True)
 def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli") -> dict[str, Any]:
     """Version, validate, split, train, gate and promote (or, with dry_run, report what promote would do).
@@ -82,7 +93,7 @@ def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli"
     root = project_root()
     overrides = request.to_overrides()
     dry_run = request.dry_run
-    params = load_params(resolve(root, request.params_file), overrides)
+    params = checked_params(root, request.params_file, overrides)
     is_default = not overrides and resolve(root, request.params_file) == root / DEFAULT_PARAMS
     logger.info("run requested by %s with overrides %s", trigger, overrides or "(none)")
     run = PipelineRun.start(

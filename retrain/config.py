@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from retrain.errors import ConfigError
 from retrain.models.families import FAMILIES, Family, check_family, known
@@ -69,7 +69,7 @@ class DatasetConfig(Strict):
     slices: tuple[str, ...] = ()
 
     @model_validator(mode="after")
-    def _check(self) -> DatasetConfig:
+    def _check(self, info: ValidationInfo) -> DatasetConfig:
         if self.task == "regression":
             if self.labels is not None or self.positive_label is not None:
                 raise ValueError("labels and positive_label apply to classification tasks, not regression")
@@ -85,7 +85,7 @@ class DatasetConfig(Strict):
                 raise ValueError(f"a multiclass task needs at least 3 labels, got {self.labels}")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels {self.labels} repeat a value")
-        if self.columns is not None:
+        if self.columns is not None and not _data_checks_columns(info):
             if self.target in self.columns:
                 raise ValueError(f"target {self.target!r} must not also be listed in columns")
             clash = [c for c in self.exclude if c in self.columns]
@@ -290,6 +290,16 @@ class FamilyConfig(Strict):
 def _default_space(record: Family) -> dict[str, dict[str, Any]]:
     """The family's default search space from its registry record, as params.yaml would write it."""
     return {name: dict(dim) for name, dim in record.space.items()}
+
+
+COLUMNS_CHECKED = "columns_checked_against_data"
+"""Validation-context flag: preflight checks every column reference against the data itself (with the
+source's header in the message), so the declared-schema checks here would only repeat them."""
+
+
+def _data_checks_columns(info: ValidationInfo) -> bool:
+    """True when the caller (preflight) checks column references against the data."""
+    return bool(info.context and info.context.get(COLUMNS_CHECKED))
 
 
 def _family_section(section: Any, record: Family) -> Any:
@@ -675,7 +685,7 @@ class Params(Strict):
         return raw
 
     @model_validator(mode="after")
-    def _check(self) -> Params:
+    def _check(self, info: ValidationInfo) -> Params:
         task = self.dataset.task
         if self.evaluate.metric not in TASK_METRICS[task]:
             raise ValueError(
@@ -705,18 +715,25 @@ class Params(Strict):
         unknown = [m for m in (*bounds.min, *bounds.max) if m not in TASK_METRICS[task]]
         if unknown:
             raise ValueError(f"evaluate.gates.metric_bounds: metrics {unknown} do not fit task {task!r}")
-        self._check_gate_columns()
+        if not _data_checks_columns(info):
+            problems = self._gate_column_problems()
+            if problems:
+                raise ValueError("; ".join(problems))
         return self
 
-    def _check_gate_columns(self) -> None:
+    def _gate_column_problems(self) -> list[str]:
         """Gate columns must be features (when the schema is declared) and numeric where a step or band is taken."""
         columns = self.dataset.columns
         if columns is None:
-            return
+            return []
         gates = self.evaluate.gates
+        problems = []
         monotone = [c for c in self.candidates.monotone if c not in columns or columns[c].type == "category"]
         if monotone:
-            raise ValueError(f"candidates.monotone: {monotone} are not numeric columns of dataset.columns")
+            problems.append(f"candidates.monotone: {monotone} are not numeric columns of dataset.columns")
+        heuristic = self.baselines.heuristic
+        if heuristic is not None and heuristic.column not in columns:
+            problems.append(f"baselines.heuristic.column: {heuristic.column!r} is not declared in dataset.columns")
         named = {
             "slices.columns": gates.slices.columns,
             "slices.bands": tuple(gates.slices.bands),
@@ -728,11 +745,12 @@ class Params(Strict):
         for key, names in named.items():
             unknown = [c for c in names if c not in columns]
             if unknown:
-                raise ValueError(f"evaluate.gates.{key}: {unknown} are not declared in dataset.columns")
+                problems.append(f"evaluate.gates.{key}: {unknown} are not declared in dataset.columns")
         for key in ("slices.bands", "directional.increasing", "directional.decreasing"):
-            categorical = [c for c in named[key] if columns[c].type == "category"]
+            categorical = [c for c in named[key] if c in columns and columns[c].type == "category"]
             if categorical:
-                raise ValueError(f"evaluate.gates.{key}: {categorical} are categorical; numeric columns only")
+                problems.append(f"evaluate.gates.{key}: {categorical} are categorical; numeric columns only")
+        return problems
 
 
 def _error_path(loc: tuple[Any, ...]) -> str:

@@ -1,8 +1,13 @@
-"""evaluate: build the model as it would ship, run the whole gate policy on test, write one gate record.
+"""evaluate: select a candidate, build the model as it would ship, run the whole gate policy on test, write one record.
 
-The model directory `models/evaluate/model` is the selected candidate plus, when configured, its
-calibrator and confidence threshold (both fitted on the valid scores of the family's train-only refit,
-never on test). That directory is what every gate scores and what `promote` registers.
+Selection (retrain/evaluation/selection.py, `evaluate.selection`): every candidate is built as it would ship,
+ranked by its valid score (tied ones: the smaller model first) and screened in that order by the label-free
+gates of `evaluate.selection.screen`, exactly as the policy runs them; the first to pass them all is chosen
+(no candidate passes: the top-ranked one). Test labels never rank candidates.
+
+The model directory `models/evaluate/model` is the chosen candidate plus, when configured, its calibrator
+and confidence threshold (both fitted on the valid scores of the family's train-only refit, never on
+test). That directory is what every gate scores and what `promote` registers.
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ import logging
 import math
 import re
 import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +50,17 @@ from retrain.evaluation.gates import (
     decide,
 )
 from retrain.evaluation.latency import directory_size_mb, latency_gate, single_row_latency_ms
-from retrain.metrics import class_labels, encode_target, get_metric, is_better, score
+from retrain.evaluation.selection import (
+    Ranked,
+    Screening,
+    directory_bytes,
+    rank_candidates,
+    screen,
+    select,
+    selection_lines,
+    selection_record,
+)
+from retrain.metrics import class_labels, encode_target, get_metric, score
 from retrain.models.baselines import from_dict
 
 if TYPE_CHECKING:
@@ -72,17 +90,6 @@ def champion_input(ctx: StageContext) -> dict[str, str]:
     return {"champion": "none" if current.get("model_hash") in own else str(current.get("model_hash"))}
 
 
-def select_candidate(summary: dict[str, Any], metric: str | None = None) -> str:
-    """The family with the best validation score in the metric's direction (test is kept for the gates only)."""
-    metric = metric or summary.get("metric", "roc_auc")
-    families = list(summary["families"])
-    best = families[0]
-    for family in families[1:]:
-        if is_better(metric, summary["families"][family]["valid_score"], summary["families"][best]["valid_score"]):
-            best = family
-    return best
-
-
 def metric_key(*parts: str) -> str:
     """An MLflow-safe metric name (letters, digits, `_ - . / :` and spaces only)."""
     return re.sub(r"[^\w./: -]", "_", "_".join(parts))
@@ -97,14 +104,16 @@ def family_valid_scores(path: Path, family: str, task: str) -> np.ndarray:
     return frame[family].to_numpy()
 
 
-def build_model(ctx: StageContext, family: str, y_valid: np.ndarray, gates: GatesConfig) -> tuple[Path, dict[str, Any]]:
-    """Copy the candidate to models/evaluate/model and add its calibrator and confidence threshold."""
+def build_model(
+    ctx: StageContext, family: str, y_valid: np.ndarray, gates: GatesConfig, target: Path | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Copy the candidate to `target` (default models/evaluate/model), add its calibrator and confidence threshold."""
     from retrain.evaluation.calibration import choose_threshold
     from retrain.models.calibrator import fit_calibrator
     from retrain.models.estimators import save_calibration, save_confidence
 
     dataset = ctx.dataset
-    target = ctx.path(EVALUATED_MODEL)
+    target = target if target is not None else ctx.path(EVALUATED_MODEL)
     shutil.copytree(ctx.path(f"{CANDIDATES}/{family}"), target)
     info: dict[str, Any] = {"calibration": None, "confidence_threshold": None}
     needs_valid = gates.calibration.method is not None or (gates.confidence.enabled and dataset.task != "regression")
@@ -137,48 +146,138 @@ def champion_record(tracking_uri: str, champion: dict[str, Any] | None) -> dict[
         return None
 
 
+@dataclass
+class Shippable:
+    """One candidate built as it would ship (its own directory), with what the label-free gates measure on it.
+
+    `measure_latency` and `check_serving` read `model_dir` when called, so after the chosen one is moved to
+    models/evaluate/model anything the policy still has to measure is measured there.
+    """
+
+    ctx: StageContext
+    family: str
+    model_dir: Path
+    built: dict[str, Any]
+    X_test: pd.DataFrame
+    example: pd.DataFrame
+    champion_latency: dict[str, Any] | None
+    latency: dict[str, float] = field(default_factory=dict)
+    _predictor: Any = None
+
+    @property
+    def predictor(self) -> Predictor:
+        """The model as evaluation scores it (loaded once, on first use; it lives in memory after that)."""
+        from retrain.models.estimators import load_predictor
+
+        if self._predictor is None:
+            self._predictor = load_predictor(self.model_dir)
+        return self._predictor
+
+    def measure_latency(self) -> GateResult:
+        """Time single rows through the registered pyfunc's own predict path, then bound them."""
+        from adapters.mlflow_pyfunc import load_serving_model
+
+        cfg = self.ctx.params.evaluate.gates.latency
+        served = load_serving_model(self.model_dir)
+        self.latency.clear()
+        self.latency.update(single_row_latency_ms(lambda rows: served.predict(None, rows), self.X_test, cfg.rows))
+        self.latency["size_mb"] = directory_size_mb(self.model_dir)
+        return latency_gate(self.latency, self.latency["size_mb"], cfg=cfg, champion=self.champion_latency)
+
+    def check_serving(self) -> GateResult:
+        """The packaged model must load and predict the example exactly in a fresh Python process."""
+        from retrain.models.estimators import serve_output
+
+        cfg = self.ctx.params.evaluate.gates.serving
+        expected = serve_output(self.predictor, self.example)
+        return serving_gate(self.ctx.root, self.model_dir, self.example, expected, cfg=cfg)
+
+    def label_free(self, y_std: float | None) -> dict[str, tuple[bool, Any]]:
+        """The policy's label-free gates on this candidate (the very callables `gate_policy` runs)."""
+        from retrain.evaluation.policy import label_free_gates
+
+        return label_free_gates(
+            self.ctx.params, self.ctx.dataset, self.predictor.predict_scores, self.X_test, y_std,
+            self.measure_latency, self.check_serving,
+        )  # fmt: skip
+
+
 def run_gates(
     ctx: StageContext,
-    predictor: Predictor,
-    model_dir: Path,
-    X_test: pd.DataFrame,
+    shippable: Shippable,
     y_test: np.ndarray,
     scores: np.ndarray,
-    example: pd.DataFrame,
     context: dict[str, Any],
+    screening: Screening | None = None,
 ) -> tuple[list[GateResult], dict[str, Any]]:
-    """The gate policy (retrain/evaluation/policy.py), latency through the served pyfunc, the fresh-process check."""
-    from adapters.mlflow_pyfunc import load_serving_model
+    """The gate policy (retrain/evaluation/policy.py), latency through the served pyfunc, the fresh-process check.
+
+    Gates the chosen candidate's screening already ran are reused, not measured again.
+    """
     from retrain.evaluation.policy import gate_policy
-    from retrain.models.estimators import serve_output
-
-    cfg = ctx.params.evaluate.gates
-    latency: dict[str, float] = {}
-    previous = (context["champion_record"] or {}).get("latency") or None
-
-    def measure_latency() -> GateResult:
-        """Time single rows through the registered pyfunc's own predict path, then bound them."""
-        served = load_serving_model(model_dir)
-        latency.update(single_row_latency_ms(lambda rows: served.predict(None, rows), X_test, cfg.latency.rows))
-        latency["size_mb"] = directory_size_mb(model_dir)
-        return latency_gate(latency, latency["size_mb"], cfg=cfg.latency, champion=previous)
-
-    def check_serving() -> GateResult:
-        """The packaged model must load and predict the example exactly in a fresh Python process."""
-        return serving_gate(ctx.root, model_dir, example, serve_output(predictor, example), cfg=cfg.serving)
 
     gates, extra = gate_policy(
         ctx.params,
         ctx.dataset,
-        predictor.predict_scores,
-        X_test,
+        shippable.predictor.predict_scores,
+        shippable.X_test,
         y_test,
         scores,
         context,
-        measure_latency,
-        check_serving,
+        shippable.measure_latency,
+        shippable.check_serving,
+        screened=screening.results if screening is not None else None,
+        screened_seconds=screening.seconds if screening is not None else None,
     )
-    return gates, {**extra, "latency": latency}
+    return gates, {**extra, "latency": dict(shippable.latency)}
+
+
+def choose(
+    ctx: StageContext,
+    summary: dict[str, Any],
+    work: Path,
+    y_valid: np.ndarray,
+    X_test: pd.DataFrame,
+    example: pd.DataFrame,
+    y_std: float | None,
+    champion_latency: dict[str, Any] | None,
+) -> tuple[Shippable, Screening | None, dict[str, Any]]:
+    """Gate-aware selection: build every candidate under `work`, rank, screen lazily, move the chosen one into place.
+
+    Returns the chosen candidate (now at models/evaluate/model), its screening and the record's `selection`.
+    """
+    cfg = ctx.params.evaluate
+    families = list(summary["families"])
+    shippable: dict[str, Shippable] = {}
+    started = time.perf_counter()
+    for family in families:
+        model_dir, built = build_model(ctx, family, np.asarray(y_valid), cfg.gates, work / family)
+        shippable[family] = Shippable(ctx, family, model_dir, built, X_test, example, champion_latency)
+    build_seconds = round(time.perf_counter() - started, 3)
+    logger.info("evaluate: built %d candidates as they would ship in %.2f s", len(families), build_seconds)
+    ranking = rank_candidates(
+        {f: summary["families"][f].get("valid_score") for f in families},
+        {f: directory_bytes(s.model_dir) for f, s in shippable.items()},
+        cfg.metric,
+        cfg.selection.tie_tolerance,
+    )
+
+    def screen_one(entry: Ranked) -> Screening:
+        logger.info("evaluate: screening %s (%s)", entry.family, ", ".join(cfg.selection.screen) or "no gates")
+        return screen(entry.family, cfg.selection.screen, shippable[entry.family].label_free(y_std))
+
+    selection = select(ranking, screen_one)
+    chosen = shippable[selection.chosen]
+    target = ctx.path(EVALUATED_MODEL)
+    chosen.model_dir.rename(target)
+    chosen.model_dir = target
+    section = selection_record(
+        selection, metric=cfg.metric, tie_tolerance=cfg.selection.tie_tolerance, screen_names=cfg.selection.screen
+    )
+    section["build_seconds"] = build_seconds
+    for line in selection_lines(section):
+        logger.info("evaluate: %s", line)
+    return chosen, selection.screenings.get(selection.chosen), section
 
 
 def champion_scores_on(champion: dict[str, Any] | None, X: pd.DataFrame, dataset: DatasetConfig) -> np.ndarray | None:
@@ -189,9 +288,9 @@ def champion_scores_on(champion: dict[str, Any] | None, X: pd.DataFrame, dataset
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    """Apply every gate to the selected candidate on the test split and write the gate record and model card."""
+    """Select a candidate, apply every gate to it on the test split and write the gate record and model card."""
     from retrain.evaluation.modelcard import curves, render_model_card
-    from retrain.models.estimators import load_predictor
+    from retrain.evaluation.policy import target_std
 
     dataset, cfg, metric = ctx.dataset, ctx.params.evaluate, ctx.params.evaluate.metric
     direction = get_metric(metric).direction
@@ -204,34 +303,46 @@ def run(ctx: StageContext) -> dict[str, Any]:
         X_test = test[dataset.features]
         example = valid[dataset.features].head(EXAMPLE_ROWS)
 
+        champion = registry.champion(ctx.tracking.tracking_uri, ctx.params.promote.model_name, ctx.params.promote.alias)
+        previous = champion_record(ctx.tracking.tracking_uri, champion)
         summary = read_json(ctx.path(f"{CANDIDATES}/summary.json"))
-        family = select_candidate(summary, metric)
-        model_dir, built = build_model(ctx, family, y_valid, cfg.gates)
-        predictor = load_predictor(model_dir)
-        scores = predictor.predict_scores(X_test)
+        workspace = ctx.path(EVALUATE)
+        workspace.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".selection-", dir=workspace) as work:
+            chosen, screening, selection = choose(
+                ctx, summary, Path(work), y_valid, X_test, example, target_std(dataset.task, y_test),
+                (previous or {}).get("latency") or None,
+            )  # fmt: skip
+        family, model_dir, built = chosen.family, chosen.model_dir, chosen.built
+        scores = chosen.predictor.predict_scores(X_test)
         candidate_score = score(metric, y_test, scores)
 
         baselines = [from_dict(b) for b in read_json(ctx.path(BASELINES))["baselines"]]
         baseline_scores = {b.strategy: score(metric, y_test, b.predict_scores(X_test)) for b in baselines}
 
-        champion = registry.champion(ctx.tracking.tracking_uri, ctx.params.promote.model_name, ctx.params.promote.alias)
         champion_raw = champion_scores_on(champion, X_test, dataset)
         champion_score = score(metric, y_test, champion_raw) if champion_raw is not None else None
         context = {
             "candidate_score": candidate_score,
             "baseline_scores": baseline_scores,
             "champion_scores": champion_raw,
-            "champion_record": champion_record(ctx.tracking.tracking_uri, champion),
+            "champion_record": previous,
             "confidence_threshold": built["confidence_threshold"],
         }
-        gates, extra = run_gates(ctx, predictor, model_dir, X_test, y_test, scores, example, context)
+        gates, extra = run_gates(ctx, chosen, y_test, scores, context, screening)
         decision, failed = decide(gates)
         record = {
-            "candidate": {"family": family, "model_dir": EVALUATED_MODEL, "model_hash": tree_md5(model_dir)},
+            "candidate": {
+                "family": family,
+                "model_dir": EVALUATED_MODEL,
+                "model_hash": tree_md5(model_dir),
+                "valid_score": summary["families"][family].get("valid_score"),
+            },
             "model_name": ctx.params.promote.model_name,
             "task": dataset.task,
             "metric": metric,
             "direction": direction,
+            "selection": selection,
             "scores": {"candidate": candidate_score, "baselines": baseline_scores, "champion": champion_score},
             "champion": champion,
             "gates": [g.to_dict() for g in gates],
@@ -272,6 +383,11 @@ def gate_metrics(record: dict[str, Any], metric: str) -> dict[str, float]:
                 out[metric_key(f"test_{metric}_slice", column, entry["value"])] = entry["metric"]
     for key, value in record.get("latency", {}).items():
         out[metric_key("latency", key)] = float(value)
+    selection = record.get("selection")
+    if selection:
+        out["selection_chosen_rank"] = float(selection["chosen_rank"])
+        out["selection_passed_over"] = float(len(selection["passed_over"]))
+        out["selection_screening_seconds"] = float(selection["screening_seconds"])
     return out
 
 

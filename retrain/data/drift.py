@@ -107,8 +107,12 @@ def feature_drift(
 
 
 def drift_without_reference(action: str, reference: str) -> dict[str, Any] | None:
-    """The drift section when nothing is compared (drift off, or no reference snapshot); None: compare."""
-    if reference == "off":
+    """The drift section when nothing is compared (drift off, or no reference snapshot); None: compare.
+
+    `reference` is validate's reference input: the champion's snapshot md5, `none`, or `off` (drift and
+    champion domains both off). Drift is off by its own `action` even when champion domains need the md5.
+    """
+    if action == "off" or reference == "off":
         return {"status": "off", "action": action}
     if reference == "none":
         return {

@@ -1,5 +1,6 @@
-"""The data gate: a Great Expectations (GX Core 1.x) suite built from the schema, plus the table rules GX
-has no expectation for (label balance per source, CV feasibility, label leakage, drift), in one report.
+"""The data gate: a Great Expectations (GX Core 1.x) suite built from the schema (and, for columns whose schema
+leaves a domain or range open, from the champion's training snapshot), plus the table rules GX has no
+expectation for (label balance per source, CV feasibility, label leakage, drift), in one report.
 
 Every check, whichever engine ran it, becomes one dict of the same shape (see `Check`), so the JSON report,
 the failure message and the HTML page treat them alike. GX is imported lazily: it costs seconds.
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from retrain.config import DatasetConfig, Params, SplitConfig, ValidateConfig
+from retrain.data.domains import ChampionDomains, ColumnReference, out_of_range, unseen, without_reference
 from retrain.data.ingest import SOURCE_COLUMN
 from retrain.data.leakage import METRICS, LeakageScores, feature_scores, leaks
 
@@ -46,7 +48,8 @@ class Check(TypedDict, total=False):
     engine: str  # "gx" or "retrain"
     column: str | None
     success: bool
-    blocking: bool  # a failed non-blocking check is a warning (drift with action warn)
+    blocking: bool  # a failed non-blocking check is a warning (drift or champion domains with action warn)
+    reference: str  # champion-domain checks only: DVC md5 of the champion's training snapshot
     expected: str  # the rule in words, with its threshold
     params_key: str  # where the threshold comes from in params.yaml
     observed: Any
@@ -71,8 +74,19 @@ def _meta(params_key: str, rule: str) -> dict[str, str]:
     return {"params_key": params_key, "rule": rule}
 
 
-def build_suite(dataset: DatasetConfig, cfg: ValidateConfig, extra_columns: tuple[str, ...] = ()) -> Any:
-    """The expectation suite for the schema and table rules; needs an active GX context (see `validate_frame`)."""
+def build_suite(
+    dataset: DatasetConfig,
+    cfg: ValidateConfig,
+    extra_columns: tuple[str, ...] = (),
+    champion: ChampionDomains | None = None,
+    sources: tuple[str, ...] | None = None,
+) -> Any:
+    """The expectation suite for the schema and table rules; needs an active GX context (see `validate_frame`).
+
+    `sources`: the values of the frame's `__source__` column (None: the frame has none). The column then
+    belongs to the column set, and each champion-domain expectation (`champion`) is added once per source
+    with a row condition, so its share is that source's own.
+    """
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
@@ -80,9 +94,10 @@ def build_suite(dataset: DatasetConfig, cfg: ValidateConfig, extra_columns: tupl
     suite = gx.ExpectationSuite(name=SUITE_NAME)
     add = suite.add_expectation
     column_key = "dataset.columns + dataset.target" + (" + split.group_column/time_column" if extra_columns else "")
+    column_set = [*columns, SOURCE_COLUMN] if sources is not None else columns
     add(
         gxe.ExpectTableColumnsToMatchSet(
-            column_set=columns, exact_match=True, meta=_meta(column_key, "exact column set")
+            column_set=column_set, exact_match=True, meta=_meta(column_key, "exact column set")
         )
     )
     add(
@@ -126,6 +141,10 @@ def build_suite(dataset: DatasetConfig, cfg: ValidateConfig, extra_columns: tupl
                     ),
                 )
             )
+        reference = champion.columns.get(name) if champion is not None and champion.active else None
+        if reference is not None:
+            for source in sources if sources is not None else (None,):
+                add(_champion_expectation(name, reference, champion, cfg, source))
     add(
         gxe.ExpectCompoundColumnsToBeUnique(
             column_list=columns,
@@ -163,17 +182,81 @@ def build_suite(dataset: DatasetConfig, cfg: ValidateConfig, extra_columns: tupl
     return suite
 
 
+def _champion_expectation(
+    column: str, reference: ColumnReference, champion: ChampionDomains, cfg: ValidateConfig, source: str | None
+) -> Any:
+    """One column's champion domain (categories) or range (numbers) as a GX expectation with `mostly`.
+
+    Its meta names the rule ("champion domain ..."), the reference md5, the source its row condition selects,
+    and whether a failure blocks (action block) or warns (action warn); its `notes` (shown in Data Docs) say
+    the same in words.
+    """
+    import great_expectations.expectations as gxe
+
+    domains = cfg.domains
+    where = f"{source} rows" if source else "all rows"
+    snapshot = "the champion's training snapshot"  # its md5: meta `reference`, and the failure's observed text
+    condition = {"row_condition": f'{SOURCE_COLUMN}=="{source}"', "condition_parser": "pandas"} if source else {}
+    meta: dict[str, Any] = {"reference": champion.reference, "blocking": champion.action == "block"}
+    if source:
+        meta["source"] = source
+    action = f"action {champion.action}"
+    if reference.kind == "category":
+        meta |= _meta(
+            f"validate.domains.max_unseen_fraction ({action}; dataset.columns.{column} declares no domain)",
+            f"champion domain: values seen in {snapshot}, at most {domains.max_unseen_fraction:.2%} unseen in the "
+            f"{where} (nulls not counted)",
+        )
+        return gxe.ExpectColumnValuesToBeInSet(
+            column=column,
+            value_set=list(reference.values),
+            mostly=1.0 - domains.max_unseen_fraction,
+            meta=meta,
+            notes=_champion_notes(meta, champion.reference),
+            **condition,
+        )
+    open_sides = "/".join(side for side, bound in (("min", reference.min), ("max", reference.max)) if bound is not None)
+    meta |= _meta(
+        f"validate.domains.max_out_of_range_fraction ({action}; dataset.columns.{column} declares no {open_sides})",
+        f"champion domain: values {_bounds(reference)} (the range of {snapshot}), at most "
+        f"{domains.max_out_of_range_fraction:.2%} outside in the {where} (nulls not counted)",
+    )
+    return gxe.ExpectColumnValuesToBeBetween(
+        column=column,
+        min_value=reference.min,
+        max_value=reference.max,
+        mostly=1.0 - domains.max_out_of_range_fraction,
+        meta=meta,
+        notes=_champion_notes(meta, champion.reference),
+        **condition,
+    )
+
+
+def _champion_notes(meta: dict[str, Any], reference: str) -> str:
+    """The Data Docs note of a champion-domain expectation: the rule, the reference snapshot, the params key."""
+    return f"{meta['rule']}. Reference: DVC md5 {reference}. Params: {meta['params_key']}."
+
+
+def _bounds(reference: ColumnReference) -> str:
+    """`in [17, 90]`, `<= 1484705` or `>= 3`: the range the champion's data spans, on the schema's open sides."""
+    if reference.min is not None and reference.max is not None:
+        return f"in [{reference.min}, {reference.max}]"
+    return f"<= {reference.max}" if reference.max is not None else f">= {reference.min}"
+
+
 def validate_frame(
     frame: pd.DataFrame,
     dataset: DatasetConfig,
     cfg: ValidateConfig,
     extra_columns: tuple[str, ...] = (),
     docs_dir: Path | None = None,
+    champion: ChampionDomains | None = None,
 ) -> Any:
     """Run the suite through a GX Checkpoint on an ephemeral context; never raises, callers check `success`.
 
     With `docs_dir`, the checkpoint's UpdateDataDocsAction renders the Data Docs site (HTML) there, also
-    when validation fails. Returns the suite's validation result.
+    when validation fails. A frame with the `__source__` column gets the champion-domain expectations
+    (`champion`) per source; without it, over all rows. Returns the suite's validation result.
     """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -201,7 +284,10 @@ def validate_frame(
         .add_dataframe_asset("snapshot")
         .add_batch_definition_whole_dataframe("all")
     )
-    suite = context.suites.add(build_suite(dataset, cfg, extra_columns))
+    sources = None
+    if SOURCE_COLUMN in frame.columns:
+        sources = tuple(sorted(frame[SOURCE_COLUMN].dropna().astype("str").unique(), key=lambda s: (s != "main", s)))
+    suite = context.suites.add(build_suite(dataset, cfg, extra_columns, champion, sources))
     definition = context.validation_definitions.add(gx.ValidationDefinition(name=SUITE_NAME, data=batch, suite=suite))
     checkpoint = context.checkpoints.add(
         gx.Checkpoint(
@@ -246,19 +332,26 @@ def gx_checks(result: Any, snapshot: pd.DataFrame, dataset: DatasetConfig) -> li
             "engine": "gx",
             "column": column,
             "success": bool(item.success),
-            "blocking": True,
+            "blocking": bool(meta.get("blocking", True)),
             "expected": str(meta.get("rule", "")),
             "params_key": str(meta.get("params_key", "")),
             "observed": _jsonable(detail.get("observed_value")),
             "unexpected_percent": _jsonable(detail.get("unexpected_percent")),
             "unexpected_examples": _jsonable(detail.get("partial_unexpected_list")),
-            "sources": _sources_of(snapshot, indices),
+            "sources": [str(meta["source"])] if meta.get("source") else _sources_of(snapshot, indices),
             "raised": raised is not None,
         }
+        if meta.get("reference"):
+            check["reference"] = str(meta["reference"])
         if rule == "ExpectTableColumnsToMatchSet":
             check["observed"] = _jsonable((detail.get("details") or {}).get("mismatched"))
         if not check["success"]:
-            check["observed_text"] = _observed_text(check, detail, raised, snapshot, dataset, dict(config.kwargs))
+            if meta.get("reference") and raised is None:
+                check["observed_text"] = _champion_text(
+                    check, detail, snapshot, dict(config.kwargs), meta.get("source")
+                )
+            else:
+                check["observed_text"] = _observed_text(check, detail, raised, snapshot, dataset, dict(config.kwargs))
         checks.append(check)
     order = {name: i for i, name in enumerate(expected_columns(dataset))}
     table = {"ExpectTableColumnsToMatchSet": -3, "ExpectTableRowCountToBeBetween": -2}
@@ -331,6 +424,35 @@ def _observed_text(
         values = pd.to_numeric(snapshot[column], errors="coerce")
         text += f"; observed min {_jsonable(values.min())}, max {_jsonable(values.max())}"
     return text
+
+
+def _champion_text(
+    check: Check, detail: dict[str, Any], snapshot: pd.DataFrame, kwargs: dict[str, Any], source: str | None
+) -> str:
+    """What a failed champion-domain expectation saw: share (GX's), the offending values with counts, the reference."""
+    column = check["column"] or ""
+    rows = snapshot
+    if source and SOURCE_COLUMN in snapshot.columns:
+        rows = snapshot[snapshot[SOURCE_COLUMN] == source]
+    series = rows[column] if column in rows.columns else pd.Series(dtype="str")
+    observed = ""
+    if check["rule"] == "ExpectColumnValuesToBeInSet":
+        found = unseen(series, [str(v) for v in kwargs.get("value_set") or ()])
+        what = "unseen in the champion's training data"
+    else:
+        found = out_of_range(series, kwargs.get("min_value"), kwargs.get("max_value"))
+        numbers = pd.to_numeric(series, errors="coerce")
+        what = "outside the champion's range"
+        observed = f"; observed min {_jsonable(numbers.min())}, max {_jsonable(numbers.max())}"
+    percent = check["unexpected_percent"] or 0.0
+    count = detail.get("unexpected_count", found.count)
+    non_null = (detail.get("element_count") or 0) - (detail.get("missing_count") or 0) or found.non_null
+    check["unexpected_examples"] = [value for value, _ in found.top]
+    where = f" of the {source} rows" if source else ""
+    return (
+        f"{percent:.2f}% of the non-null values{where} ({count} of {non_null}) are {what}, e.g. {found.examples()}"
+        f"{observed}; reference: the champion's training snapshot (DVC md5 {check.get('reference')})"
+    )
 
 
 def _clip(text: str, limit: int = 240) -> str:
@@ -482,9 +604,14 @@ def drift_checks(drift: dict[str, Any], action: str, reference: str) -> list[Che
 
 
 def build_report(
-    checks: list[Check], snapshot: pd.DataFrame, leakage: LeakageScores, threshold: float, drift: dict[str, Any]
+    checks: list[Check],
+    snapshot: pd.DataFrame,
+    leakage: LeakageScores,
+    threshold: float,
+    drift: dict[str, Any],
+    domains: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON report: verdict, counts, every check, leakage scores and the drift table.
+    """The JSON report: verdict, counts, every check, leakage scores, the drift table and the champion domains.
 
     It holds nothing that is not determined by the stage's cache key (no times, run ids or paths), so a
     rerun on the same inputs writes the same bytes.
@@ -509,6 +636,7 @@ def build_report(
             "max": max(leakage.scores.values()) if leakage.scores else None,
         },
         "drift": drift,
+        "domains": domains if domains is not None else {"status": "off"},
     }
 
 
@@ -536,7 +664,7 @@ def failures(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def warnings(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Failed non-blocking checks (drift with action warn)."""
+    """Failed non-blocking checks (drift or champion domains with action warn)."""
     return [c for c in _shown_failures(report["checks"]) if not c["blocking"]]
 
 
@@ -586,6 +714,9 @@ def render_html(report: dict[str, Any]) -> str:
         "<h2>Table rules</h2><table><tr><th>status</th><th>rule</th><th>column</th><th>expected</th>"
         f"<th>params key</th><th>observed</th></tr>{''.join(rows)}</table>"
         f"<h2>Drift</h2><pre>{html.escape(_pretty(drift))}</pre>"
+        "<h2>Champion domains</h2><p>Categories and ranges for the columns dataset.columns leaves open, from "
+        "the champion's training snapshot (checked in the GX Data Docs as expectations whose rule starts with "
+        f"'champion domain').</p><pre>{html.escape(_pretty(report.get('domains', {})))}</pre>"
         f"<h2>Leakage scores</h2><pre>{html.escape(_pretty(report.get('leakage', {})))}</pre>"
         "</body></html>\n"
     )
@@ -624,18 +755,23 @@ def check_snapshot(
     docs: Path,
     drift: Callable[[pd.DataFrame], dict[str, Any]],
     reference: str,
+    champion: ChampionDomains | None = None,
 ) -> tuple[dict[str, Any], float]:
     """Every check of the data gate on one snapshot: (the report, seconds spent in GX).
 
     GX Data Docs and our checks' HTML land in `docs`. `drift(main rows)` gives the drift section (the caller
-    fetches the reference snapshot); `reference` names it in the drift checks. One function for the stage task
-    and the benchmarks' plain-Python path, so both run the same gate.
+    fetches the reference snapshot); `reference` names it in the drift checks. `champion`: the domains and
+    ranges taken from that snapshot for the columns the schema leaves open (`retrain.data.domains.derive`);
+    None: none (the report says why, from `validate.domains.action` and `reference`). One function for the
+    stage task and the benchmarks' plain-Python path, so both run the same gate.
     """
     cfg = params.validate_
+    if champion is None:
+        champion = without_reference(cfg.domains.action, reference)
     started = time.perf_counter()
     main = snapshot[snapshot[SOURCE_COLUMN] == "main"]
     has_test = bool((snapshot[SOURCE_COLUMN] == "test").any())
-    result = validate_frame(snapshot.drop(columns=[SOURCE_COLUMN]), dataset, cfg, params.split.extra_columns, docs)
+    result = validate_frame(snapshot, dataset, cfg, params.split.extra_columns, docs, champion)
     gx_seconds = time.perf_counter() - started
     checks = gx_checks(result, snapshot, dataset)
     checks += label_balance_checks(snapshot, dataset, cfg)
@@ -649,6 +785,6 @@ def check_snapshot(
     drift_section = drift(main)
     if drift_section["status"] == "computed":
         checks += drift_checks(drift_section, drift_section["action"], reference)
-    report = build_report(checks, snapshot, scores, cfg.leakage_threshold, drift_section)
+    report = build_report(checks, snapshot, scores, cfg.leakage_threshold, drift_section, champion.section(cfg.domains))
     (docs / "retrain_checks.html").write_text(render_html(report))
     return report, gx_seconds

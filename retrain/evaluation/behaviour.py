@@ -8,7 +8,7 @@ one GateResult whose `details` hold the per-feature / per-attribute numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -88,6 +88,36 @@ def _swapped_categorical(column: pd.Series, rate: float, rng: np.random.Generato
     return pd.Series(values, index=column.index, name=column.name).astype(column.dtype)
 
 
+def perturbation_bound(
+    cfg: PerturbationGate, metric: str, clean: float, baseline_scores: Mapping[str, float] | None
+) -> tuple[float, str, dict[str, Any]]:
+    """The largest drop allowed: `max_drop`, or `max_lift_share` x the lift over the best baseline.
+
+    lift = (clean score - best baseline score) in the metric's better direction, on the same rows. A lift
+    <= 0 (the baseline gate fails too), no finite baseline score or no baselines given: the bound is 0.
+    Returns (bound, how it was derived for the reason, details).
+    """
+    if cfg.max_drop is not None:
+        return cfg.max_drop, f"{cfg.max_drop:g}", {"rule": "max_drop", "max_drop": cfg.max_drop}
+    share = cfg.max_lift_share
+    details: dict[str, Any] = {"rule": "max_lift_share", "max_lift_share": share}
+    finite = {k: float(v) for k, v in (baseline_scores or {}).items() if v is not None and math.isfinite(v)}
+    if not finite or not math.isfinite(clean):
+        what = "no baseline scores" if not finite else f"the clean {metric} is not finite"
+        return 0.0, f"0 ({what}: no lift to take a share of)", {**details, "lift": None, "bound": 0.0}
+    sign = 1.0 if get_metric(metric).greater_is_better else -1.0
+    best = max(finite, key=lambda k: sign * finite[k])
+    lift = sign * (clean - finite[best])
+    bound = share * lift if lift > 0 else 0.0
+    details.update(best_baseline=best, baseline_score=_json(finite[best]), lift=_json(lift), bound=_json(bound))
+    text = (
+        f"{bound:.4f} = {share:g} x lift {lift:+.4f} over best baseline {best} {finite[best]:.4f}"
+        if lift > 0
+        else f"0 (no lift over best baseline {best} {finite[best]:.4f}: {lift:+.4f})"
+    )
+    return bound, text, details
+
+
 def perturbation_gate(
     score_fn: ScoreFn,
     X: pd.DataFrame,
@@ -98,11 +128,14 @@ def perturbation_gate(
     categorical: Sequence[str],
     cfg: PerturbationGate,
     seed: int,
+    baseline_scores: Mapping[str, float] | None = None,
 ) -> GateResult:
-    """The metric drop (in its better direction) from noised numerics + swapped categories is <= max_drop.
+    """The metric drop (in its better direction) from noised numerics + swapped categories is within the bound.
 
-    Also rescored with each feature perturbed alone (the same draws), so the reason names the feature
-    the model is most fragile to.
+    The bound is `max_drop`, or (max_drop None) `max_lift_share` x the candidate's lift over the best of
+    `baseline_scores` (the baselines' metric on the same rows; see `perturbation_bound`). Also rescored
+    with each feature perturbed alone (the same draws), so the reason names the feature the model is most
+    fragile to.
     """
     name = "perturbation"
     if not cfg.enabled:
@@ -144,18 +177,19 @@ def perturbation_gate(
         "seed": seed,
         "features": per_feature,
     }
+    bound, bound_text, details["bound"] = perturbation_bound(cfg, metric, clean, baseline_scores)
     if not math.isfinite(drop):
         reason = f"{metric} is not finite on the clean ({clean}) or perturbed ({noised}) rows"
-        return GateResult(name, None, cfg.max_drop, False, reason, metric, "lower_is_better", details)
+        return GateResult(name, None, bound, False, reason, metric, "lower_is_better", details)
     finite = {c: v["drop"] for c, v in per_feature.items() if v["drop"] is not None}
     worst = max(finite, key=lambda c: finite[c]) if finite else None
-    passed = drop <= cfg.max_drop
+    passed = drop <= bound
     worst_text = f"; most fragile feature {worst} (drop {finite[worst]:+.4f} alone)" if worst else ""
     reason = (
         f"{metric} {clean:.4f} -> {noised:.4f} under noise {cfg.noise_std} std / swap rate {cfg.swap_rate}: "
-        f"drop {drop:+.4f} {'<=' if passed else '>'} max {cfg.max_drop}{worst_text}"
+        f"drop {drop:+.4f} {'<=' if passed else '>'} max {bound_text}{worst_text}"
     )
-    return GateResult(name, drop, cfg.max_drop, passed, reason, f"{metric}_drop", "lower_is_better", details)
+    return GateResult(name, drop, bound, passed, reason, f"{metric}_drop", "lower_is_better", details)
 
 
 def _classes(scores: np.ndarray) -> np.ndarray:

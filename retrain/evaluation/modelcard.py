@@ -295,6 +295,7 @@ def _header(record: Mapping[str, Any]) -> dict[str, Any]:
         ("task", record.get("task")),
         ("decision", str(record.get("decision", "unknown"))),
         ("failed gates", ", ".join(map(str, failed)) if failed else "none"),
+        ("passed over", _passed_over(record)),
         (f"test {metric}" if metric else "test metric", scores.get("candidate")),
         ("champion's test score", scores.get("champion")),
         ("model hash", candidate.get("model_hash")),
@@ -303,6 +304,14 @@ def _header(record: Mapping[str, Any]) -> dict[str, Any]:
         ("params hash", record.get("params_hash")),
     ]
     return {"name": name, "rows": [(k, v) for k, v in rows if v is not None]}
+
+
+def _passed_over(record: Mapping[str, Any]) -> str | None:
+    """'stacking (latency), hgb (tied, larger)' for the header; None when nothing was passed over."""
+    passed = (record.get("selection") or {}).get("passed_over") or []
+    if not passed:
+        return None
+    return ", ".join(f"{p.get('family')} ({p.get('gate') or 'tied, larger'})" for p in passed)
 
 
 def _slices(record: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -320,6 +329,31 @@ def _slices(record: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"metric": record.get("metric"), "min_rows": slices.get("min_rows"), "columns": tables}
 
 
+SELECTION_COLUMNS = ("rank", "family", "valid_score", "size_bytes", "tied", "status", "reason")
+"""The columns of the card's selection table (the record's `selection.ranking` entries)."""
+
+
+def _selection(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How the gated candidate was chosen: the ranking with each candidate's status and reason (None: old record)."""
+    selection = record.get("selection") or {}
+    ranking = selection.get("ranking") or []
+    if not ranking:
+        return None
+    rows = [[entry.get(k) for k in SELECTION_COLUMNS] for entry in ranking]
+    screen = ", ".join(map(str, selection.get("screen") or [])) or "none"
+    summary = (
+        f"chosen: {selection.get('chosen')} (rank {selection.get('chosen_rank')} of {len(ranking)} on valid "
+        f"{selection.get('metric')}); ties within {selection.get('tie_tolerance')} x |best valid score| go to "
+        f"the smaller model; screening gates (no test labels): {screen}"
+    )
+    warning = (
+        "every candidate failed screening: the top-ranked one was gated so the record shows why it is rejected"
+        if selection.get("all_screened_out")
+        else None
+    )
+    return {"summary": summary, "warning": warning, "headers": list(SELECTION_COLUMNS), "rows": rows}
+
+
 def _gate_view(gate: Mapping[str, Any]) -> dict[str, Any]:
     """A gate as the template shows it (status resolved for older records)."""
     keys = ("name", "value", "threshold", "reason", "details")
@@ -327,7 +361,7 @@ def _gate_view(gate: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def card_context(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Everything the template shows, from the gate record: header, gates, curve sections, slices, gate details."""
+    """Everything the template shows, from the gate record: header, selection, gates, curves, slices, gate details."""
     curve = record.get("curves") or {}
     gates = [_gate_view(g) for g in record.get("gates") or []]
     detailed = [g for g in gates if g["details"]]
@@ -336,6 +370,7 @@ def card_context(record: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "title": title,
         "header": _header(record),
+        "selection": _selection(record),
         "gates": gates,
         "plots": _plots(curve) if curve else [],
         "nonfinite_rows": curve.get("nonfinite_rows"),

@@ -2,12 +2,16 @@
 
 Pure: what only the caller can measure (latency on its serving path, the fresh-process serving check) comes
 in as callables, so the evaluate task and the benchmarks' plain-Python path run the very same policy.
+
+`label_free_gates` is the part of the policy that reads no test labels (latency, serving, directional,
+invariance): gate-aware selection (retrain/evaluation/selection.py) screens candidates with exactly these
+callables, and `gate_policy` reuses the chosen candidate's screening results instead of running them again.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -59,11 +63,15 @@ def gate_policy(
     context: dict[str, Any],
     measure_latency: Callable[[], GateResult],
     check_serving: Callable[[], GateResult],
+    screened: Mapping[str, GateResult] | None = None,
+    screened_seconds: Mapping[str, float] | None = None,
 ) -> tuple[list[GateResult], dict[str, Any]]:
     """Every gate of evaluate.gates, in policy order; disabled ones are recorded as skipped.
 
     `context`: candidate_score, baseline_scores, champion_scores (None without a champion) and
-    confidence_threshold. Returns the gates and the record's extras (gate_seconds, metrics, slices).
+    confidence_threshold. `screened`: label-free gates already run on this very model by the selection
+    screening (`label_free_gates`, same callables and settings): reused as they are, with their seconds,
+    never run twice. Returns the gates and the record's extras (gate_seconds, metrics, slices).
     """
     cfg, metric = params.evaluate.gates, params.evaluate.metric
     task, seed = dataset.task, params.seed
@@ -79,7 +87,16 @@ def gate_policy(
     champion_scores = context["champion_scores"]
     gates: list[GateResult] = [metric_is_finite(metric, candidate_score)]
 
+    reused, reused_seconds = dict(screened or {}), dict(screened_seconds or {})
+    label_free = label_free_gates(
+        params, dataset, score_fn, X_test, target_std(task, y_test), measure_latency, check_serving
+    )
+
     def add(name: str, enabled: bool, gate: Callable[[], GateResult]) -> None:
+        if enabled and name in reused:
+            gates.append(reused[name])
+            seconds[name] = reused_seconds.get(name, 0.0)
+            return
         gates.append(timed(seconds, name, gate) if enabled else skipped(name, f"disabled (evaluate.gates.{name})"))
 
     bounded = {*cfg.metric_bounds.min, *cfg.metric_bounds.max}
@@ -111,24 +128,11 @@ def gate_policy(
         cfg.perturbation.enabled,
         lambda: perturbation_gate(
             score_fn, X_test, y_test, metric=metric, numeric=dataset.numeric, categorical=dataset.categorical,
-            cfg=cfg.perturbation, seed=seed,
+            cfg=cfg.perturbation, seed=seed, baseline_scores=context["baseline_scores"],
         ),
     )  # fmt: skip
-    y_std = float(np.std(y_test)) if task == "regression" else None
-    add(
-        "invariance",
-        cfg.invariance.enabled,
-        lambda: invariance_gate(
-            score_fn, X_test, attributes=swapped, task=task, cfg=cfg.invariance,
-            y_std=y_std,
-        ),
-    )  # fmt: skip
-    integers = [c for c, spec in dataset.schema.items() if spec.type == "int"]
-    add(
-        "directional",
-        cfg.directional.enabled,
-        lambda: directional_gate(score_fn, X_test, task=task, cfg=cfg.directional, integer_columns=integers),
-    )
+    add("invariance", *label_free["invariance"])
+    add("directional", *label_free["directional"])
     add(
         "calibration", cfg.calibration.enabled, lambda: calibration_gate(y_test, scores, task=task, cfg=cfg.calibration)
     )
@@ -148,6 +152,46 @@ def gate_policy(
         lambda: fairness_gate(y_test, scores, {a: X_test[a] for a in attributes}, task=task, cfg=cfg.fairness),
     )
 
-    add("latency", cfg.latency.enabled, measure_latency)
-    add("serving", cfg.serving.enabled, check_serving)
+    add("latency", *label_free["latency"])
+    add("serving", *label_free["serving"])
     return gates, extra
+
+
+def target_std(task: str, y_test: np.ndarray) -> float | None:
+    """The scale of the regression invariance bound: the target's std on test (None for classification).
+
+    A constant of the table, the same for every candidate: it scales the bound, it cannot rank candidates.
+    """
+    return float(np.std(y_test)) if task == "regression" else None
+
+
+def label_free_gates(
+    params: Params,
+    dataset: DatasetConfig,
+    score_fn: ScoreFn,
+    X_test: pd.DataFrame,
+    y_std: float | None,
+    measure_latency: Callable[[], GateResult],
+    check_serving: Callable[[], GateResult],
+) -> dict[str, tuple[bool, Callable[[], GateResult]]]:
+    """The gates that read no test labels, name -> (enabled, run): what selection may screen candidates with.
+
+    `y_std` (regression only, `target_std`) is the one number from test labels here: a per-table constant
+    scaling the invariance bound, identical for every candidate.
+    """
+    cfg, task = params.evaluate.gates, dataset.task
+    swapped = cfg.invariance.attributes or dataset.protected
+    require_columns(X_test, [*swapped, *cfg.directional.increasing, *cfg.directional.decreasing], "evaluate.gates")
+    integers = [c for c, spec in dataset.schema.items() if spec.type == "int"]
+    return {
+        "latency": (cfg.latency.enabled, measure_latency),
+        "serving": (cfg.serving.enabled, check_serving),
+        "directional": (
+            cfg.directional.enabled,
+            lambda: directional_gate(score_fn, X_test, task=task, cfg=cfg.directional, integer_columns=integers),
+        ),
+        "invariance": (
+            cfg.invariance.enabled,
+            lambda: invariance_gate(score_fn, X_test, attributes=swapped, task=task, cfg=cfg.invariance, y_std=y_std),
+        ),
+    }

@@ -16,8 +16,10 @@ import io
 import itertools
 import json
 import logging
+import os
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,7 +32,7 @@ from sklearn.pipeline import Pipeline
 
 from retrain.errors import ConfigError
 from retrain.models.calibrator import Calibrator
-from retrain.models.families import FAMILIES, Family, check_family, get_family
+from retrain.models.families import FAMILIES, Family, Threads, check_family, get_family
 from retrain.models.preprocessing import CategoryEncoder, encode_frame
 
 logger = logging.getLogger(__name__)
@@ -51,10 +53,13 @@ SKOPS_TRUSTED_TYPES: frozenset[str] = frozenset().union(*(f.trusted_types for f 
 """Every type some family's skops file may hold beyond skops' own safe defaults (the union of the families'
 `trusted_types`). A file is loaded with its own family's list only; anything else in it is refused."""
 
-SERVE_ONE_THREAD_ROWS = 100
-"""Predictions of at most this many rows (a request, not a scoring job) run on one thread for families whose
-record sets `threads.serve_limit`: OpenMP's fork/join costs more than it saves there and stalls when the
-cores are busy (hgb, 1 row: 10.8 -> 7.7 ms median), while a 4,096-row batch still gains from two threads."""
+SERVE_ONE_THREAD_ROWS = 1000
+"""The serving thread rule (`Threads` in retrain/models/families.py, `ServeThreads`): a prediction of at most this
+many rows is a request and runs on one thread in every family (OpenMP and BLAS bounded to one, LightGBM
+`num_threads=1`); more rows are a batch, on every available core in families whose record sets
+`threads.parallel_batches`, on one thread in the others. Threads save little on a request and stall it when the
+cores are busy (hgb, 500 rows on 2 cores: idle 9 ms on 2 threads, 10 ms on one; at load 4-5.5, 58-1,218 ms on
+2 threads, 19-105 ms on one), while a batch of thousands of rows gains from every core."""
 
 
 def monotone_params(
@@ -126,6 +131,91 @@ class Predictor(Protocol):
         ...
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity; `os.cpu_count()` where the OS has no affinity call)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class Threadpools:
+    """The OpenMP and BLAS libraries loaded in this process, found once and bounded around a prediction.
+
+    threadpoolctl's `threadpool_limits()` rescans the loaded libraries on every call (~3-6 ms, more than a
+    single-row prediction); this keeps the library controllers of one scan and only reads and sets their
+    thread counts per call (~10 us). The scan is redone when a model is loaded (`refresh_threadpools`), so a
+    library a later model brings in (scikit-learn's OpenMP runtime) is bounded too.
+    """
+
+    def __init__(self) -> None:
+        from threadpoolctl import ThreadpoolController
+
+        controller = ThreadpoolController()
+        self.openmp = list(controller.select(user_api="openmp").lib_controllers)
+        self.blas = list(controller.select(user_api="blas").lib_controllers)
+
+    @contextmanager
+    def limit(self, openmp: int) -> Iterator[None]:
+        """OpenMP at `openmp` threads and BLAS at one for the block, then the previous counts back.
+
+        OpenMP's count is the calling thread's (what its parallel regions use); BLAS's is process-wide.
+        """
+        changed = []
+        for libraries, wanted in ((self.openmp, openmp), (self.blas, 1)):
+            for library in libraries:
+                before = library.get_num_threads()
+                if before != wanted:
+                    library.set_num_threads(wanted)
+                    changed.append((library, before))
+        try:
+            yield
+        finally:
+            for library, before in reversed(changed):
+                library.set_num_threads(before)
+
+
+_THREADPOOLS: list[Threadpools] = []
+"""The current scan (at most one entry), replaced by `refresh_threadpools`."""
+
+
+def threadpools() -> Threadpools:
+    """The OpenMP / BLAS libraries as last scanned (scanned now if never)."""
+    if not _THREADPOOLS:
+        refresh_threadpools()
+    return _THREADPOOLS[0]
+
+
+def refresh_threadpools() -> None:
+    """Rescan the loaded libraries (after loading a model: its estimator's native libraries are loaded by then)."""
+    _THREADPOOLS[:] = [Threadpools()]
+
+
+@dataclass(frozen=True)
+class ServeThreads:
+    """The serving thread rule of one family (its record's `Threads`), applied by its predictor to every call.
+
+    A request, at most `SERVE_ONE_THREAD_ROWS` rows, runs on one thread; a batch on `batch_threads`: every
+    available core when the family's record sets `threads.parallel_batches`, else one. LightGBM's booster
+    takes the count as `num_threads`; scikit-learn pipelines and the stacking meta-learner run under `limit`
+    (OpenMP at the count, BLAS at one; `n_jobs` is 1 from `serve_params`).
+    """
+
+    batch_threads: int = 1
+
+    @classmethod
+    def of(cls, threads: Threads) -> ServeThreads:
+        """The rule of a family's `Threads` record on this machine."""
+        return cls(available_cores() if threads.parallel_batches else 1)
+
+    def threads(self, rows: int) -> int:
+        """Threads for a prediction of `rows` rows."""
+        return 1 if rows <= SERVE_ONE_THREAD_ROWS else self.batch_threads
+
+    def limit(self, rows: int) -> AbstractContextManager[None]:
+        """Context manager: OpenMP at `threads(rows)`, BLAS at one (see `Threadpools.limit`)."""
+        return threadpools().limit(self.threads(rows))
+
+
 class LightGBMPredictor:
     """Serving form of the LightGBM family: booster text plus category lists from JSON."""
 
@@ -138,6 +228,7 @@ class LightGBMPredictor:
         task: str = "binary",
         labels: list[str] | None = None,
         classes: list[int] | None = None,
+        serve: ServeThreads | None = None,
     ) -> None:
         self.booster = booster
         self.numeric = numeric
@@ -146,19 +237,19 @@ class LightGBMPredictor:
         self.task = task
         self.labels = labels
         self.classes = classes if classes is not None else [0, 1]
+        self.serve = serve if serve is not None else ServeThreads.of(FAMILIES["lightgbm"].threads)
 
     def predict_scores(self, X: pd.DataFrame) -> np.ndarray:
-        """Scores in the task's shape from the raw columns."""
-        raw = self.booster.predict(encode_frame(X, self.numeric, self.categories), num_threads=1)
+        """Scores in the task's shape from the raw columns (threads: the family's rule, `ServeThreads`)."""
+        threads = self.serve.threads(len(X))
+        raw = self.booster.predict(encode_frame(X, self.numeric, self.categories), num_threads=threads)
         return task_scores(np.asarray(raw), self.task, self.classes, len(self.labels or ()) or 2)
 
 
 class PipelinePredictor:
     """Serving form of scikit-learn families: the fitted Pipeline restored by skops.
 
-    With `one_thread_rows` set, a prediction of at most that many rows runs under a threadpoolctl limit of
-    one thread (OpenMP / BLAS), through a controller built once: `threadpool_limits()` itself costs ~6 ms a
-    call (it scans the loaded libraries), more than a single-row prediction.
+    Every prediction runs under the family's thread rule (`serve`, see `ServeThreads`; default: one thread).
     """
 
     def __init__(
@@ -168,25 +259,18 @@ class PipelinePredictor:
         *,
         task: str = "binary",
         labels: list[str] | None = None,
-        one_thread_rows: int = 0,
+        serve: ServeThreads | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.features = features
         self.task = task
         self.labels = labels
-        self.one_thread_rows = one_thread_rows
-        self._threadpools: Any = None
+        self.serve = serve if serve is not None else ServeThreads()
 
     def predict_scores(self, X: pd.DataFrame) -> np.ndarray:
-        """Scores in the task's shape from the raw columns (small requests on one thread, see the class)."""
+        """Scores in the task's shape from the raw columns (OpenMP / BLAS bounded by the family's rule)."""
         n_classes = len(self.labels or ()) or 2
-        if len(X) > self.one_thread_rows:
-            return pipeline_scores(self.pipeline, X[self.features], self.task, n_classes)
-        if self._threadpools is None:
-            from threadpoolctl import ThreadpoolController
-
-            self._threadpools = ThreadpoolController()
-        with self._threadpools.limit(limits=1):
+        with self.serve.limit(len(X)):
             return pipeline_scores(self.pipeline, X[self.features], self.task, n_classes)
 
 
@@ -279,21 +363,32 @@ def fit_meta(
 
 
 class StackingPredictor:
-    """Serving form of `stacking`: each base model loaded in its own safe format, plus the JSON meta-learner."""
+    """Serving form of `stacking`: each base model loaded in its own safe format, plus the JSON meta-learner.
+
+    Each base predicts under its own family's thread rule; the meta-learner under stacking's (`serve`).
+    """
 
     def __init__(
-        self, bases: list[Predictor], meta: MetaLearner, features: list[str], *, labels: list[str] | None = None
+        self,
+        bases: list[Predictor],
+        meta: MetaLearner,
+        features: list[str],
+        *,
+        labels: list[str] | None = None,
+        serve: ServeThreads | None = None,
     ) -> None:
         self.bases = bases
         self.meta = meta
         self.features = features
         self.task = meta.task
         self.labels = labels
+        self.serve = serve if serve is not None else ServeThreads.of(FAMILIES["stacking"].threads)
 
     def predict_scores(self, X: pd.DataFrame) -> np.ndarray:
         """The meta-learner over the bases' scores for the raw rows."""
-        features = stack_features([b.predict_scores(X) for b in self.bases], self.task)
-        return self.meta.predict(features, len(self.labels or ()) or 2)
+        base_scores = [b.predict_scores(X) for b in self.bases]
+        with self.serve.limit(len(X)):
+            return self.meta.predict(stack_features(base_scores, self.task), len(self.labels or ()) or 2)
 
 
 def canonical_ids(schema: str) -> str:
@@ -440,7 +535,10 @@ def save_stacking(
 
 
 class CalibratedPredictor:
-    """Any predictor with a JSON calibrator applied to its scores (what is gated is what is served)."""
+    """Any predictor with a JSON calibrator applied to its scores (what is gated is what is served).
+
+    The inner model keeps its family's thread rule; the calibrator is element-wise NumPy (no thread pool).
+    """
 
     def __init__(self, inner: Predictor, calibrator: Calibrator) -> None:
         self.inner = inner
@@ -556,6 +654,7 @@ def _load_uncalibrated(directory: Path) -> Predictor:
     manifest = read_manifest(directory)
     task = manifest.get("task", "binary")
     labels = manifest.get("labels")
+    record = FAMILIES.get(manifest.get("family", ""))
     if manifest["format"] == "lightgbm-text":
         booster_file = verified_file(directory, manifest, BOOSTER)
         try:
@@ -563,13 +662,19 @@ def _load_uncalibrated(directory: Path) -> Predictor:
         except lgb.basic.LightGBMError as exc:
             raise ModelIntegrityError(f"{booster_file}: LightGBM cannot parse the booster: {exc}") from exc
         categories = {c: manifest["categories"][c] for c in manifest["categorical"]}
+        serve = ServeThreads.of((record or FAMILIES["lightgbm"]).threads)
         return LightGBMPredictor(
-            booster, manifest["numeric"], categories, task=task, labels=labels, classes=manifest.get("classes")
+            booster,
+            manifest["numeric"],
+            categories,
+            task=task,
+            labels=labels,
+            classes=manifest.get("classes"),
+            serve=serve,
         )
     if manifest["format"] == "skops":
         import skops.io as sio  # only scikit-learn models need it (see save_model)
 
-        record = FAMILIES.get(manifest.get("family", ""))
         if record is None or record.format != "skops":
             raise ValueError(
                 f"{directory / MANIFEST}: family {manifest.get('family')!r} has no skops trusted-types list"
@@ -582,12 +687,14 @@ def _load_uncalibrated(directory: Path) -> Predictor:
         pipeline = sio.load(path, trusted=sorted(untrusted))
         if record.threads.serve_params:
             pipeline.named_steps["model"].set_params(**record.threads.serve_params)
-        one_thread = SERVE_ONE_THREAD_ROWS if record.threads.serve_limit else 0
-        return PipelinePredictor(pipeline, manifest["features"], task=task, labels=labels, one_thread_rows=one_thread)
+        refresh_threadpools()  # the estimator's native libraries (scikit-learn's OpenMP) are loaded by now
+        serve = ServeThreads.of(record.threads)
+        return PipelinePredictor(pipeline, manifest["features"], task=task, labels=labels, serve=serve)
     if manifest["format"] == "stacking":
         meta = MetaLearner.from_dict(json.loads(verified_file(directory, manifest, STACKING).read_text()))
         bases = [load_predictor(directory / family) for family in meta.bases]
-        return StackingPredictor(bases, meta, manifest["features"], labels=labels)
+        serve = ServeThreads.of((record or FAMILIES["stacking"]).threads)
+        return StackingPredictor(bases, meta, manifest["features"], labels=labels, serve=serve)
     raise ValueError(f"{directory / MANIFEST}: unknown model format {manifest['format']!r}")
 
 

@@ -55,17 +55,24 @@ class Threads:
     the `fixed` hyperparameter read as the wanted count (None: the cores are split between parallel trials),
     the `drop` hyperparameters are removed before building, and `param` receives the planned count (None:
     the estimator has no thread parameter; threadpoolctl bounds its OpenMP / BLAS pools, as for every fit).
-    Serving: `serve_params` are set on the model when it is saved and loaded (e.g. `n_jobs: 1`), and
-    `serve_limit` runs small predictions (a request, not a batch job) under a threadpoolctl limit of one
-    thread, for estimators whose predict uses OpenMP threads it cannot be told about. LightGBM's booster
-    always predicts with `num_threads=1` in serving (its loader, `LightGBMPredictor`).
+
+    Serving, one rule for every family, applied by the loaders (`load_predictor`, `ServeThreads` in
+    retrain/models/estimators.py): a prediction of at most `SERVE_ONE_THREAD_ROWS` rows (a request) runs on
+    one thread: OpenMP and BLAS bounded to one, estimator `n_jobs` 1, LightGBM `num_threads=1`. A larger batch
+    runs on every available core (the process's CPU affinity) when `parallel_batches` is set, on one thread
+    otherwise. Set it only for estimators that score each row on its own, so that a batch's scores are
+    bit-identical on any number of threads (LightGBM, HistGradientBoosting); a forest's parallel predict
+    sums its trees in whichever order the threads finish, and a threaded BLAS product is not promised
+    bit-identical, so those stay on one thread. `serve_params` are set on the model when it is saved and
+    loaded (e.g. `n_jobs: 1`): the file does not depend on the training threads, and joblib is never used.
+    A meta family's record applies to its own step (stacking's meta-learner); each base follows its own.
     """
 
     requested_by: str | None = None
     drop: tuple[str, ...] = ()
     param: str | None = None
     serve_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    serve_limit: bool = False
+    parallel_batches: bool = False
 
 
 @dataclass(frozen=True)
@@ -283,7 +290,10 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                     reg_lambda={"low": 0.001, "high": 10.0, "log": True},
                 ),
                 format="lightgbm-text",
-                threads=Threads(requested_by="n_jobs", drop=LIGHTGBM_THREAD_KEYS, param="n_jobs"),
+                # every row scored on its own: a batch on every core is bit-identical to one thread
+                threads=Threads(
+                    requested_by="n_jobs", drop=LIGHTGBM_THREAD_KEYS, param="n_jobs", parallel_batches=True
+                ),
                 monotone_param="monotone_constraints",
                 fit_rounds=_fit_lightgbm_rounds,
                 check_params=lightgbm_params,
@@ -313,8 +323,9 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                     "functools.partial",
                     "sklearn.utils.validation.check_array",
                 },
-                # no n_jobs parameter: OpenMP threads, bounded by threadpoolctl in training and serving
-                threads=Threads(requested_by="n_jobs", drop=LIGHTGBM_THREAD_KEYS, serve_limit=True),
+                # no n_jobs parameter: OpenMP threads, bounded by threadpoolctl in training and serving; its
+                # predict scores each row on its own (a batch on every core is bit-identical to one thread)
+                threads=Threads(requested_by="n_jobs", drop=LIGHTGBM_THREAD_KEYS, parallel_batches=True),
                 monotone_param="monotonic_cst",
                 monotone_tasks=("binary", "regression"),
                 defaults=_defaults(
@@ -329,6 +340,8 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                 space=_space(C={"low": 0.001, "high": 10.0, "log": True}),
                 format="skops",
                 trusted_types=SKOPS_BASE_TRUSTED,
+                # BLAS on one thread, batches too: a threaded product is not promised bit-identical
+                threads=Threads(),
                 defaults=_defaults(fixed={"max_iter": 2000}),
             ),
             Family(
@@ -339,6 +352,7 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                 space=_space(alpha={"low": 0.01, "high": 100.0, "log": True}),
                 format="skops",
                 trusted_types=SKOPS_BASE_TRUSTED,
+                threads=Threads(),  # as logreg
             ),
             Family(
                 name="random_forest",
@@ -361,6 +375,8 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                     drop=("n_jobs",),
                     param="n_jobs",
                     serve_params=MappingProxyType({"n_jobs": 1}),
+                    # not parallel_batches: predict_proba with n_jobs > 1 adds the trees' outputs in whichever
+                    # order the threads finish (last-bit differences), so batches stay on one thread too
                 ),
                 monotone_param="monotonic_cst",
                 monotone_tasks=("binary", "regression"),
@@ -373,6 +389,7 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                 build=None,
                 space=_space(),  # nothing to search: `fixed` holds the meta-learner's C / alpha
                 format="stacking",
+                threads=Threads(),  # the meta-learner (NumPy, BLAS) on one thread; each base follows its own record
                 meta=True,
             ),
         )

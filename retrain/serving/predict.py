@@ -14,12 +14,16 @@ confidence is under the threshold stored in the model directory's `confidence.js
 LightGBM models are served by `FastLightGBM`: the same encoding as `retrain.models.estimators.encode_frame` written
 straight into a float array (no pandas Categorical per call), so a single row costs a fraction of a
 millisecond; its scores equal `LightGBMPredictor.predict_scores` exactly (tests/unit/test_latency.py).
+
+Threads follow each family's serving rule (`Threads` in retrain/models/families.py, applied by the loader
+`load_predictor` through `ServeThreads`): a request of at most `SERVE_ONE_THREAD_ROWS` rows on one thread, a larger
+batch on every available core where the family's batch scores are bit-identical on any number of threads
+(LightGBM, hgb), else on one. `ServingModel` keeps the predictors `load_predictor` built, rules included.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from retrain.models.estimators import (
     CalibratedPredictor,
     LightGBMPredictor,
     Predictor,
+    ServeThreads,
     StackingPredictor,
     load_predictor,
     read_model_json,
@@ -48,10 +53,6 @@ LAYOUT_CACHE = 64
 """Column layouts (names in request order) remembered per model, so a client's fixed layout is resolved once."""
 SMALL_BATCH = 32
 """Up to this many rows are encoded value by value in Python; larger batches column by column (vectorised)."""
-PARALLEL_ROWS = 1024
-"""From this many rows LightGBM predicts on `FastLightGBM.threads` threads (it splits rows between threads
-and scores each row the same way, so outputs are bit-identical); fewer rows, e.g. online requests, on one
-(no thread wake-up cost, no contention between concurrent requests)."""
 
 
 class FastLightGBM:
@@ -59,7 +60,9 @@ class FastLightGBM:
 
     Categorical values become their index in the training category list (what LightGBM receives from a
     pandas Categorical), missing or unseen values NaN; numbers become float64, text coerced like
-    `pd.to_numeric(errors="coerce")`.
+    `pd.to_numeric(errors="coerce")`. Threads: the predictor's rule (`serve`): a request on one, a batch of more
+    than `SERVE_ONE_THREAD_ROWS` rows on `threads` (every available core; LightGBM splits rows between threads
+    and scores each row the same way, so outputs are bit-identical).
     """
 
     def __init__(self, predictor: LightGBMPredictor) -> None:
@@ -71,8 +74,17 @@ class FastLightGBM:
         self.codes = {c: {v: float(i) for i, v in enumerate(cats)} for c, cats in predictor.categories.items()}
         self.indexes = {c: pd.Index(cats, dtype=object) for c, cats in predictor.categories.items()}
         self.n_classes = len(predictor.labels or ()) or 2
-        self.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.serve = predictor.serve
         self._positions: dict[tuple[Any, ...], tuple[list[int], list[tuple[int, dict[str, float]]]]] = {}
+
+    @property
+    def threads(self) -> int:
+        """Threads of a batch (a request is on one); settable, e.g. to compare thread counts in a benchmark."""
+        return self.serve.batch_threads
+
+    @threads.setter
+    def threads(self, value: int) -> None:
+        self.serve = ServeThreads(value)
 
     def encode(self, X: pd.DataFrame) -> np.ndarray:
         """(n, features) float64 in the booster's column order (numeric, then categorical)."""
@@ -119,7 +131,7 @@ class FastLightGBM:
     def predict_scores(self, X: pd.DataFrame) -> np.ndarray:
         """Scores in the task's shape, equal to `LightGBMPredictor.predict_scores`; large batches use every core."""
         encoded = self.encode(X)
-        raw = self.booster.predict(encoded, num_threads=self.threads if len(encoded) >= PARALLEL_ROWS else 1)
+        raw = self.booster.predict(encoded, num_threads=self.serve.threads(len(encoded)))
         return task_scores(np.asarray(raw), self.predictor.task, self.predictor.classes, self.n_classes)
 
 
@@ -138,7 +150,8 @@ def _number(value: Any) -> float:
 def with_fast_bases(predictor: Predictor) -> Predictor:
     """The same model with its LightGBM parts (stacking bases, a calibrated model's inner model) on FastLightGBM.
 
-    Scores are identical (FastLightGBM equals LightGBMPredictor bit for bit); only per-call overhead drops.
+    Scores are identical (FastLightGBM equals LightGBMPredictor bit for bit); only per-call overhead drops. Every
+    part keeps its thread rule (the stacking meta-learner's included).
     """
     if type(predictor) is CalibratedPredictor:
         inner = predictor.inner
@@ -146,7 +159,13 @@ def with_fast_bases(predictor: Predictor) -> Predictor:
         return CalibratedPredictor(fast_inner, predictor.calibrator)  # type: ignore[arg-type]
     if type(predictor) is StackingPredictor:
         bases = [FastLightGBM(b) if type(b) is LightGBMPredictor else b for b in predictor.bases]
-        return StackingPredictor(bases, predictor.meta, predictor.features, labels=predictor.labels)  # type: ignore[arg-type]
+        return StackingPredictor(
+            bases,  # type: ignore[arg-type]
+            predictor.meta,
+            predictor.features,
+            labels=predictor.labels,
+            serve=predictor.serve,
+        )
     return predictor
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.cli import main
 from adapters.dvc_store import file_md5
+from flows.cli import main
 from tests.conftest import make_project, small_params
 
 pytestmark = pytest.mark.e2e
@@ -44,6 +44,13 @@ def set_field(lines: list[str], column: str, value: str, every: int, start: int 
             fields[at] = value
         out.append(",".join(fields))
     return out
+
+
+def thirty_percent(lines: list[str], column: str, value: str) -> list[str]:
+    """`value` in `column` on 3 of every 10 data lines."""
+    for start in (1, 2, 3):
+        lines = set_field(lines, column, value, every=10, start=start)
+    return lines
 
 
 def add_column(lines: list[str], name: str, values: Callable[[list[str], list[str]], str]) -> list[str]:
@@ -93,6 +100,16 @@ CASES = [
     Case("null_spike", lambda lines: set_field(lines, "workclass", "?", every=2), ("'workclass'", "NotBeNull")),
     Case("out_of_range", lambda lines: set_field(lines, "age", "250", every=700), ("'age'", "Between", "250")),
     Case("unseen_category", lambda lines: set_field(lines, "race", "Martian", every=20), ("'race'", "Martian")),
+    Case(  # the reported case: 30% of a column that declares no domain hold a value the champion never saw
+        "unseen_in_champion_domain",
+        lambda lines: thirty_percent(lines, "occupation", "Astronaut"),
+        ("column 'occupation'", "champion domain", "'Astronaut' x", "of the non-null values of the main rows"),
+    ),
+    Case(  # fnlwgt declares min 1 only: its max is the champion's
+        "above_champion_range",
+        lambda lines: set_field(lines, "fnlwgt", "5000000", every=20),
+        ("column 'fnlwgt'", "champion domain", "5000000 x", "declares no max"),
+    ),
     Case("duplicate_rows", lambda lines: lines + lines[1:600], ("duplicate",)),
     Case(
         "short_row",
@@ -169,13 +186,18 @@ def registry_state(root: Path) -> tuple[str, int]:
     return str(champion), len(client.search_model_versions(f"name = '{MODEL}'"))
 
 
-def last_flow_run_state() -> str:
+def last_flow_run() -> tuple[str, str]:
+    """Id and state type of the newest Prefect flow run."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
-    return runs[0].state.type.value
+    return str(runs[0].id), runs[0].state.type.value
+
+
+PREFLIGHT = "found before anything ran"
+"""What the preflight's message says: the case was refused before a flow run was created."""
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -185,6 +207,9 @@ def test_bad_input_exits_2_names_the_cause_and_changes_nothing(
     project, clean_report = project
     use_root(project)
     before = registry_state(project)
+    snapshot = project / "data/raw/snapshot.parquet"
+    snapshot_before = file_md5(snapshot) if snapshot.exists() else None
+    run_before, _ = last_flow_run()
     content = case.make(adult_lines(project))
     bad = tmp_path / f"{case.name}{case.suffix}"
     if isinstance(content, bytes):
@@ -199,9 +224,15 @@ def test_bad_input_exits_2_names_the_cause_and_changes_nothing(
     assert bad.name in message, f"{case.name}: the error must name the file:\n{message[-3000:]}"
     for fragment in case.expect:
         assert fragment in message, f"{case.name}: error does not mention {fragment!r}:\n{message[-3000:]}"
-    assert last_flow_run_state() == "FAILED", f"{case.name}: the Prefect flow run must end Failed"
+    run_after, state = last_flow_run()
+    if PREFLIGHT in message:  # refused before Prefect started: no flow run, not a byte written
+        assert run_after == run_before, f"{case.name}: preflight refused it, yet a flow run was created"
+        now = file_md5(snapshot) if snapshot.exists() else None
+        assert now == snapshot_before, f"{case.name}: preflight must not touch the snapshot"
+    else:
+        assert state == "FAILED", f"{case.name}: the Prefect flow run must end Failed"
+        if case.ingest_failure:
+            assert not snapshot.exists(), "a partial snapshot was left behind"
     assert registry_state(project) == before, f"{case.name}: the registry changed"
     report = project / REPORT
     assert not report.exists() or file_md5(report) == clean_report, "a validation record certifies bad data"
-    if case.ingest_failure:
-        assert not (project / "data/raw/snapshot.parquet").exists(), "a partial snapshot was left behind"

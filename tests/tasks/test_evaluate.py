@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,7 @@ from flows.cli import main
 from retrain.catalog import CANDIDATES, EVALUATED_MODEL, GATE_RECORD, SPLITS, VALID_SCORES
 from retrain.config import load_params
 from retrain.metrics import encode_target
-from retrain.models.estimators import build_model, save_model
+from retrain.models.estimators import build_model, monotone_params, save_model
 from tests.conftest import make_project, small_params
 
 pytestmark = pytest.mark.e2e
@@ -91,19 +92,28 @@ def train_valid(root: Path) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.
 
 
 @contextmanager
-def candidate(root: Path, params: dict[str, Any], y_override: np.ndarray | None = None) -> Iterator[None]:
-    """A real LightGBM candidate saved as the only family, with its valid scores, for one case."""
-    X, y, X_valid, _, dataset = train_valid(root)
-    model = build_model("lightgbm", {"verbose": -1, "n_jobs": 1, **params}, dataset.numeric, dataset.categorical)
-    model.fit(X, y if y_override is None else y_override)
+def saved_candidates(root: Path, models: dict[str, Any], valid_scores: dict[str, float]) -> Iterator[Path]:
+    """Real fitted models saved where the candidates stage writes them, with their valid scores and a summary."""
+    _, _, X_valid, _, dataset = train_valid(root)
     with edited(root / CANDIDATES) as cands:
         shutil.rmtree(cands)
-        save_model(model, "lightgbm", dataset.features, cands / "lightgbm", task="binary", labels=list(dataset.labels))
-        valid_scores = model.predict_proba(X_valid)[:, 1]
-        pd.DataFrame({"lightgbm": valid_scores}).to_parquet(root / VALID_SCORES, index=False)
-        summary = {"metric": "roc_auc", "direction": "higher_is_better", "task": "binary",
-                   "families": {"lightgbm": {"cv_score": 0.5, "valid_score": 0.5}}}  # fmt: skip
+        for family, model in models.items():
+            save_model(model, family, dataset.features, cands / family, task="binary", labels=list(dataset.labels))
+        scores = {family: model.predict_proba(X_valid)[:, 1] for family, model in models.items()}
+        pd.DataFrame(scores).to_parquet(root / VALID_SCORES, index=False)
+        entries = {f: {"cv_score": valid_scores[f], "valid_score": valid_scores[f]} for f in models}
+        summary = {"metric": "roc_auc", "direction": "higher_is_better", "task": "binary", "families": entries}
         (cands / "summary.json").write_text(json.dumps(summary))
+        yield cands
+
+
+@contextmanager
+def candidate(root: Path, params: dict[str, Any], y_override: np.ndarray | None = None) -> Iterator[None]:
+    """A real LightGBM candidate saved as the only family, with its valid scores, for one case."""
+    X, y, _, _, dataset = train_valid(root)
+    model = build_model("lightgbm", {"verbose": -1, "n_jobs": 1, **params}, dataset.numeric, dataset.categorical)
+    model.fit(X, y if y_override is None else y_override)
+    with saved_candidates(root, {"lightgbm": model}, {"lightgbm": 0.5}):
         yield
 
 
@@ -174,3 +184,65 @@ def test_nan_metrics_are_rejected(project: Path) -> None:
         test = pd.read_parquet(test_file)
         test[test["income"] == "<=50K"].to_parquet(test_file, index=False)  # one class: ROC AUC undefined
         assert_rejected(project, "metric_is_finite")
+
+
+LATENCY_ROWS = 60
+"""Single-row calls per latency measurement in the selection case (p95 = the 3rd slowest)."""
+
+
+def served_latency_ms(model_dir: Path, X: pd.DataFrame) -> dict[str, float]:
+    """Single-row latency through the registered pyfunc's predict path, as the latency gate measures it (p95),
+    plus the fastest call: the model's own work, which machine load can only add to."""
+    from adapters.mlflow_pyfunc import load_serving_model
+    from retrain.evaluation.latency import single_row_latency_ms
+
+    served = load_serving_model(model_dir)
+    calls: list[float] = []
+
+    def timed(rows: pd.DataFrame) -> None:
+        start = time.perf_counter()
+        served.predict(None, rows)
+        calls.append(time.perf_counter() - start)
+
+    return {**single_row_latency_ms(timed, X, LATENCY_ROWS), "min_ms": 1000.0 * min(calls)}
+
+
+def test_the_best_on_valid_over_the_latency_budget_is_passed_over_for_the_next_family(project: Path) -> None:
+    """Gate-aware selection: a slow best-on-valid family fails latency screening, the next one ships.
+
+    A 300-stump random forest pays sklearn's per-tree overhead on every single-row call (fastest call ~30 ms,
+    p50 40-75 ms), a 40-tree LightGBM booster ~0.6 ms (p95 1-9 ms on a loaded 2-core machine). The budget is
+    half the forest's fastest call: load can only slow the forest down, so it fails, and the budget stays well
+    above LightGBM's p95.
+    """
+    X, y, _, _, dataset = train_valid(project)
+    X_test = pd.read_parquet(project / SPLITS["test"])[dataset.features]
+    slow = build_model("random_forest", {"n_estimators": 300, "max_depth": 1, "n_jobs": 1}, dataset.numeric,
+                       dataset.categorical).fit(X, y)  # fmt: skip
+    # monotone in education-num, as the candidates stage builds LightGBM (else it fails directional screening)
+    monotone = monotone_params("lightgbm", {"education-num": 1}, dataset.numeric, dataset.categorical)
+    fast = build_model("lightgbm", {"verbose": -1, "n_jobs": 1, "n_estimators": 40, **monotone}, dataset.numeric,
+                       dataset.categorical).fit(X, y)  # fmt: skip
+    valid = {"random_forest": 0.92, "lightgbm": 0.90}  # the forest is best on valid, by more than the tie tolerance
+    with saved_candidates(project, {"random_forest": slow, "lightgbm": fast}, valid) as cands:
+        measured = {family: served_latency_ms(cands / family, X_test) for family in valid}
+        budget = measured["random_forest"]["min_ms"] / 2
+        assert measured["random_forest"]["p95_ms"] > budget > 2 * measured["lightgbm"]["p95_ms"], (
+            f"the case needs a wide latency gap between the families: {measured}"
+        )
+        with gate_params(project, {"latency": {"max_p95_ms": budget, "rows": LATENCY_ROWS}}):
+            assert main(["stage", "evaluate"]) == 0
+        record = json.loads((project / GATE_RECORD).read_text())
+        shipped = json.loads((project / EVALUATED_MODEL / "model.json").read_text())
+    assert record["candidate"]["family"] == "lightgbm" and shipped["family"] == "lightgbm", record["candidate"]
+    selection = record["selection"]
+    assert selection["chosen"] == "lightgbm" and selection["chosen_rank"] == 2 and not selection["all_screened_out"]
+    assert [r["family"] for r in selection["ranking"]] == ["random_forest", "lightgbm"], selection["ranking"]
+    [over] = selection["passed_over"]
+    assert over["family"] == "random_forest" and over["gate"] == "latency", over
+    assert over["value"] > budget and over["threshold"] == pytest.approx(budget), (over, measured)
+    assert "latency failed" in over["reason"] and "p95_ms" in over["reason"], over["reason"]
+    latency = next(g for g in record["gates"] if g["name"] == "latency")
+    assert latency["status"] == "pass" and latency["value"] < budget, latency
+    assert record["latency"]["p95_ms"] == latency["value"], "the policy reused the chosen one's screening"
+    assert not list((project / "models" / "evaluate").glob(".selection-*")), "the per-candidate builds are removed"

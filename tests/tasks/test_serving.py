@@ -32,6 +32,7 @@ from retrain.models.calibrator import fit_calibrator
 from retrain.models.estimators import (
     MANIFEST,
     PIPELINE,
+    SERVE_ONE_THREAD_ROWS,
     ModelIntegrityError,
     build_model,
     file_sha256,
@@ -44,7 +45,6 @@ from retrain.serving.predict import (
     ABSTAIN,
     ARTIFACT_KEY,
     CONFIDENCE_FILE,
-    PARALLEL_ROWS,
     FastLightGBM,
     decisions,
 )
@@ -120,7 +120,7 @@ def test_fast_path_equals_the_model(lgbm_dir: Path) -> None:
 def test_large_batches_use_every_core_with_identical_scores(lgbm_dir: Path) -> None:
     fast = FastLightGBM(load_predictor(lgbm_dir))
     fast.threads = 2
-    X = frame(n=PARALLEL_ROWS + 3, seed=7)[0]
+    X = frame(n=SERVE_ONE_THREAD_ROWS + 3, seed=7)[0]
     threaded = fast.predict_scores(X)
     fast.threads = 1
     assert np.array_equal(threaded, fast.predict_scores(X)), "2 LightGBM threads change the batch scores"

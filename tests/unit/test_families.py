@@ -64,6 +64,8 @@ def test_every_record_is_consistent(name: str) -> None:
     if threads.param is not None:
         assert threads.param in threads.drop, f"{name}: a thread hyperparameter in `fixed` must not fight the planner"
     assert not (threads.serve_params and family.format != "skops"), f"{name}: serve_params are set on skops models"
+    if family.format == "skops" and threads.param is not None:
+        assert threads.serve_params.get(threads.param) == 1, f"{name}: served with {threads.param} 1 (the rule)"
     assert family.boosting_rounds == (family.fit_rounds is not None), name
     if family.monotone_tasks is not None:
         assert family.monotone_param and set(family.monotone_tasks) <= set(family.tasks), f"{name}: monotone tasks"
@@ -76,3 +78,11 @@ def test_only_lightgbm_has_boosting_rounds_and_only_stacking_is_meta() -> None:
     assert meta == ["stacking"], meta
     monotone = sorted(n for n, f in FAMILIES.items() if f.monotone_param)
     assert monotone == ["hgb", "lightgbm", "random_forest"], f"the linear families cannot be monotone: {monotone}"
+
+
+def test_only_row_wise_families_serve_batches_on_every_core() -> None:
+    parallel = sorted(n for n, f in FAMILIES.items() if f.threads.parallel_batches)
+    assert parallel == ["hgb", "lightgbm"], (
+        "only estimators that score each row on its own give bit-identical batches on any number of threads "
+        f"(a forest's parallel predict and a threaded BLAS product do not): {parallel}"
+    )

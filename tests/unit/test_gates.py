@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from retrain.config import ChampionGate, MetricBoundsGate, SlicesGate
+from retrain.config import ChampionGate, MetricBoundsGate, PerturbationGate, SlicesGate
+from retrain.evaluation.behaviour import perturbation_bound, perturbation_gate
 from retrain.evaluation.gates import (
     _weighted_auc,
     beats_baselines,
@@ -140,3 +141,81 @@ def test_slice_bands_and_gap_and_champion_drop() -> None:
     assert not vs.passed and "group=b" in vs.reason and vs.details["worst_drop"] > 0.3, vs.reason
     small = slice_table(X, ["group"], {}, "roc_auc", y, hurt, min_rows=5000)
     assert slices_gate(SlicesGate(), "roc_auc", overall, small, None).skipped, "no slice big enough: skipped"
+
+
+# ------------------------------------------------- perturbation: the bound as a share of the lift over baselines
+
+
+def noisy_rows(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Two numeric features and a binary target driven by x1 (so noise on x1 costs AUC)."""
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame({"x1": rng.normal(size=n), "x2": rng.normal(size=n)})
+    y = (X["x1"] + rng.normal(scale=0.3, size=n) > 0).astype(int).to_numpy()
+    return X, y
+
+
+def sharp(X: pd.DataFrame) -> np.ndarray:
+    """A steep logistic score on x1: a plain, real scoring function."""
+    return 1.0 / (1.0 + np.exp(-4.0 * X["x1"].to_numpy(dtype=float)))
+
+
+PERTURB = {"numeric": ["x1", "x2"], "categorical": [], "seed": 0}
+
+
+def test_perturbation_bound_is_a_share_of_the_lift_over_the_best_baseline() -> None:
+    X, y = noisy_rows(2000, seed=4)
+    clean = roc_auc_score(y, sharp(X))
+    baselines = {"uniform": 0.5, "heuristic": 0.75, "broken": math.nan}
+    cfg = PerturbationGate(noise_std=0.5, swap_rate=0.0, max_lift_share=0.5)
+    assert cfg.max_drop is None, "the default bound is lift-relative"
+    gate = perturbation_gate(sharp, X, y, metric="roc_auc", cfg=cfg, baseline_scores=baselines, **PERTURB)
+    lift = clean - 0.75
+    assert gate.threshold == pytest.approx(0.5 * lift, abs=1e-12), gate
+    assert gate.passed == (gate.value <= 0.5 * lift), gate.reason
+    assert f"max {0.5 * lift:.4f} = 0.5 x lift {lift:+.4f} over best baseline heuristic 0.7500" in gate.reason
+    bound = gate.details["bound"]
+    assert bound["rule"] == "max_lift_share" and bound["best_baseline"] == "heuristic", bound
+    assert bound["lift"] == pytest.approx(lift, abs=1e-6) and bound["bound"] == pytest.approx(0.5 * lift, abs=1e-6)
+    # a smaller share is a tighter bound on the very same drop: this noise (drop ~0.05) fails a 10 % share
+    tight = perturbation_gate(
+        sharp, X, y, metric="roc_auc", cfg=cfg.model_copy(update={"max_lift_share": 0.1}), baseline_scores=baselines,
+        **PERTURB,
+    )  # fmt: skip
+    assert tight.value == gate.value and tight.threshold == pytest.approx(0.1 * lift, abs=1e-12)
+    assert not tight.passed and tight.value > tight.threshold, tight.reason
+    fixed = perturbation_gate(
+        sharp, X, y, metric="roc_auc", cfg=cfg.model_copy(update={"max_drop": 0.07}), baseline_scores=baselines,
+        **PERTURB,
+    )  # fmt: skip
+    assert fixed.threshold == 0.07 and "max 0.07" in fixed.reason and fixed.details["bound"]["rule"] == "max_drop"
+
+
+def test_perturbation_bound_in_the_lower_is_better_direction() -> None:
+    X, _ = noisy_rows(1500, seed=5)
+    y = 3.0 * X["x1"].to_numpy() + np.random.default_rng(6).normal(scale=0.5, size=len(X))
+    predict = lambda frame: 3.0 * frame["x1"].to_numpy(dtype=float)  # noqa: E731
+    clean = float(np.sqrt(np.mean((y - predict(X)) ** 2)))
+    mean_baseline = float(np.sqrt(np.mean((y - y.mean()) ** 2)))
+    cfg = PerturbationGate(noise_std=0.2, swap_rate=0.0, max_lift_share=0.5)
+    gate = perturbation_gate(
+        predict, X, y, metric="rmse", cfg=cfg, baseline_scores={"mean": mean_baseline, "median": 1e9}, **PERTURB
+    )
+    lift = mean_baseline - clean  # rmse: lower is better, the best baseline is the lowest
+    assert lift > 0 and gate.threshold == pytest.approx(0.5 * lift, rel=1e-9), gate
+    assert gate.details["bound"]["best_baseline"] == "mean" and gate.value > 0, gate.details
+    assert gate.passed == (gate.value <= gate.threshold), gate.reason
+
+
+def test_no_lift_over_the_baselines_allows_no_drop() -> None:
+    X, y = noisy_rows(1000, seed=7)
+    clean = roc_auc_score(y, sharp(X))
+    cfg = PerturbationGate(noise_std=0.5, swap_rate=0.0)
+    gate = perturbation_gate(sharp, X, y, metric="roc_auc", cfg=cfg, baseline_scores={"oracle": 0.999}, **PERTURB)
+    assert gate.threshold == 0.0 and not gate.passed, "lift <= 0: bound 0 (the baseline gate fails as well)"
+    assert "0 (no lift over best baseline oracle 0.9990" in gate.reason, gate.reason
+    assert perturbation_bound(cfg, "roc_auc", clean, None)[0] == 0.0, "no baselines: no lift to share"
+    assert perturbation_bound(cfg, "roc_auc", math.nan, {"u": 0.5})[0] == 0.0
+    still = perturbation_gate(
+        sharp, X, y, metric="roc_auc", cfg=PerturbationGate(noise_std=0.0, swap_rate=0.0), baseline_scores={}, **PERTURB
+    )
+    assert still.passed and still.value == 0.0 and still.threshold == 0.0, "nothing perturbed: a drop of 0 passes"

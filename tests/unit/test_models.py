@@ -25,6 +25,7 @@ from retrain.models.estimators import (
     SERVE_ONE_THREAD_ROWS,
     SKOPS_TRUSTED_TYPES,
     ModelIntegrityError,
+    available_cores,
     build_model,
     file_sha256,
     load_predictor,
@@ -370,26 +371,34 @@ def test_every_family_builds_and_fits_from_its_default_space(family: str, task: 
     assert np.isfinite(pipeline_scores(model, X, task, 3)).all(), f"{family} on {task} with its space's low ends"
 
 
-def test_small_requests_are_served_on_one_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("family", ["hgb", "random_forest", "logreg"])
+def test_served_pipelines_follow_their_family_thread_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, family: str
+) -> None:
     from threadpoolctl import ThreadpoolController
 
     X, y = frame()
-    model = build_model("hgb", PARAMS["hgb"], NUMERIC, CATEGORICAL).fit(X, y)
-    save_model(model, "hgb", [*NUMERIC, *CATEGORICAL], tmp_path / "m")
+    model = build_model(family, PARAMS[family], NUMERIC, CATEGORICAL).fit(X, y)
+    save_model(model, family, [*NUMERIC, *CATEGORICAL], tmp_path / "m")
     predictor = load_predictor(tmp_path / "m")
-    seen: list[int] = []
+    seen: list[dict[str, set[int]]] = []
     original = estimators.pipeline_scores
 
     def spy(*args: object, **kwargs: object) -> np.ndarray:
-        seen.append(max(p["num_threads"] for p in ThreadpoolController().info() if p["user_api"] == "openmp"))
+        info = ThreadpoolController().info()
+        seen.append({api: {p["num_threads"] for p in info if p["user_api"] == api} for api in ("openmp", "blas")})
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(estimators, "pipeline_scores", spy)
     big = pd.concat([X] * (SERVE_ONE_THREAD_ROWS // len(X) + 1), ignore_index=True)
-    with threadpool_limits(limits=2, user_api="openmp"):
-        predictor.predict_scores(X.head(1))
-        predictor.predict_scores(big)
-    assert seen == [1, 2], f"one OpenMP thread for a single row, the process' threads for a batch: {seen}"
+    with threadpool_limits(limits=3):  # the caller's limits, set back after every prediction
+        for rows in (X.head(1), big.head(SERVE_ONE_THREAD_ROWS), big):
+            predictor.predict_scores(rows)
+        after = {p["user_api"]: p["num_threads"] for p in ThreadpoolController().info()}
+    batch = available_cores() if FAMILIES[family].threads.parallel_batches else 1
+    one = {"openmp": {1}, "blas": {1}}
+    assert seen == [one, one, {"openmp": {batch}, "blas": {1}}], f"requests on one thread, batches on {batch}: {seen}"
+    assert after == {"openmp": 3, "blas": 3}, f"the caller's thread limits are restored: {after}"
 
 
 @pytest.mark.parametrize("name", ["calibration.json", "confidence.json"])
