@@ -77,7 +77,7 @@ def run_json(project: Path, *args: str) -> tuple[dict[str, Any], float, int]:
     try:
         summary = json.loads(done.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        tail = "\n".join(line for _, line in done.lines[-20:])
+        tail = "\n".join(line for _, line in done.stderr_lines[-40:])
         raise RuntimeError(f"retrain {' '.join(args)} exited {done.returncode} with no summary:\n{tail}") from None
     return summary, done.wall, done.returncode
 
