@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,19 +69,27 @@ def write_wine(project: Path) -> None:
 
 
 def run_json(project: Path, *args: str) -> tuple[dict[str, Any], float, int]:
-    """`retrain <args> --json` in the project: its summary, wall seconds and exit code."""
-    done = run_monitored(
+    """`retrain <args> --json` in the project: its summary, wall seconds and exit code.
+
+    subprocess.run, not run_monitored: it waits for stdout to close (the ephemeral Prefect server, a child,
+    holds it until it stops), so the summary line is never cut off.
+    """
+    started = time.perf_counter()
+    done = subprocess.run(
         [str(project / ".venv" / "bin" / "retrain"), *args, "--json"],
-        project,
-        project_env(project),
+        cwd=project,
+        env=project_env(project),
+        capture_output=True,
+        text=True,
         check=False,
     )
+    wall = time.perf_counter() - started
     try:
         summary = json.loads(done.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        tail = "\n".join(line for _, line in done.stderr_lines[-40:])
+        tail = "\n".join(done.stderr.splitlines()[-40:])
         raise RuntimeError(f"retrain {' '.join(args)} exited {done.returncode} with no summary:\n{tail}") from None
-    return summary, done.wall, done.returncode
+    return summary, wall, done.returncode
 
 
 def outcome(summary: dict[str, Any], wall: float, code: int) -> dict[str, Any]:
