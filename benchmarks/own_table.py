@@ -85,7 +85,7 @@ def run_json(project: Path, *args: str) -> tuple[dict[str, Any], float, int]:
     )
     wall = time.perf_counter() - started
     try:
-        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        summary = json.loads(done.stdout)
     except (ValueError, IndexError):
         tail = "\n".join(done.stderr.splitlines()[-40:])
         raise RuntimeError(f"retrain {' '.join(args)} exited {done.returncode} with no summary:\n{tail}") from None
