@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._runs import (
+    RESULTS,
     machine_info,
     machine_line,
     markdown_table,
+    pinned_commit,
     project_env,
     remove_project,
     run_monitored,
@@ -113,7 +115,7 @@ def outcome(summary: dict[str, Any], wall: float, code: int) -> dict[str, Any]:
 def measure(table: Table, quick: bool) -> dict[str, Any]:
     """init + check + run on the table, and the hand-written params file side by side."""
     extra = QUICK if quick else ()
-    result: dict[str, Any] = {"table": table.name}
+    result: dict[str, Any] = {"table": table.name, "commit": pinned_commit()}
     project = temp_project(f"own-{table.name}")
     try:
         if table.name == "wine":
@@ -169,10 +171,21 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], quick: bool) -
                 f"{hand['test']:.4f}" if hand and hand["test"] is not None else "-",
                 f"{delta:+.4f}" if delta is not None else "-",
                 f"{r['init_s']} / {r['check_s']} / {init['wall_s']}",
+                str(r.get("commit", "?"))[:8],
             ]
         )
     table = markdown_table(
-        ["table", "decision", "champion", "family", "test (init)", "test (hand-written)", "Δ", "init / check / run s"],
+        [
+            "table",
+            "decision",
+            "champion",
+            "family",
+            "test (init)",
+            "test (hand-written)",
+            "Δ",
+            "init / check / run s",
+            "commit",
+        ],
         rows,
     )
     note = "**Quick smoke test (sampled rows, 2 trials): not a measurement.**\n\n" if quick else ""
@@ -186,6 +199,21 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], quick: bool) -
     )
 
 
+def merged(fresh: list[dict[str, Any]], quick: bool) -> list[dict[str, Any]]:
+    """With --only, the other tables' rows of the last run of the same kind are kept (each row says its commit)."""
+    previous = RESULTS / "own_table.json"
+    try:
+        old = json.loads(previous.read_text())
+    except (OSError, ValueError):
+        return fresh
+    if old.get("quick") != quick:
+        return fresh
+    names = {r["table"] for r in fresh}
+    kept = [r for r in old.get("results", []) if r["table"] not in names]
+    order = [t.name for t in TABLES]
+    return sorted([*kept, *fresh], key=lambda r: order.index(r["table"]) if r["table"] in order else len(order))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure every table (or --only some) and write benchmarks/results/own_table.{json,md}."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -196,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     chosen = [t for t in TABLES if args.only is None or t.name in args.only.split(",")]
     info = machine_info()
-    results = [measure(t, args.quick) for t in chosen]
+    results = merged([measure(t, args.quick) for t in chosen], args.quick)
     write_results(
         "own_table", {"machine": info, "quick": args.quick, "results": results}, markdown(results, info, args.quick)
     )
