@@ -209,7 +209,8 @@ def merged(fresh: list[dict[str, Any]], quick: bool) -> list[dict[str, Any]]:
     if old.get("quick") != quick:
         return fresh
     names = {r["table"] for r in fresh}
-    kept = [r for r in old.get("results", []) if r["table"] not in names]
+    commit = (old.get("machine") or {}).get("git_commit")
+    kept = [{"commit": commit, **r} for r in old.get("results", []) if r["table"] not in names]
     order = [t.name for t in TABLES]
     return sorted([*kept, *fresh], key=lambda r: order.index(r["table"]) if r["table"] in order else len(order))
 
