@@ -55,10 +55,13 @@ def test_california_regression_runs_end_to_end(
     tmp_path_factory: pytest.TempPathFactory, prefect_backend: None, use_root, capsys
 ) -> None:
     params = deep_update(yaml.safe_load((REPO / "params.california.yaml").read_text()), SMALL)
+    # the regression random forest rides along here (its own e2e is the Adult case below): trained, stacked, gated
+    params["candidates"]["families"] = ["lightgbm", "random_forest", "ridge", "stacking"]
     root = use_root(make_project(tmp_path_factory.mktemp("california") / "proj", small_params()))
     code, summary = run_flow(root, params, capsys)
     assert code == 0, summary
     assert summary["decision"] == "promote" and summary["model_name"] == "california-housing", summary
+    assert "random_forest" in summary["families"], f"the forest trained on a regression table: {summary['families']}"
     model, record = champion_model(root, "california-housing")
     assert record["task"] == "regression" and record["metric"] == "r2", record
     assert record["direction"] == "higher_is_better" and record["scores"]["candidate"] > 0.6, record["scores"]
@@ -107,19 +110,13 @@ def test_wine_from_retrain_init_to_champion(
     assert (predicted == frame["target"].head(20)).mean() > 0.8, "the champion picks the right class"
 
 
-@pytest.mark.parametrize("dataset", ["adult", "california"])
 def test_random_forest_trains_is_gated_and_promoted_by_params_alone(
-    dataset: str, tmp_path_factory: pytest.TempPathFactory, prefect_backend: None, use_root, capsys
+    tmp_path_factory: pytest.TempPathFactory, prefect_backend: None, use_root, capsys
 ) -> None:
-    """The family added through the registry alone (retrain/models/families.py) goes the whole way."""
+    """The family added through the registry alone (retrain/models/families.py) goes the whole way (regression:
+    it rides along in the California test above)."""
     forest = {"candidates": {"families": ["random_forest"], "n_trials": 2, "cv_folds": 2}}
-    if dataset == "adult":
-        params, name = small_params(**forest), "adult-income"
-    else:
-        california = yaml.safe_load((REPO / "params.california.yaml").read_text())
-        # 3,000 rows and two trials of a depth-capped forest: R^2 ~0.7, under the full-data floor of 0.80
-        loose = {"evaluate": {"gates": {"metric_bounds": {"min": {"r2": 0.6}}}}}
-        params, name = deep_update(deep_update(deep_update(california, SMALL), forest), loose), "california-housing"
+    params, name, dataset = small_params(**forest), "adult-income", "adult"
     root = use_root(make_project(tmp_path_factory.mktemp(f"forest-{dataset}") / "proj", small_params()))
     code, summary = run_flow(root, params, capsys)
     assert code == 0, (summary.get("failed_gates"), summary.get("promotion_message"))
