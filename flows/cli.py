@@ -48,6 +48,18 @@ def registry_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file naming the model and tracking URI")
 
 
+def override_args(parser: argparse.ArgumentParser) -> None:
+    """--set SECTION.KEY=VALUE (repeatable), shared by `run` and `check`."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a params key (repeatable), like `dvc exp run -S`",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """CLI definition, with worked examples in --help."""
     parser = argparse.ArgumentParser(
@@ -64,14 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--params", default="params.yaml", help="params file, relative to the project root")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a params key (repeatable), like `dvc exp run -S`",
-    )
+    override_args(run)
     run.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     run.add_argument(
         "--dry-run",
@@ -91,9 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     check.add_argument("--params", default="params.yaml", help="params file, relative to the project root")
-    check.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="as in `run`"
-    )
+    override_args(check)
     check.add_argument("--show", action="store_true", help="print the resolved params (defaults filled in) as YAML")
     stage = sub.add_parser("stage", help="run one stage on files (called by dvc.yaml)")
     stage.add_argument("name", help="stage name")

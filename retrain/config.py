@@ -753,7 +753,7 @@ class Params(Strict):
         return problems
 
 
-def _error_path(loc: tuple[Any, ...]) -> str:
+def error_path(loc: tuple[Any, ...]) -> str:
     """Dotted key path of a pydantic error location, with the `validate` alias restored."""
     return ".".join("validate" if p == "validate_" else str(p) for p in loc)
 
@@ -810,7 +810,7 @@ def load_params(path: Path, overrides: list[str] | None = None) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{_error_path(e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{error_path(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"params file {path}: {problems}") from exc
 
 

@@ -44,7 +44,6 @@ from retrain.catalog import (
     VALID_SCORES,
 )
 from retrain.config import DatasetConfig, GatesConfig
-from retrain.errors import DataError
 from retrain.evaluation.gates import (
     GateResult,
     decide,
@@ -389,13 +388,6 @@ def gate_metrics(record: dict[str, Any], metric: str) -> dict[str, float]:
         out["selection_passed_over"] = float(len(selection["passed_over"]))
         out["selection_screening_seconds"] = float(selection["screening_seconds"])
     return out
-
-
-def require_columns(X: pd.DataFrame, columns: list[str], key: str) -> None:
-    """Gate columns must exist in the test split (an inferred schema is checked only here)."""
-    missing = [c for c in columns if c not in X.columns]
-    if missing:
-        raise DataError(f"evaluate: {key} columns {missing} are not in {SPLITS['test']}")
 
 
 STAGE = Stage(

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from retrain.config import COLUMNS_CHECKED, Params, apply_overrides, parse_override, read_params_file
+from retrain.config import COLUMNS_CHECKED, Params, apply_overrides, error_path, parse_override, read_params_file
 from retrain.data.sources import Source, engine_url, glob_files, parse_source, resolve_path
 from retrain.errors import ConfigError, RetrainInputError
 
@@ -169,7 +169,7 @@ def schema_problems(exc: ValidationError, skip_keys: set[str]) -> list[Problem]:
     """pydantic's errors as problems with key paths (those already explained by a hint are left out)."""
     problems = []
     for error in exc.errors():
-        key = ".".join("validate" if p == "validate_" else str(p) for p in error["loc"]) or "params"
+        key = error_path(error["loc"]) or "params"
         if key in skip_keys:
             continue
         message = str(error["msg"]).removeprefix("Value error, ")
@@ -260,13 +260,13 @@ def _read_sql_sample(root: Path, source: Source) -> Sample:
 def first_line_header(path: Path, delimiter: str) -> list[str] | None:
     """A CSV file's header from its first line only (None for Parquet or an unreadable file)."""
     import csv
-    import gzip
+
+    from retrain.data.ingest import open_text
 
     if ".parquet" in "".join(path.suffixes[-2:]).lower():
         return None
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:  # type: ignore[operator]
+        with open_text(path) as handle:
             row = next(csv.reader(handle, delimiter=delimiter), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return None

@@ -16,30 +16,13 @@ from retrain.config import DatasetConfig, DomainsConfig, load_params
 from retrain.data.domains import MAX_CATEGORIES, derive, out_of_range, unseen, without_reference
 from retrain.data.ingest import SOURCE_COLUMN
 from retrain.data.validate import check_snapshot, describe_failure, failures, gx_checks, validate_frame, warnings
+from tests.unit.test_validate import adult_rows
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = load_params(REPO / "params.yaml")
 DATASET = PARAMS.dataset
 MD5 = "0123456789abcdef0123456789abcdef"
 FILES = {"main": "data/source/new.csv", "test": "data/source/adult_test.csv.gz"}
-
-
-def adult_rows(rows: int, skip: int = 0, source: str = "main") -> pd.DataFrame:
-    """Adult rows typed like a snapshot (categories as str, '?' as null), from the training or test file."""
-    name = "adult_train.csv.gz" if source == "main" else "adult_test.csv.gz"
-    text = {c: "str" for c in DATASET.categorical} | {DATASET.target: "str"}
-    frame = pd.read_csv(
-        REPO / "data/source" / name,
-        na_values=["?"],
-        keep_default_na=False,
-        skipinitialspace=True,
-        dtype=text,
-        nrows=rows,
-        skiprows=range(1, 1 + skip) if skip else None,
-    )
-    frame[DATASET.target] = frame[DATASET.target].str.removesuffix(".")
-    frame[SOURCE_COLUMN] = source
-    return frame
 
 
 CHAMPION = adult_rows(2000)

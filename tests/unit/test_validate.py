@@ -30,8 +30,8 @@ CFG = PARAMS.validate_
 FILES = {"main": "data/source/adult_train.csv.gz", "test": "data/source/adult_test.csv.gz"}
 
 
-def adult_rows(rows: int = 2000, source: str = "main") -> pd.DataFrame:
-    """The first rows of a real Adult file, typed like a snapshot (categories as str, '?' as null)."""
+def adult_rows(rows: int = 2000, source: str = "main", skip: int = 0) -> pd.DataFrame:
+    """Rows of a real Adult file (after the first `skip`), typed like a snapshot (categories as str, '?' as null)."""
     name = "adult_train.csv.gz" if source == "main" else "adult_test.csv.gz"
     text = {c: "str" for c in DATASET.categorical} | {DATASET.target: "str"}
     frame = pd.read_csv(
@@ -41,6 +41,7 @@ def adult_rows(rows: int = 2000, source: str = "main") -> pd.DataFrame:
         skipinitialspace=True,
         dtype=text,
         nrows=rows,
+        skiprows=range(1, 1 + skip) if skip else None,
     )
     frame[DATASET.target] = frame[DATASET.target].str.removesuffix(".")
     frame[SOURCE_COLUMN] = source
