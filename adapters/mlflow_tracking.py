@@ -44,11 +44,13 @@ def log_candidate_diagnostics(
     *,
     fit_seconds: float,
     valid_scores: np.ndarray | None = None,
+    documents: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Everything about a family's train-fitted model into the active run; returns the scalar metrics it logged.
 
     `model` is the pipeline fitted on train only (its valid score is the family's); None (stacking) logs
     what its `valid_scores` allow: valid metrics, plots, the sample table, the lock file, system metrics.
+    `documents`, when given, receives the JSON documents (the candidates stage keeps the learning curve).
     """
     started = time.perf_counter()
     run = mlflow.active_run()
@@ -74,6 +76,8 @@ def log_candidate_diagnostics(
         _log_curves(run.info.run_id, found.documents["loss_curve"])
     for name, document in found.documents.items():
         mlflow.log_dict(document, f"diagnostics/{name}.json")
+    if documents is not None:
+        documents.update(found.documents)
     for name, figure in found.figures.items():
         mlflow.log_figure(figure, f"plots/{name}.png")
 

@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from adapters.dvc_store import file_md5
 from adapters.jsonfile import read_json
+from adapters.mlflow_parent import EXPERIMENT_KIND_TAG, TRAINING_KIND
 from engine.stage import Stage, render_path
 from retrain.catalog import LOCK_FILE, SCHEMA
 from retrain.config import DatasetConfig, Params, lookup, params_dict, stable_hash
@@ -138,9 +139,9 @@ def tree_md5(path: Path) -> str:
 
 
 def output_manifest(ctx: StageContext) -> dict[str, str]:
-    """md5 of every file the stage wrote, keyed by path relative to the root."""
+    """md5 of every file the stage wrote (outs, metrics, plots), keyed by path relative to the root."""
     manifest = {}
-    for out in ctx.definition.outs:
+    for out in ctx.definition.files:
         path = ctx.path(out)
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for file in files:
@@ -150,7 +151,7 @@ def output_manifest(ctx: StageContext) -> dict[str, str]:
 
 def clear_outputs(ctx: StageContext) -> None:
     """Remove a stage's previous outputs so a failed run can never leave stale files looking fresh."""
-    for out in ctx.definition.outs:
+    for out in ctx.definition.files:
         path = ctx.path(out)
         if path.is_dir():
             shutil.rmtree(path)
@@ -186,15 +187,20 @@ def ensure_experiment(tracking_uri: str, name: str, root: Path) -> str:
 
     Any database URI (sqlite, postgresql+psycopg2, mysql, ...) would otherwise put artifacts in MLflow's
     default `./mlruns` of the cwd; a tracking server (http://) decides its artifact root itself.
+
+    It is tagged as a model-training experiment (`mlflow.experimentKind`), so the MLflow 3 UI opens it on the runs
+    table rather than the GenAI traces view; an existing experiment without the tag gets it (one set by hand stays).
     """
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
         return experiment.experiment_id
     database = urlparse(tracking_uri).scheme.split("+")[0] in DATABASE_ENGINES
     location = (root / "mlartifacts").resolve().as_uri() if database else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
     except mlflow.exceptions.MlflowException:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

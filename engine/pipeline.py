@@ -16,6 +16,7 @@ from filelock import FileLock
 
 from adapters import dvc_store as dvcstore
 from adapters.jsonfile import read_json, write_json
+from adapters.mlflow_parent import key_params
 from engine import recovery
 from engine.context import (
     StageContext,
@@ -24,7 +25,17 @@ from engine.context import (
     default_tracking_uri,
     ensure_experiment,
 )
-from engine.runner import StageOutcome, end_parent_run, run_in_flow, run_standalone, set_parent_tag, start_parent_run
+from engine.runner import (
+    StageOutcome,
+    dvc_parent_run,
+    end_parent_run,
+    report_parent,
+    run_in_flow,
+    run_standalone,
+    set_parent_tag,
+    stage_in_parent,
+    start_parent_run,
+)
 from engine.stage import Stage, check_dag, upstream
 from retrain.config import Params, stable_hash
 
@@ -66,7 +77,8 @@ class PipelineRun:
         The lock is held until `finish` (or released by the OS if this process dies).
         """
         check_dag(dag)
-        lock = recovery.acquire(root, trigger, f"flow run {flow_run_id or '-'}")
+        waiting = recovery.flow_run_waiting(flow_run_id) if flow_run_id else None  # state AwaitingLock while blocked
+        lock = recovery.acquire(root, trigger, f"flow run {flow_run_id or '-'}", on_wait=waiting)
         try:
             uri = params.tracking.tracking_uri or default_tracking_uri(root)
             experiment_id = ensure_experiment(uri, params.tracking.experiment, root)
@@ -76,7 +88,8 @@ class PipelineRun:
                 tags["retrain.prefect_flow_run_id"] = flow_run_id
             name = f"pipeline-{trigger}" + ("-dry-run" if dry_run else "")
             flags = {"retrain.dry_run": "true"} if dry_run else {}
-            parent = start_parent_run(uri, experiment_id, tags | flags | recovery.process_tags(), name=name)
+            owner = recovery.process_tags()
+            parent = start_parent_run(uri, experiment_id, tags | flags | owner, name=name, params=key_params(params))
         except BaseException:
             lock.release()
             raise
@@ -143,6 +156,7 @@ class PipelineRun:
     def finish(self, status: str, tags: Mapping[str, str] | None = None) -> None:
         """Close the parent run with its summary tags and release the workspace lock."""
         try:
+            report_parent(self.tracking, self.root, self.params, self.stages, time.perf_counter() - self.started)
             end_parent_run(self.tracking.tracking_uri, self.tracking.parent_run_id or "", status, dict(tags or {}))
         finally:
             if self.lock is not None:
@@ -168,5 +182,6 @@ def _standalone_stage(root: Path, params: Params, dag: Sequence[Stage], stage: S
             tags |= before.tags(root, None)
     experiment_id = ensure_experiment(uri, params.tracking.experiment, root)
     recovery.recover(uri, experiment_id, prefect=False)
-    run = PipelineRun(root, params, Tracking(uri, experiment_id, None, tags), False, tuple(dag))
-    return run_standalone(run.context(stage))
+    parent = dvc_parent_run(uri, experiment_id, tags, key_params(params))  # the stages of one dvc repro share it
+    run = PipelineRun(root, params, Tracking(uri, experiment_id, parent, tags), False, tuple(dag))
+    return stage_in_parent(run.context(stage)) if parent else run_standalone(run.context(stage))

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,11 @@ POLL_SECONDS = 2.0
 RECOVERED_TAG = "retrain.recovered"
 FLOW_RUN_TAG = "retrain.prefect_flow_run_id"
 PID_TAG, HOST_TAG, STARTED_TAG = "retrain.pid", "retrain.host", "retrain.process_started"
+AWAITING_LOCK = "AwaitingLock"
+"""Name of the Running state a flow run shows while it waits for the workspace lock (docs/operations.md)."""
+
+LockWait = Callable[[str | None], None]
+"""Told while `acquire` waits: the holder as one line (again when the holder changes), then None once acquired."""
 
 
 class WorkspaceBusyError(RuntimeError):
@@ -83,8 +88,13 @@ def workspace_lock(root: Path, trigger: str, what: str, timeout: float | None = 
         handle.release()
 
 
-def acquire(root: Path, trigger: str, what: str, timeout: float | None = None) -> FileLock:
-    """Take the workspace lock (the OS releases it if the holder dies); WorkspaceBusyError after `timeout`."""
+def acquire(
+    root: Path, trigger: str, what: str, timeout: float | None = None, on_wait: LockWait | None = None
+) -> FileLock:
+    """Take the workspace lock (the OS releases it if the holder dies); WorkspaceBusyError after `timeout`.
+
+    `on_wait` hears who holds the lock while this waits, and None once it is taken (never when it was free).
+    """
     path = root / WORKSPACE_LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path), thread_local=False)
@@ -100,6 +110,7 @@ def acquire(root: Path, trigger: str, what: str, timeout: float | None = None) -
             if current != announced:
                 logger.warning("workspace lock %s is held by %s; waiting (up to %gs)", path, describe(current), limit)
                 announced = current
+                _tell(on_wait, describe(current))
             if time.monotonic() >= deadline:
                 raise WorkspaceBusyError(
                     f"workspace lock {path} still held by {describe(current)} after {limit:g}s "
@@ -111,7 +122,48 @@ def acquire(root: Path, trigger: str, what: str, timeout: float | None = None) -
     tmp.replace(root / HOLDER_FILE)
     if announced is not None:
         logger.info("workspace lock acquired after waiting")
+        _tell(on_wait, None)
     return lock
+
+
+def _tell(on_wait: LockWait | None, holder_line: str | None) -> None:
+    """Call the waiting hook; a failing hook is logged, never allowed to break or release the lock."""
+    if on_wait is None:
+        return
+    try:
+        on_wait(holder_line)
+    except Exception:
+        logger.warning("the workspace-lock wait hook failed", exc_info=True)
+
+
+def flow_run_waiting(flow_run_id: str) -> LockWait:
+    """A LockWait that shows the wait in the Prefect flow run's state: Running `AwaitingLock` naming the holder,
+    then a plain Running once the lock is taken.
+
+    Proposed through orchestration (not forced): a run cancelled while it waits is not put back to Running.
+    """
+    from uuid import UUID
+
+    def show(holder_line: str | None) -> None:
+        """Propose the state for this moment of the wait."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.objects import StateType
+        from prefect.states import Running
+
+        if holder_line is None:
+            state = Running(message="workspace lock acquired")
+        else:
+            state = Running(name=AWAITING_LOCK, message=f"waiting for the workspace lock held by {holder_line}")
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(UUID(flow_run_id)).state
+            if current is not None and current.type != StateType.RUNNING:
+                logger.info("flow run %s is %s: its state is left as is", flow_run_id, current.name)
+                return
+            result = client.set_flow_run_state(UUID(flow_run_id), state)
+        if result.status.value != "ACCEPT":
+            logger.warning("Prefect refused state %s for flow run %s: %s", state.name, flow_run_id, result.details)
+
+    return show
 
 
 def owner_alive(tags: dict[str, str]) -> bool | None:

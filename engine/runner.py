@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import Task
 from prefect.cache_policies import NO_CACHE, CachePolicy
@@ -23,9 +27,13 @@ from prefect.results import ResultStore
 from prefect.serializers import JSONSerializer
 
 from adapters import dvc_store as dvcstore
-from engine.context import CACHE_DIR, StageContext
+from adapters.jsonfile import read_json
+from adapters.mlflow_parent import headline_metrics, log_parent, outcome_tags, training_input
+from engine.context import CACHE_DIR, StageContext, Tracking
+from engine.recovery import HOST_TAG, PID_TAG, STARTED_TAG
 from engine.stage import Stage
-from retrain.config import stable_hash
+from retrain.catalog import GATE_RECORD, SNAPSHOT
+from retrain.config import Params, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +55,7 @@ def record_problem(stage: Stage, result: Any) -> str | None:
     if result.get(SEAL) != stable_hash({k: v for k, v in result.items() if k != SEAL}):
         return "the record's content does not match its digest (edited or damaged)"
     outs = result["outs"]
-    missing = [o for o in stage.outs if o not in outs and not any(rel.startswith(o.rstrip("/") + "/") for rel in outs)]
+    missing = [o for o in stage.files if o not in outs and not any(rel.startswith(o.rstrip("/") + "/") for rel in outs)]
     if missing:
         return f"the record lists no file for declared outputs {missing}"
     return None
@@ -215,11 +223,44 @@ def run_standalone(ctx: StageContext) -> StageOutcome:
     return StageOutcome(ctx.stage, "ran", time.perf_counter() - started, result)
 
 
-def start_parent_run(tracking_uri: str, experiment_id: str, tags: dict[str, str], name: str) -> str:
-    """The parent MLflow run of one pipeline run."""
+def start_parent_run(
+    tracking_uri: str, experiment_id: str, tags: dict[str, str], name: str, params: Mapping[str, str] | None = None
+) -> str:
+    """The parent MLflow run of one pipeline run, with its key params (adapters/mlflow_parent.py `key_params`)."""
     client = MlflowClient(tracking_uri)
     run = client.create_run(experiment_id, run_name=name, tags={**tags, "mlflow.runName": name})
+    if params:
+        log_parent(client, run.info.run_id, {}, {}, params)
     return run.info.run_id
+
+
+def report_parent(
+    tracking: Tracking, root: Path, params: Params, stages: Sequence[StageOutcome], seconds: float | None = None
+) -> None:
+    """Put what is known so far on the parent run: headline metrics, decision, model version, training dataset.
+
+    The gate record is read only when one of `stages` wrote it (a stale file from an earlier run never counts);
+    the promotion outcome is the `action` a stage reported. `seconds` None: wall time since the parent started.
+    A reporting failure is logged, never raised: the pipeline's outcome does not depend on it.
+    """
+    run_id = tracking.parent_run_id
+    if not run_id:
+        return
+    client = MlflowClient(tracking.tracking_uri)
+    try:
+        wrote_record = any(GATE_RECORD in s.result.get("outs", {}) for s in stages)
+        record = read_json(root / GATE_RECORD) if wrote_record and (root / GATE_RECORD).exists() else None
+        promotion = next((s.result["info"] for s in reversed(stages) if "action" in s.result.get("info", {})), None)
+        now_ms = int(time.time() * 1000)
+        if seconds is None:
+            seconds = (now_ms - client.get_run(run_id).info.start_time) / 1000
+        metrics = (headline_metrics(record) if record else {}) | {"wall_seconds": round(seconds, 3)}
+        data_hash = tracking.tags.get("retrain.data_hash")
+        remote = tracking.tags.get("retrain.dvc_remote_url")
+        dataset = training_input(params.dataset.name, data_hash, remote, root / SNAPSHOT) if data_hash else None
+        log_parent(client, run_id, metrics, outcome_tags(record, promotion), dataset=dataset, timestamp_ms=now_ms)
+    except (MlflowException, OSError, ValueError) as exc:
+        logger.warning("parent run %s: headline metrics / dataset not logged: %s", run_id, exc)
 
 
 def end_parent_run(tracking_uri: str, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
@@ -233,3 +274,80 @@ def end_parent_run(tracking_uri: str, run_id: str, status: str, tags: dict[str, 
 def set_parent_tag(tracking_uri: str, run_id: str, key: str, value: str) -> None:
     """Add a tag to the parent run once it is known (the data hash, after ingest)."""
     MlflowClient(tracking_uri).set_tag(run_id, key, value)
+
+
+INVOCATION_TAG = "retrain.dvc_invocation"
+"""Tag naming the `dvc repro` / `dvc exp run` process whose stages share one parent run."""
+EXP_NAME_ENV = "DVC_EXP_NAME"
+
+
+def dvc_process(start: psutil.Process | None = None) -> psutil.Process | None:
+    """The nearest `dvc` process above this one (`dvc repro`, `dvc exp run`, a queue worker), if DVC started us.
+
+    DVC sets $DVC_STAGE for every stage command; without it (a `retrain stage` typed by hand) there is none.
+    `start` is the process to walk up from (this one by default).
+    """
+    if not os.environ.get("DVC_STAGE"):
+        return None
+    try:
+        for proc in (start or psutil.Process()).parents():
+            head = proc.cmdline()[:3]
+            if any(Path(arg).name == "dvc" for arg in head):
+                return proc
+    except psutil.Error as exc:
+        logger.warning("cannot walk to the dvc process (%s): this stage gets no parent run", exc)
+    return None
+
+
+def dvc_invocation(proc: psutil.Process) -> dict[str, str]:
+    """Tags identifying one dvc invocation: its key, plus recovery's owner tags naming the dvc process, so
+    engine/recovery.py closes the parent FAILED once that process is gone (dvc killed mid-repro)."""
+    started = f"{proc.create_time():.2f}"
+    key = f"{socket.gethostname()}:{proc.pid}:{started}"
+    exp = os.environ.get(EXP_NAME_ENV, "")
+    tags = {INVOCATION_TAG: f"{key}:{exp}" if exp else key}
+    if exp:
+        tags["retrain.dvc_exp_name"] = exp
+    return tags | {PID_TAG: str(proc.pid), HOST_TAG: socket.gethostname(), STARTED_TAG: started}
+
+
+def dvc_parent_run(
+    tracking_uri: str, experiment_id: str, tags: dict[str, str], params: Mapping[str, str]
+) -> str | None:
+    """The parent run shared by the stages of one `dvc repro` / `dvc exp run`: None outside dvc.
+
+    The first stage that runs creates it (`pipeline-dvc`, `pipeline-dvc-exp-<name>`); later stages find it by
+    its invocation tag and set it RUNNING again (each stage closes it: `stage_in_parent`).
+    """
+    proc = dvc_process()
+    if proc is None:
+        return None
+    invocation = dvc_invocation(proc)
+    client = MlflowClient(tracking_uri)
+    key = invocation[INVOCATION_TAG].replace("'", "")
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{INVOCATION_TAG}` = '{key}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        log_parent(client, run_id, {}, tags)  # lineage known by now (the data hash once version ran)
+        return run_id
+    exp = invocation.get("retrain.dvc_exp_name")
+    name = f"pipeline-{tags.get('retrain.trigger', 'dvc')}" + (f"-exp-{exp}" if exp else "")
+    run_id = start_parent_run(tracking_uri, experiment_id, tags | invocation, name, params)
+    logger.info("MLflow parent run %s (%s) for dvc pid %s", run_id, name, proc.pid)
+    return run_id
+
+
+def stage_in_parent(ctx: StageContext) -> StageOutcome:
+    """Run a `dvc repro` stage under its shared parent, then update the parent and close it (FINISHED, or FAILED
+    when the stage raised); the next stage of the same invocation reopens it."""
+    uri, parent = ctx.tracking.tracking_uri, ctx.tracking.parent_run_id or ""
+    try:
+        outcome = run_standalone(ctx)
+    except BaseException:
+        report_parent(ctx.tracking, ctx.root, ctx.params, [])
+        end_parent_run(uri, parent, "FAILED")
+        raise
+    report_parent(ctx.tracking, ctx.root, ctx.params, [outcome])
+    end_parent_run(uri, parent, "FINISHED")
+    return outcome

@@ -29,6 +29,38 @@ Tags = Callable[[Path, Mapping[str, str] | None], dict[str, str]]
 
 
 @dataclass(frozen=True)
+class Plot:
+    """One DVC plot: a JSON list of rows the stage writes, and how `dvc plots show` draws it (dvc.yaml `plots`).
+
+    The file is always written (an empty list where the plot does not apply, e.g. ROC for a regression), so
+    DVC never misses an output.
+    """
+
+    path: str
+    title: str
+    x: str
+    y: tuple[str, ...]
+    """One field, or several drawn as separate lines (train and valid of a learning curve)."""
+    template: str = "linear"
+    """A DVC template: linear, simple, scatter, smooth, bar_horizontal, bar_horizontal_sorted, confusion."""
+    x_label: str | None = None
+    y_label: str | None = None
+
+    def definition(self) -> dict[str, Any]:
+        """The top-level dvc.yaml `plots` entry: `{title: {template, x, y: {path: field(s)}, labels}}`."""
+        props: dict[str, Any] = {
+            "template": self.template,
+            "x": self.x,
+            "y": {self.path: self.y[0] if len(self.y) == 1 else list(self.y)},
+        }
+        if self.x_label:
+            props["x_label"] = self.x_label
+        if self.y_label:
+            props["y_label"] = self.y_label
+        return {self.title: props}
+
+
+@dataclass(frozen=True)
 class Stage:
     """One stage of the pipeline, named the same everywhere (params section, dvc stage, task, MLflow run)."""
 
@@ -46,6 +78,15 @@ class Stage:
     tags: Tags | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
     """Dep templates that may be a database URL, mapped to the params key holding their query."""
+    metrics: tuple[str, ...] = ()
+    """Small JSON files of headline numbers (dvc.yaml `metrics`, `cache: false`: git-tracked, in `dvc exp show`)."""
+    plots: tuple[Plot, ...] = ()
+    """JSON rows for `dvc plots show`: `cache: false` outs in dvc.yaml, drawn by its top-level `plots` section."""
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Everything the stage writes in the workspace: outs, metrics and plot files (hashed, cached, restored)."""
+        return (*self.outs, *self.metrics, *(plot.path for plot in self.plots))
 
     @property
     def module(self) -> str:
@@ -85,7 +126,7 @@ def check_dag(stages: Sequence[Stage]) -> None:
                 continue
             if dep not in written:
                 problems.append(f"stage {stage.name}: input {dep} is written by no earlier stage")
-        for out in stage.outs:
+        for out in stage.files:
             if out in written:
                 problems.append(f"stage {stage.name}: output {out} is already written by stage {written[out]}")
             written[out] = stage.name
@@ -139,7 +180,9 @@ def dvc_pipeline(stages: Sequence[Stage], root: Path, values: dict[str, Any] | N
     """The dvc.yaml document for the stage table (what `retrain stages --dvc-yaml` writes).
 
     `values` are the params the sources are rendered from (see `source_deps`); without them every
-    source stays a `${...}` template. Code deps are derived from each stage module's imports.
+    source stays a `${...}` template. Code deps are derived from each stage module's imports. Metrics and plot
+    files are `cache: false` (small, git-tracked: an experiment commit carries them). Plot files are plain outs
+    and the top-level `plots` section draws them: declared under a stage's `plots` too, DVC would draw each twice.
     """
     document: dict[str, Any] = {}
     for stage in stages:
@@ -156,9 +199,12 @@ def dvc_pipeline(stages: Sequence[Stage], root: Path, values: dict[str, Any] | N
             "cmd": stage.command,
             "deps": [*deps, *stage.code(root)],
             "params": list(stage.params),
-            "outs": list(stage.outs),
+            "outs": [*stage.outs, *({plot.path: {"cache": False}} for plot in stage.plots)],
         }
+        if stage.metrics:
+            entry["metrics"] = [{path: {"cache": False}} for path in stage.metrics]
         if always:
             entry["always_changed"] = True
         document[stage.name] = entry
-    return {"stages": document}
+    plots = [plot.definition() for stage in stages for plot in stage.plots]
+    return {"stages": document, **({"plots": plots} if plots else {})}

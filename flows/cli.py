@@ -60,6 +60,47 @@ def override_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+COMPONENTS = ("prefect", "mlflow", "dvc", "great-expectations", "lightgbm", "scikit-learn", "optuna", "pandas")
+"""The distributions `retrain --version` names besides its own (what a bug report needs)."""
+
+VERBOSE_HELP = "also show third-party INFO lines, full warnings and Prefect's task-run lines (-vv: DEBUG)"
+
+
+def version_text() -> str:
+    """`retrain --version`: this package's version, Python's and the key components' (from package metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    python = ".".join(str(part) for part in sys.version_info[:3])
+    parts = ", ".join(f"{dist} {of(dist)}" for dist in COMPONENTS)
+    return f"retrain {of('retrain')} (Python {python})\n{parts}\n"
+
+
+class VersionAction(argparse.Action):
+    """`--version` on stdout, exit 0; the versions are read only when asked (metadata lookups cost time)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: str | None = None) -> None:
+        sys.stdout.write(version_text())
+        parser.exit(EXIT_OK)
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    """-v/--verbose on every subcommand too (`retrain run -v`), without hiding a top-level `retrain -v run`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                child.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+                add_verbose(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """CLI definition, with worked examples in --help."""
     parser = argparse.ArgumentParser(
@@ -68,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=VersionAction, help="print the versions of retrain and its components")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",
@@ -104,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     stages = sub.add_parser("stages", help="print the stage table")
     stages.add_argument("--dvc-yaml", action="store_true", help="print dvc.yaml generated from the table")
     stages.add_argument("--params", default="params.yaml", help="params file whose sources dvc.yaml depends on")
+    stages.add_argument("--code", action="store_true", help="also list each stage's derived code files")
     data = sub.add_parser("data", help="data lineage commands")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     restore = data_sub.add_parser(
@@ -137,26 +181,91 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the scheduled and manual deployments from this process (Prefect flow.serve)",
         description=(
-            "Registers retrain-scheduled (cron, trigger=schedule) and retrain-manual (trigger=ui) with the Prefect "
-            "API in PREFECT_API_URL and runs their flow runs here until Ctrl-C; no work pool or worker needed. "
+            "Registers the deployments of prefect.yaml, retrain-scheduled (cron, trigger=schedule) and retrain-manual "
+            "(trigger=ui), with the Prefect API in PREFECT_API_URL and runs their flow runs here until Ctrl-C; no work "
+            "pool or worker needed. "
             "Start the servers first: `make servers`, then `export PREFECT_API_URL=http://127.0.0.1:4200/api`."
         ),
     )
-    serve.add_argument("--cron", default=None, help="cron of the scheduled deployment (default: 0 3 * * 1)")
-    serve.add_argument("--timezone", default=None, help="timezone of the cron (default: UTC)")
+    serve.add_argument("--cron", default=None, help="cron of the scheduled deployment (default: prefect.yaml's)")
+    serve.add_argument("--timezone", default=None, help="timezone of the cron (default: prefect.yaml's)")
     serve.add_argument("--no-schedule", action="store_true", help="register the scheduled deployment without a cron")
     serve.add_argument("--only", default=None, help="serve one deployment: retrain-scheduled or retrain-manual")
+    add_verbose(parser)
     return parser
 
 
-def configure_logging() -> None:
-    """Log lines to stderr, so stdout stays clean for --json."""
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
-    # dvc logs INFO lines to stdout, which would corrupt --json; its warnings still show.
-    for noisy in ("alembic", "httpx", "urllib3", "great_expectations", "mlflow.store", "matplotlib", "dvc"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+NOISY_LOGGERS = ("alembic", "httpx", "urllib3", "great_expectations", "mlflow", "matplotlib", "optuna", "distributed")
+"""Third-party loggers held at WARNING unless -v: their INFO lines say nothing a person acts on."""
+
+ALWAYS_QUIET = ("dvc", "mlflow.store")
+"""Held at WARNING even with -v: dvc logs INFO lines to stdout, which would corrupt --json."""
+
+QUIET_ENV = {
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # MLflow's own handler: system-metrics monitor lines, "Validating input..."
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # the tqdm "Downloading artifacts" bar (champion, pyfunc)
+    "TQDM_DISABLE": "1",  # any tqdm bar left at tqdm's defaults (the validate checkpoint shows no GX bar on Adult)
+}
+"""Environment set (where the user has not) before MLflow or tqdm is imported, unless -v."""
+
+KEPT_PREFECT = ("prefect", "prefect.flow_runs")
+"""Prefect INFO lines the terminal keeps: the temporary server's address, the flow run's start and final state.
+Task-run lines ("Finished in state Completed()" after each stage's own line) still reach the Prefect UI."""
+
+
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler on whatever sys.stderr is at each line: a rich progress bar prints the lines above itself.
+
+    (Its name must not start with "_": Prefect keeps a root handler it takes for the user's own.)
+    """
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        """The current sys.stderr."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        """Ignored: the stream is always the current sys.stderr."""
+
+
+class QuietFilter(logging.Filter):
+    """Lets through warnings and errors, our own INFO lines and Prefect's flow-run lines; drops other INFO lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """True to print the record."""
+        if record.levelno >= logging.WARNING or record.name in (*KEPT_PREFECT, "root"):
+            return True
+        return record.name.split(".", 1)[0] in env.OUR_LOGGERS
+
+
+def configure_logging(verbose: int = 0) -> None:
+    """Log lines to stderr (stdout stays clean for --json); third-party noise only with -v, DEBUG with -vv.
+
+    Called before Prefect, MLflow or tqdm is imported: the environment they read at import is set here.
+    """
+    import warnings
+
+    root = logging.getLogger()
+    if not root.handlers:  # else someone configured logging already (pytest, an embedding program)
+        handler = StderrHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        if not verbose:
+            handler.addFilter(QuietFilter())
+        root.addHandler(handler)
+        root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    for name in ALWAYS_QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if verbose:
+        return
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for category in (UserWarning, FutureWarning, DeprecationWarning):  # library hints; `-v` shows them in full
+        warnings.filterwarnings("ignore", category=category)
 
 
 def exit_code_for(exc: BaseException | None) -> int:
@@ -203,6 +312,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from typing import get_args
 
     preflight_or_raise(args.params, args.overrides)  # before Prefect starts (~seconds), every problem at once
+    from flows.outcome import REFUSED
     from flows.training import RunRequest, Trigger, retrain_flow
 
     trigger = os.environ.get("RETRAIN_TRIGGER", "cli")
@@ -211,14 +321,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     request = RunRequest(params_file=args.params, overrides=args.overrides, dry_run=args.dry_run)
     state = retrain_flow(request=request, trigger=trigger, return_state=True)
-    if not state.is_completed():
+    if not state.is_completed() and state.name != REFUSED:  # Refused is Failed but carries the run summary
         exc = state.result(raise_on_failure=False)
         error = exc if isinstance(exc, BaseException) else None
         logger.error("run failed: %s", error)
         if args.json:
             _emit({"status": "failed", "error": str(error), "error_type": type(error).__name__})
         return exit_code_for(error)
-    summary: dict[str, Any] = state.result()
+    summary: dict[str, Any] = state.result(raise_on_failure=False)
     print_summary(summary)
     if args.json:
         _emit({"status": "completed", **summary})
@@ -373,15 +483,23 @@ def _num(value: Any) -> str:
 
 
 def link_lines(summary: dict[str, Any]) -> list[str]:
-    """Where to look next: the MLflow parent run and the Prefect flow run, as URLs when a UI can show them."""
+    """Where to look next: the MLflow parent run, the model version and the Prefect flow run, as URLs.
+
+    The MLflow UI is the one the summary names (`tracking.ui_url`, the tracking server, $RETRAIN_MLFLOW_UI_URL or
+    the UI `make servers` started: adapters/mlflow_links.py); when none is known the link says how to start one.
+    """
+    from adapters.mlflow_links import model_version_url, run_url, ui_base
+
     uri, run_id = summary.get("tracking_uri") or "", summary.get("mlflow_run_id")
     experiment = summary.get("mlflow_experiment_id")
-    if uri.startswith(("http://", "https://")):
-        mlflow_link = f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
-    else:
-        ui = os.environ.get("RETRAIN_MLFLOW_UI_URL", "http://127.0.0.1:5000")
-        mlflow_link = f"{ui}/#/experiments/{experiment}/runs/{run_id}  (store {uri}; UI: make servers)"
-    lines = [f"mlflow run:   {mlflow_link}"]
+    base, known = summary.get("mlflow_ui_url"), summary.get("mlflow_ui_known")
+    if not base:
+        base, known = ui_base(uri)
+    hint = "" if known else f"  (store {uri}; no MLflow UI known to serve it: make servers)"
+    lines = [f"mlflow run:   {run_url(base, str(experiment), str(run_id))}{hint}"]
+    version = summary.get("model_version")
+    if version is not None and summary.get("model_name"):
+        lines.append(f"mlflow model: {model_version_url(base, summary['model_name'], version)}")
     flow_run = summary.get("prefect_flow_run_id")
     if flow_run:
         ui_url = _prefect_ui_url()
@@ -423,11 +541,15 @@ def cmd_stage(args: argparse.Namespace) -> int:
         logger.error("promote: the candidate failed a gate; champion unchanged (see %s)", GATE_RECORD)
     for entry in outcome.result.get("info", {}).get("audit", []):
         logger.info("audit: %s", entry_line(entry))
+    experiment = outcome.result.get("info", {}).get("experiment")
+    if experiment:  # `dvc exp run`: a (would-be) rejection is a result to save, not a failed stage
+        logger.info("promote: DVC experiment %s: %s (registry untouched); exit 0 so DVC saves it", experiment, action)
+        return EXIT_OK
     return exit_code_for_promotion(action, None)
 
 
 def cmd_stages(args: argparse.Namespace) -> int:
-    """Print the stage table (with each stage's derived code files), or dvc.yaml generated from it."""
+    """Print the stage table (`--code`: each stage's derived code files too), or dvc.yaml generated from it."""
     from engine.stage import dvc_pipeline
     from flows.dag import DAG
     from retrain.config import load_params, params_dict
@@ -443,18 +565,55 @@ def cmd_stages(args: argparse.Namespace) -> int:
         )
         sys.stdout.write(header + yaml.safe_dump(dvc_pipeline(DAG, root, values), sort_keys=False, width=120))
         return EXIT_OK
-    for stage in DAG:
-        hooks = [name for name in ("key_inputs", "tags") if getattr(stage, name) is not None]
-        lines = [
-            f"{stage.name}" + ("" if stage.cache else "  (never cached: runs every time)"),
-            f"  deps    {', '.join(stage.deps)}",
-            f"  outs    {', '.join(stage.outs)}",
-            f"  params  {', '.join(stage.params)}",
-            f"  hooks   {', '.join(hooks) or '-'}",
-            f"  code    {', '.join(stage.code(root))}",
-        ]
-        sys.stdout.write("\n".join(lines) + "\n")
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console(file=sys.stdout)  # the command's output (stdout); rich drops colour in a pipe
+    table = stages_table(DAG, root, whole_paths=True)
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if not console.is_terminal:
+        console.width = natural  # a pipe or a file: the table as wide as it is, nothing wrapped or cut
+    elif natural > console.width:
+        table = stages_table(DAG, root, whole_paths=False)  # a narrow terminal: long paths fold
+    console.print(table)
+    if args.code:
+        for stage in DAG:
+            console.print(f"{stage.name} code: {', '.join(stage.code(root))}", soft_wrap=True, highlight=False)
     return EXIT_OK
+
+
+def params_summary(keys: tuple[str, ...]) -> str:
+    """Params keys by section, in order: `ingest, dataset (7 keys), split.time_column, seed` (dvc.yaml has them all)."""
+    sections: dict[str, list[str]] = {}
+    for key in keys:
+        sections.setdefault(key.split(".", 1)[0], []).append(key)
+    return ", ".join(found[0] if len(found) == 1 else f"{name} ({len(found)} keys)" for name, found in sections.items())
+
+
+def stages_table(dag: Any, root: Any, *, whole_paths: bool = True) -> Any:
+    """A rich Table of the stage records: cached or not, deps, outs, params keys, hooks, derived code files."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="stages (flows/dag.py order)", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("stage", no_wrap=True, style="bold")
+    table.add_column("cached", no_wrap=True)
+    longest = max((len(path) for stage in dag for path in (*stage.deps, *stage.outs)), default=10)
+    paths = longest if whole_paths else None  # one whole path per line
+    table.add_column("deps", overflow="fold", min_width=paths)
+    table.add_column("outs", overflow="fold", min_width=paths)
+    table.add_column("params")
+    table.add_column("hooks")
+    table.add_column("code", justify="right", no_wrap=True)
+    for stage in dag:
+        hooks = [name for name in ("key_inputs", "tags") if getattr(stage, name) is not None]
+        cached = Text("yes", style="cyan") if stage.cache else Text("never", style="yellow")
+        table.add_row(
+            stage.name, cached, *(Text("\n".join(v) or "-") for v in (stage.deps, stage.outs)),
+            Text(params_summary(stage.params)), Text(", ".join(hooks) or "-"), f"{len(stage.code(root))} files",
+        )  # fmt: skip
+    return table
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -539,21 +698,23 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """`retrain serve`: the deployments of flows/deploy.py, served from this process until interrupted."""
+    """`retrain serve`: prefect.yaml's deployments (flows/deploy.py), served from this process until interrupted."""
     from flows import deploy
 
-    cron = None if args.no_schedule else (args.cron or deploy.DEFAULT_CRON)
-    deploy.serve(cron=cron, timezone=args.timezone or deploy.DEFAULT_TIMEZONE, only=args.only)
+    deploy.serve(cron=args.cron, timezone=args.timezone, only=args.only, schedule=not args.no_schedule)
     return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `retrain` console script."""
     args = build_parser().parse_args(argv)
-    configure_logging()
+    configure_logging(args.verbose)
     env.apply()
     # MLflow prints "View run ... at <url>" to stdout for http tracking URIs: it would break `--json`
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Prefect 3.9's client telemetry: a first-run notice on the terminal and calls to a host this setup never
+    # reaches (the server's analytics are off in flows/env.py for the same reason)
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     handlers = {
         "run": cmd_run,
         "check": cmd_check,

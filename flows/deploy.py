@@ -1,71 +1,130 @@
-"""Deployments of the training flow: a weekly scheduled one and a manual one for the UI form; `retrain serve`."""
+"""The deployments of prefect.yaml, served by `retrain serve`, and the pull step a worker runs before each flow run.
+
+prefect.yaml is the one place they are declared: `prefect deploy --all` (`make deploy`) registers them on the
+work pool; `retrain serve` builds the same deployments from it with `flow.to_deployment`.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from prefect import Flow
-from prefect import serve as prefect_serve
-from prefect.deployments.runner import RunnerDeployment
-from prefect.schedules import Cron
-from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+import yaml
 
-from flows.env import RUN_ENV
-from flows.training import retrain_flow
+from retrain.errors import ConfigError
 from retrain.paths import project_root
+
+if TYPE_CHECKING:  # the pull step imports this module in every worker run: keep Prefect and the flow lazy
+    from prefect import Flow
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.schedules import Schedule
 
 logger = logging.getLogger("retrain.deploy")
 
+PREFECT_YAML = "prefect.yaml"
 SCHEDULED = "retrain-scheduled"
 MANUAL = "retrain-manual"
-DEFAULT_CRON = "0 3 * * 1"
-DEFAULT_TIMEZONE = "UTC"
 WORK_POOL = "retrain-process"
-TAGS = ["retrain"]
-"""The same names, schedule and parameters as prefect.yaml (a test checks they agree)."""
-ENTRYPOINT = "flows/training.py:retrain_flow"
-JOB_VARIABLES = {"env": RUN_ENV}
-"""A worker's flow-run processes get the settings `retrain` itself applies (our log lines in the Prefect UI)."""
+"""Names declared in prefect.yaml, for lookups (`retrain serve --only`, tests); prefect.yaml stays the source."""
+
+
+def enter_project() -> dict[str, str]:
+    """prefect.yaml's pull step: run each flow run in this worker's checkout, not a path stored at deploy time.
+
+    The checkout is $RETRAIN_ROOT, else the one holding the installed (editable) package; Prefect changes to
+    the returned `directory` before it loads the entrypoint.
+    """
+    root = project_root()
+    if not (root / "params.yaml").is_file():
+        raise ConfigError(f"{root} holds no params.yaml: set RETRAIN_ROOT to the project for the worker")
+    os.chdir(root)
+    logger.info("flow run in %s", root)
+    return {"directory": str(root)}
+
+
+def load_configs(path: Path | None = None) -> list[dict[str, Any]]:
+    """The deployments of prefect.yaml as `prefect deploy` validates them (its own model), keys as written."""
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    path = path or project_root() / PREFECT_YAML
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: the deployments are declared there")
+    model = PrefectYamlModel.model_validate(yaml.safe_load(path.read_text()))
+    return [d.model_dump(exclude_unset=True, mode="json") for d in model.deployments]
+
+
+def schedules_of(config: dict[str, Any], cron: str | None, timezone: str | None) -> list[Schedule]:
+    """The deployment's cron schedules, with `cron`/`timezone` replacing the declared ones when given."""
+    from prefect.schedules import Cron
+
+    schedules = []
+    for item in config.get("schedules") or []:
+        if not item.get("cron"):
+            raise ConfigError(f"{config['name']}: only cron schedules are supported in {PREFECT_YAML}, got {item}")
+        schedules.append(
+            Cron(
+                cron or item["cron"],
+                timezone=timezone or item.get("timezone"),
+                day_or=item.get("day_or", True),
+                active=item.get("active", True),
+                parameters=item.get("parameters") or None,
+                slug=item.get("slug"),
+            )
+        )
+    return schedules
 
 
 def deployments(
-    cron: str | None = DEFAULT_CRON,
-    timezone: str = DEFAULT_TIMEZONE,
-    flow: Flow[..., Any] = retrain_flow,
-    job_variables: dict[str, Any] | None = None,
+    cron: str | None = None,
+    timezone: str | None = None,
+    schedule: bool = True,
+    path: Path | None = None,
+    flow: Flow[..., Any] | None = None,
 ) -> list[RunnerDeployment]:
-    """The scheduled (trigger=schedule) and manual (trigger=ui) deployments; `cron=None` drops the schedule."""
-    scheduled = flow.to_deployment(
-        name=SCHEDULED,
-        schedules=[Cron(cron, timezone=timezone)] if cron else None,
-        parameters={"trigger": "schedule"},
-        description=f"Retraining on params.yaml (cron {cron or 'none'} {timezone}); recorded as trigger=schedule.",
-        tags=TAGS,
-        job_variables=job_variables,
-    )
-    manual = flow.to_deployment(
-        name=MANUAL,
-        parameters={"trigger": "ui"},
-        description="Run from the Prefect UI: fill the request form (empty fields keep params.yaml); trigger=ui.",
-        tags=TAGS,
-        job_variables=job_variables,
-    )
-    return [scheduled, manual]
+    """prefect.yaml's deployments as runner deployments; `cron`/`timezone` override it, `schedule=False` drops it."""
+    from flows.training import retrain_flow
+
+    flow = flow or retrain_flow
+    built = []
+    for config in load_configs(path):
+        if not str(config.get("entrypoint", "")).endswith(f":{flow.fn.__name__}"):
+            raise ConfigError(f"{config['name']}: entrypoint {config.get('entrypoint')} is not {flow.fn.__name__}")
+        schedules = schedules_of(config, cron, timezone) if schedule else []
+        description = config.get("description")
+        if schedules and (cron or timezone):
+            description = f"{description} Served with cron {cron or 'as declared'} ({timezone or 'declared timezone'})."
+        built.append(
+            flow.to_deployment(
+                name=config["name"],
+                schedules=schedules or None,
+                parameters=config.get("parameters") or None,
+                description=description,
+                tags=config.get("tags"),
+                job_variables=(config.get("work_pool") or {}).get("job_variables") or None,
+            )
+        )
+    return built
 
 
 def ui_url() -> str | None:
     """Where the Prefect UI of the configured API is (None: no PREFECT_API_URL, an ephemeral API has no UI)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
     if not PREFECT_API_URL.value():
         return None
     return PREFECT_UI_URL.value()
 
 
-def serve(cron: str | None = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE, only: str | None = None) -> None:
-    """Serve the deployments from this process until interrupted (runs execute here, no work pool needed)."""
-    chosen = [d for d in deployments(cron, timezone) if only is None or d.name == only]
+def serve(cron: str | None = None, timezone: str | None = None, only: str | None = None, schedule: bool = True) -> None:
+    """Serve prefect.yaml's deployments from this process until interrupted (runs execute here, no work pool)."""
+    from prefect import serve as prefect_serve
+
+    built = deployments(cron, timezone, schedule)
+    chosen = [d for d in built if only is None or d.name == only]
     if not chosen:
-        raise KeyError(f"no deployment named {only!r}; choose {SCHEDULED} or {MANUAL}")
+        raise KeyError(f"no deployment named {only!r}; choose one of {', '.join(d.name for d in built)}")
     url = ui_url()
     if url is None:
         logger.warning(
@@ -76,38 +135,3 @@ def serve(cron: str | None = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE, onl
         names = ", ".join(f"retrain/{d.name}" for d in chosen)
         logger.info("serving %s; open %s/deployments to start a run from the form", names, url)
     prefect_serve(*chosen, print_starting_message=url is not None)
-
-
-def describe() -> list[dict[str, Any]]:
-    """Names, schedules and fixed parameters of the deployments (for docs and tests)."""
-    return [
-        {
-            "name": d.name,
-            "parameters": d.parameters,
-            "schedules": [s.schedule.model_dump(mode="json") for s in (d.schedules or [])],
-            "job_variables": d.job_variables,
-        }
-        for d in deployments(job_variables=JOB_VARIABLES)
-    ]
-
-
-def register(work_pool: str = WORK_POOL) -> list[str]:
-    """Create or update both deployments on a work pool, run by `prefect worker start --pool <work_pool>`.
-
-    The same as `prefect deploy --all` with prefect.yaml, without its post-deploy worker lookup, which the
-    pinned server (fastapi 0.154) answers with 422 after the first deployment is created.
-    """
-    # from_source: the worker runs each flow run in this checkout (a set_working_directory pull step)
-    flow = retrain_flow.from_source(source=str(project_root()), entrypoint=ENTRYPOINT)
-    ids = [str(d.apply(work_pool_name=work_pool)) for d in deployments(flow=flow, job_variables=JOB_VARIABLES)]
-    logger.info("registered %s, %s on pool %s; run its worker", SCHEDULED, MANUAL, work_pool)
-    return ids
-
-
-if __name__ == "__main__":
-    import sys
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    if sys.argv[1:2] != ["register"]:
-        sys.exit("usage: python -m flows.deploy register [WORK_POOL]")
-    register(*(sys.argv[2:3] or [WORK_POOL]))

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from adapters.jsonfile import read_json
+from adapters.mlflow_links import ui_base
 from engine.pipeline import PipelineRun
 from retrain.catalog import BASELINES, CANDIDATES, GATE_RECORD
 
@@ -13,7 +14,9 @@ from retrain.catalog import BASELINES, CANDIDATES, GATE_RECORD
 def run_summary(run: PipelineRun) -> dict[str, Any]:
     """Stages (cached or ran, seconds), metrics, gates, how the candidate was selected, decision and model version.
 
-    `selection` is the gate record's section (ranking, chosen family, why each candidate was passed over).
+    `selection` is the gate record's section (ranking, chosen family, why each candidate was passed over);
+    `mlflow_ui_url` the MLflow UI links point at (adapters/mlflow_links.py), `mlflow_ui_known` whether it is
+    known to serve this store (configured, the tracking server, or the UI `make servers` started).
     """
     by_name = {s.name: s.result for s in run.stages}
     evaluate = by_name.get("evaluate", {}).get("info", {})
@@ -30,6 +33,7 @@ def run_summary(run: PipelineRun) -> dict[str, Any]:
         families = families_vs_baselines(tuned, read_json(run.root / BASELINES))
         for family, entry in tuned["families"].items():
             families[family] |= {k: entry.get(k) for k in ("cv_score", "n_trials", "n_pruned")}
+    ui, ui_known = ui_base(run.tracking.tracking_uri, run.params.tracking.ui_url, run.root)
     return {
         "stages": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 3)} for s in run.stages],
         "metrics": {s.name: s.result.get("metrics", {}) for s in run.stages},
@@ -52,6 +56,8 @@ def run_summary(run: PipelineRun) -> dict[str, Any]:
         "mlflow_run_id": run.tracking.parent_run_id,
         "mlflow_experiment_id": run.tracking.experiment_id,
         "tracking_uri": run.tracking.tracking_uri,
+        "mlflow_ui_url": ui,
+        "mlflow_ui_known": ui_known,
         "prefect_flow_run_id": run.tracking.tags.get("retrain.prefect_flow_run_id"),
         "recovered": run.recovered,
         "seconds": round(time.perf_counter() - run.started, 3),

@@ -9,10 +9,11 @@ from typing import Any, Literal
 
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.pipeline import PipelineRun
-from flows import env
+from flows import env, outcome
 from flows.dag import DAG
 from flows.summary import run_summary, summary_tags
 from retrain.config import Params
@@ -83,11 +84,13 @@ def checked_params(root: Path, params_file: str, overrides: list[str]) -> Params
 
 
 @flow(name="retrain", log_prints=False, validate_parameters=True)
-def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli") -> dict[str, Any]:
+def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli") -> State[dict[str, Any]]:
     """Version, validate, split, train, gate and promote (or, with dry_run, report what promote would do).
 
     `trigger` is a parameter of its own, not a request field: Prefect merges a deployment's parameters with a
     run's by top-level key, so a deployment pins `trigger` while the form replaces the whole request.
+    The final state is named after the decision (Promoted, Kept, Rejected, DryRun; Refused is Failed) with the
+    run summary as its result, and the run leaves the Markdown artifact `retrain-outcome` (flows/outcome.py).
     """
     env.log_info()
     root = project_root()
@@ -118,9 +121,12 @@ def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli"
         run.stage(evaluate.STAGE)
         run.stage(promote.STAGE)
         run.record_lineage()
-    except BaseException:
+    except BaseException as exc:
         run.finish("FAILED", summary_tags(run_summary(run)))
+        if isinstance(exc, Exception):  # not on a cancel or Ctrl-C: then the API may be going away
+            outcome.publish_failure(run, exc)  # what is known; never raises over `exc`
         raise
     summary = run_summary(run)
     run.finish("FINISHED", summary_tags(summary))
-    return summary
+    outcome.publish(run, summary)
+    return outcome.final_state(summary)

@@ -23,6 +23,18 @@ EVALUATED_MODEL = "models/evaluate/model"
 """The model as gated and registered: the selected candidate plus its calibration and confidence files."""
 MODEL_CARD = "models/evaluate/model_card.html"
 PROMOTION = "models/promote/promotion.json"
+LEARNING_CURVES = "models/candidates/learning_curves.json"
+"""Each family's learning curve (train and valid score vs training rows), from its train-only diagnostics."""
+
+REPORTS = "reports"
+"""Small git-tracked files DVC shows (`dvc metrics`, `dvc plots`, `dvc exp show`): never inside a DVC out directory."""
+EVALUATE_METRICS = "reports/evaluate/metrics.json"
+PROMOTE_METRICS = "reports/promote/promotion.json"
+EVALUATE_PLOTS = {
+    name: f"reports/evaluate/plots/{name}.json"
+    for name in ("roc", "pr", "calibration", "learning_curve", "slices", "predicted_vs_actual", "residuals")
+}
+"""One JSON list of rows per plot (empty when the task has no such plot: no ROC for a regression)."""
 
 DATASET_KEYS = (
     "dataset.task",

@@ -594,6 +594,9 @@ class TrackingConfig(Strict):
 
     tracking_uri: str | None = None
     experiment: str
+    ui_url: str | None = None
+    """Base URL of the MLflow UI for printed links; None: the tracking server itself (an http:// tracking_uri),
+    else $RETRAIN_MLFLOW_UI_URL, else the UI `make servers` started (its port), else http://127.0.0.1:5000."""
 
 
 class RunnerConfig(Strict):

@@ -1,12 +1,14 @@
-"""Prefect UI check: fill the retrain-manual form in headless Chromium, run it on a worker, assert it promotes.
+"""Prefect UI check: submit the retrain-manual form twice in headless Chromium; one run Promoted, one Rejected.
 
 `make ui-check` runs this with the project's venv; the browser part re-runs this file as `browser` under the
 separate `.venv-ui` (Playwright, from requirements-ui.lock), so Playwright never enters requirements.lock.
 Everything happens in a throwaway project on a small sample with its own Prefect server on a free port:
 
-  temp project -> `prefect server start` -> `make deploy` path (work pool + flows/deploy.py register)
-  -> `prefect worker start --pool retrain-process` -> Chromium: Deployments > retrain-manual > Run > Custom run,
-  fill the form, Submit -> wait for Completed -> assert the flow run's parameters, trigger=ui, MLflow champion.
+  temp project -> `prefect server start` -> `make deploy` (work pool + `prefect deploy --all` from prefect.yaml)
+  -> `prefect worker start --pool retrain-process` -> Chromium, for each of FORMS: Deployments > retrain-manual >
+  Run > Custom run, fill the form, Submit -> wait for the end -> the run page's state badge names the decision
+  (Promoted / Rejected) -> Artifacts tab -> `retrain-outcome` opens its Markdown (title, Gates, Decision)
+  -> assert the runs' parameters, trigger=ui, and that only the promoted run's model is the MLflow champion.
 
 Screenshots go to <checkout>/.retrain/ui-check/. Exit 0 when all holds, 1 with the reason otherwise.
 """
@@ -51,6 +53,14 @@ DEPLOYMENT = "retrain-manual"
 WORK_POOL = "retrain-process"
 FORM: dict[str, Any] = {"sample_rows": 2000, "n_trials": 3, "baseline_margin": 0.002, "metric_min": {"roc_auc": 0.8}}
 """What the browser types into the form (the project's own values differ: 2500 rows, 2 trials, roc_auc >= 0.85)."""
+FORMS: list[tuple[str, dict[str, Any]]] = [
+    ("Promoted", FORM),
+    # the same values but an unreachable bound: only evaluate and promote re-run (the rest is cached)
+    ("Rejected", {**FORM, "metric_min": {"roc_auc": 0.999}}),
+]
+"""The forms submitted, in order, with the final state's name each must show (flows/outcome.py)."""
+ARTIFACT = "retrain-outcome"
+"""The Markdown artifact every run leaves (flows/outcome.py ARTIFACT_KEY)."""
 
 
 class CheckError(RuntimeError):
@@ -138,12 +148,16 @@ def make_sample_project(dest: Path) -> Path:
     sys.path.insert(0, str(CHECKOUT))
     from tests.conftest import make_project, small_params
 
-    # the latency gate is wall-clock, and this machine may be busy; it has its own tests
-    return make_project(dest, small_params(evaluate={"gates": {"latency": {"enabled": False}}}))
+    # the latency gate is wall-clock, and this machine may be busy; it has its own tests. One family keeps the
+    # two runs short: this checks the UI, the families have their own tests
+    params = small_params(evaluate={"gates": {"latency": {"enabled": False}}}, candidates={"families": ["lightgbm"]})
+    root = make_project(dest, params)
+    shutil.copy2(CHECKOUT / "prefect.yaml", root / "prefect.yaml")  # what `prefect deploy --all` reads
+    return root
 
 
-def verify(root: Path, api_url: str, flow_run_id: str) -> dict[str, Any]:
-    """The run completed with the form's values, recorded trigger=ui, and promoted a champion it trained."""
+def verify(root: Path, api_url: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run ended in its named state with its form's values, trigger=ui; the champion is the promoted one's."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -152,17 +166,6 @@ def verify(root: Path, api_url: str, flow_run_id: str) -> dict[str, Any]:
     from retrain.config import load_params, stable_hash
     from retrain.config import params_dict as as_dict
 
-    run = api(api_url, f"/flow_runs/{flow_run_id}")
-    if run["state_type"] != "COMPLETED":
-        raise CheckError(f"flow run {flow_run_id} ended {run['state_type']}: {run['state'].get('message')}")
-    parameters = run["parameters"]
-    if parameters.get("trigger") != "ui":
-        raise CheckError(f"flow run parameters have trigger={parameters.get('trigger')!r}, expected 'ui'")
-    request = RunRequest.model_validate(parameters.get("request", {}))
-    typed = {name: getattr(request, name) for name in FORM}
-    if typed != FORM:
-        raise CheckError(f"the form's values did not reach the run: sent {FORM}, run has {typed}")
-
     params = load_params(root / "params.yaml")
     client = MlflowClient(params.tracking.tracking_uri or default_tracking_uri(root))
     try:
@@ -170,27 +173,48 @@ def verify(root: Path, api_url: str, flow_run_id: str) -> dict[str, Any]:
     except MlflowException as error:
         raise CheckError(f"no {params.promote.alias} alias on {params.promote.model_name}: {error}") from error
     experiment = client.get_experiment_by_name(params.tracking.experiment)
-    runs = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`retrain.prefect_flow_run_id` = '{flow_run_id}'"
-    )
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    if len(parents) != 1:
-        raise CheckError(f"expected one parent MLflow run tagged with flow run {flow_run_id}, found {len(parents)}")
-    tags = parents[0].data.tags
-    if tags.get("retrain.trigger") != "ui":
-        raise CheckError(f"MLflow run {parents[0].info.run_id} has retrain.trigger={tags.get('retrain.trigger')!r}")
-    expected_hash = stable_hash(as_dict(load_params(root / "params.yaml", request.to_overrides())))
-    if tags.get("retrain.params_hash") != expected_hash:
-        raise CheckError("the run's params hash is not that of params.yaml with the form's overrides")
-    if champion.run_id not in {r.info.run_id for r in runs}:
-        raise CheckError(f"{params.promote.alias} v{champion.version} was not trained by flow run {flow_run_id}")
-    return {
-        "flow_run": run["name"],
-        "flow_run_id": flow_run_id,
-        "mlflow_run": parents[0].info.run_id,
-        "champion_version": champion.version,
-        "params_hash": expected_hash,
-    }
+    summaries = []
+    for (expected, form), seen in zip(FORMS, runs, strict=True):
+        flow_run_id = seen["flow_run_id"]
+        run = api(api_url, f"/flow_runs/{flow_run_id}")
+        if (run["state_type"], run["state_name"]) != ("COMPLETED", expected):
+            raise CheckError(f"flow run {run['name']} ended {run['state_type']} {run['state_name']!r}, not {expected}")
+        parameters = run["parameters"]
+        if parameters.get("trigger") != "ui":
+            raise CheckError(f"flow run parameters have trigger={parameters.get('trigger')!r}, expected 'ui'")
+        request = RunRequest.model_validate(parameters.get("request", {}))
+        typed = {name: getattr(request, name) for name in form}
+        if typed != form:
+            raise CheckError(f"the form's values did not reach the run: sent {form}, run has {typed}")
+        mlflow_runs = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`retrain.prefect_flow_run_id` = '{flow_run_id}'"
+        )
+        parents = [r for r in mlflow_runs if "mlflow.parentRunId" not in r.data.tags]
+        if len(parents) != 1:
+            raise CheckError(f"expected one parent MLflow run tagged with flow run {flow_run_id}, found {len(parents)}")
+        tags = parents[0].data.tags
+        if tags.get("retrain.trigger") != "ui":
+            raise CheckError(f"MLflow run {parents[0].info.run_id} has retrain.trigger={tags.get('retrain.trigger')!r}")
+        expected_hash = stable_hash(as_dict(load_params(root / "params.yaml", request.to_overrides())))
+        if tags.get("retrain.params_hash") != expected_hash:
+            raise CheckError("the run's params hash is not that of params.yaml with the form's overrides")
+        trained_champion = champion.run_id in {r.info.run_id for r in mlflow_runs}
+        if trained_champion != (expected == "Promoted"):
+            raise CheckError(
+                f"{params.promote.alias} v{champion.version}: trained by {expected} run {run['name']}? "
+                f"{trained_champion}"
+            )
+        summaries.append(
+            {
+                "state": run["state_name"],
+                "flow_run": run["name"],
+                "flow_run_id": flow_run_id,
+                "mlflow_run": parents[0].info.run_id,
+                "params_hash": expected_hash,
+                "artifact_title": seen.get("artifact_title"),
+            }
+        )
+    return summaries
 
 
 def check(args: argparse.Namespace) -> dict[str, Any]:
@@ -240,13 +264,15 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
             **env,
             "PREFECT_API_URL": api_url,
             "PREFECT_HOME": str(work / "prefect-client"),
-            "RETRAIN_ROOT": str(root),
+            "RETRAIN_ROOT": str(root),  # the worker's checkout: prefect.yaml's pull step enters it
+            "PREFECT_CLI_PROMPT": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": "2",  # the worker picks a submitted run up within 2 s (default 10)
         }
-        t = time.monotonic()  # `make deploy`: the work pool, then flows/deploy.py register
+        t = time.monotonic()  # `make deploy`: the work pool, then `prefect deploy --all` (prefect.yaml)
         run_step(
             [str(BIN / "prefect"), "work-pool", "create", WORK_POOL, "--type", "process"], root, client_env, "work pool"
         )
-        run_step([str(BIN / "python"), "-m", "flows.deploy", "register"], root, client_env, "register deployments")
+        run_step([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], root, client_env, "prefect deploy --all")
         timings["deploy"] = time.monotonic() - t
         worker = spawn(
             [str(BIN / "prefect"), "worker", "start", "--pool", WORK_POOL], root, client_env, logs / "worker.log"
@@ -274,10 +300,10 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
             raise CheckError(f"the browser step did not end within {error.timeout:.0f}s") from error
         timings["browser"] = time.monotonic() - t
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
-        if done.returncode != 0 or "flow_run_id" not in result:
+        if done.returncode != 0 or len(result.get("runs", [])) != len(FORMS):
             raise CheckError(f"browser step failed ({done.returncode}): {result.get('error', 'see its log above')}")
         timings.update(result.get("timings", {}))
-        summary = verify(root, api_url, result["flow_run_id"])
+        summary = {"runs": verify(root, api_url, result["runs"])}
         passed = True
     finally:
         stop(worker, "worker")
@@ -300,8 +326,8 @@ def field(page: Any, label: str) -> Any:
     return page.locator("div.schema-form-property").filter(has=own_label)
 
 
-def fill_form(page: Any) -> None:
-    """Type FORM into the request form: pick the non-null type of each optional field, then its value."""
+def fill_form(page: Any, form: dict[str, Any]) -> None:
+    """Type `form` into the request form: pick the non-null type of each optional field, then its value."""
     for label, name, kind in (
         ("Sample Rows", "sample_rows", "int"),
         ("N Trials", "n_trials", "int"),
@@ -309,35 +335,102 @@ def fill_form(page: Any) -> None:
     ):
         prop = field(page, label)
         prop.get_by_role("button", name=kind, exact=True).click()
-        prop.locator("input").fill(str(FORM[name]))
-        logger.info("form: %s = %s", label, FORM[name])
+        prop.locator("input").fill(str(form[name]))
+        logger.info("form: %s = %s", label, form[name])
     prop = field(page, "Metric Min")  # dict[str, float]: a JSON editor
-    prop.locator("textarea").fill(json.dumps(FORM["metric_min"]))
-    logger.info("form: Metric Min = %s", json.dumps(FORM["metric_min"]))
+    prop.locator("textarea").fill(json.dumps(form["metric_min"]))
+    logger.info("form: Metric Min = %s", json.dumps(form["metric_min"]))
 
 
-def show_final_state(page: Any, state_name: str, shots: Path) -> list[str]:
-    """Reload the open flow run page until it shows the final state; screenshot it and its Parameters tab."""
+def shot(page: Any, shots: Path, name: str, tall: bool = False) -> str:
+    """Screenshot the page into `shots` (`tall`: the whole form or report in one picture); its path."""
+    path = shots / f"{name}.png"
+    if tall:
+        page.set_viewport_size({"width": 1400, "height": 2400})
+    page.screenshot(path=str(path))
+    if tall:
+        page.set_viewport_size({"width": 1400, "height": 1000})
+    return str(path)
+
+
+def submit_form(page: Any, ui: str, form: dict[str, Any], shots: Path, prefix: str) -> tuple[str, list[str]]:
+    """Deployments -> retrain-manual -> Run -> Custom run, fill `form`, Submit, open the new run; its id, pictures."""
+    page.goto(ui + "/deployments")
+    page.get_by_text(DEPLOYMENT, exact=True).click()
+    page.wait_for_url(re.compile(r"/deployments/deployment/"))
+    deployment_id = page.url.split("/deployments/deployment/")[1].split("?")[0].split("/")[0]
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Custom run", exact=True).click()
+    page.wait_for_url(re.compile(r"/run\b"))
+    field(page, "Sample Rows").get_by_role("button", name="int", exact=True).wait_for()
+    fill_form(page, form)
+    pictures = [shot(page, shots, f"{prefix}-1-form-filled", tall=True)]
+    run_name = page.locator(".flow-run-name-input input").input_value()  # generated, e.g. "epsilon2-ando"
+    page.get_by_role("button", name="Submit", exact=True).click()
+    # the UI returns to the deployment page (a toast "<run> scheduled to start now", gone after a few seconds)
+    # where the new run is listed by name: open it from there, as a person would
+    run_link = page.locator("a", has_text=re.compile(f"^{re.escape(run_name)}$")).first
+    run_link.wait_for()
+    pictures.append(shot(page, shots, f"{prefix}-2-submitted"))
+    run_link.click()
+    page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
+    flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url).group(1)  # type: ignore[union-attr]
+    run = api(ui + "/api", f"/flow_runs/{flow_run_id}")
+    if run["deployment_id"] != deployment_id:
+        raise CheckError(f"{run_name} opened {flow_run_id}, not a run of {DEPLOYMENT}")
+    logger.info("submitted: flow run %s (%s), its page is open", run["name"], flow_run_id)
+    return flow_run_id, pictures
+
+
+def wait_final(api_url: str, flow_run_id: str, timeout: float) -> dict[str, Any]:
+    """Poll the API the UI reads until the flow run is final; the run."""
+    began, state = time.monotonic(), None
+    while True:
+        run = api(api_url, f"/flow_runs/{flow_run_id}")
+        if run["state_type"] != state:
+            state = run["state_type"]
+            logger.info("flow run %s: %s after %.0fs", run["name"], run["state_name"], time.monotonic() - began)
+        if state in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+            return run
+        if time.monotonic() - began > timeout:
+            raise CheckError(f"flow run {flow_run_id} still {state} after {timeout:.0f}s")
+        time.sleep(3)
+
+
+def check_outcome_in_ui(page: Any, expected: str, shots: Path, prefix: str) -> tuple[str, list[str]]:
+    """The open run page shows the state badge `expected`; its Artifacts tab opens `retrain-outcome`'s Markdown."""
     page.reload()
-    badge = page.locator(".state-badge", has_text=state_name).or_(page.get_by_text(state_name, exact=True))
-    badge.first.wait_for()  # the page itself shows the final state
+    badge = page.locator(".state-badge").first
+    badge.wait_for()
+    shown = badge.inner_text().strip()
+    if shown != expected:
+        raise CheckError(f"the flow run page's state badge says {shown!r}, expected {expected!r}")
     page.get_by_text("Logs", exact=True).first.wait_for()
     page.wait_for_timeout(2000)  # let the timeline and the first log lines render
-    done_shot, params_shot = shots / "3-run-completed.png", shots / "4-run-parameters.png"
-    page.screenshot(path=str(done_shot))
-    page.get_by_role("tab", name="Parameters").or_(page.get_by_text("Parameters", exact=True)).first.click()
-    page.get_by_text("sample_rows").first.wait_for()
-    page.screenshot(path=str(params_shot))
-    return [str(done_shot), str(params_shot)]
+    pictures = [shot(page, shots, f"{prefix}-3-run-final")]
+    page.get_by_text("Artifacts", exact=True).first.click()
+    card = page.locator("a", has_text=ARTIFACT).first  # the artifact card, a link to the artifact's page
+    card.wait_for()
+    pictures.append(shot(page, shots, f"{prefix}-4-artifacts-tab"))
+    card.click()
+    page.wait_for_url(re.compile(r"/artifacts/artifact/"))
+    title = page.locator("h2", has_text=re.compile(f"^{expected}:")).first  # the report's headline: "<state>: <model>"
+    title.wait_for()
+    for heading in ("Gates", "Decision"):
+        page.locator("h3", has_text=heading).first.wait_for()
+    text = title.inner_text().strip()
+    pictures.append(shot(page, shots, f"{prefix}-5-artifact", tall=True))
+    logger.info("%s: badge %r, artifact %s shows %r", prefix, shown, ARTIFACT, text)
+    return text, pictures
 
 
 def drive(ui: str, shots: Path, timeout: float) -> dict[str, Any]:
-    """Deployments -> retrain-manual -> Run -> Custom run, fill, Submit, wait for the run's end, screenshot it."""
+    """For each of FORMS: submit it, wait for the run's end, check its state badge and artifact in the page."""
     from playwright.sync_api import sync_playwright
 
     timings: dict[str, float] = {}
     screenshots: list[str] = []
-    api_url = ui + "/api"
+    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile, sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             profile,
@@ -349,62 +442,27 @@ def drive(ui: str, shots: Path, timeout: float) -> dict[str, Any]:
         context.set_default_timeout(60_000)
         page = context.new_page()
         try:
-            t = time.monotonic()
-            page.goto(ui + "/deployments")
-            page.get_by_text(DEPLOYMENT, exact=True).click()
-            page.wait_for_url(re.compile(r"/deployments/deployment/"))
-            deployment_id = page.url.split("/deployments/deployment/")[1].split("?")[0].split("/")[0]
-            page.get_by_role("button", name="Run", exact=True).click()
-            page.get_by_text("Custom run", exact=True).click()
-            page.wait_for_url(re.compile(r"/run\b"))
-            field(page, "Sample Rows").get_by_role("button", name="int", exact=True).wait_for()
-            timings["form_open"] = time.monotonic() - t
-            logger.info("custom-run form of %s open after %.1fs", DEPLOYMENT, timings["form_open"])
-            fill_form(page)
-            page.set_viewport_size({"width": 1400, "height": 2400})  # the whole form in one picture
-            form_shot = shots / "1-form-filled.png"
-            page.screenshot(path=str(form_shot))
-            screenshots.append(str(form_shot))
-            page.set_viewport_size({"width": 1400, "height": 1000})
-
-            run_name = page.locator(".flow-run-name-input input").input_value()  # generated, e.g. "epsilon2-ando"
-            page.get_by_role("button", name="Submit", exact=True).click()
-            # the UI returns to the deployment page (a toast "<run> scheduled to start now", gone after a few
-            # seconds) where the new run is listed by name: open it from there, as a person would
-            run_link = page.locator("a", has_text=re.compile(f"^{re.escape(run_name)}$")).first
-            run_link.wait_for()
-            submitted_shot = shots / "2-submitted.png"
-            page.screenshot(path=str(submitted_shot))
-            screenshots.append(str(submitted_shot))
-            run_link.click()
-            page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
-            flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url).group(1)  # type: ignore[union-attr]
-            run = api(api_url, f"/flow_runs/{flow_run_id}")
-            if run["deployment_id"] != deployment_id:
-                raise CheckError(f"{run_name} opened {flow_run_id}, not a run of {DEPLOYMENT}")
-            logger.info("submitted: flow run %s (%s), its page is open", run["name"], flow_run_id)
-
-            t, state = time.monotonic(), None
-            while True:
-                run = api(api_url, f"/flow_runs/{flow_run_id}")
-                if run["state_type"] != state:
-                    state = run["state_type"]
-                    logger.info("flow run %s: %s after %.0fs", run["name"], state, time.monotonic() - t)
-                if state in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
-                    break
-                if time.monotonic() - t > timeout:
-                    raise CheckError(f"flow run {flow_run_id} still {state} after {timeout:.0f}s")
-                time.sleep(3)
-            timings["run"] = time.monotonic() - t
-            screenshots += show_final_state(page, run["state_name"], shots)
-            if state != "COMPLETED":
-                raise CheckError(f"flow run {flow_run_id} ended {state}: {run['state'].get('message')}")
-            return {"flow_run_id": flow_run_id, "state": state, "timings": timings, "screenshots": screenshots}
+            for expected, form in FORMS:
+                prefix = expected.lower()
+                t = time.monotonic()
+                flow_run_id, pictures = submit_form(page, ui, form, shots, prefix)
+                screenshots += pictures
+                timings[f"{prefix}_submit"] = time.monotonic() - t
+                t = time.monotonic()
+                run = wait_final(ui + "/api", flow_run_id, timeout)
+                timings[f"{prefix}_run"] = time.monotonic() - t
+                if run["state_type"] != "COMPLETED":
+                    raise CheckError(f"flow run {run['name']} ended {run['state_type']}: {run['state'].get('message')}")
+                t = time.monotonic()
+                title, pictures = check_outcome_in_ui(page, expected, shots, prefix)
+                screenshots += pictures
+                timings[f"{prefix}_outcome_pages"] = time.monotonic() - t
+                runs.append({"flow_run_id": flow_run_id, "state": run["state_name"], "artifact_title": title})
+            return {"runs": runs, "timings": timings, "screenshots": screenshots}
         except Exception:
-            error_shot = shots / "error.png"
             with contextlib.suppress(Exception):
-                page.screenshot(path=str(error_shot))
-                logger.error("page at failure: %s (screenshot %s)", page.url, error_shot)
+                screenshots.append(shot(page, shots, "error"))
+                logger.error("page at failure: %s (screenshot %s)", page.url, shots / "error.png")
             raise
         finally:
             context.close()

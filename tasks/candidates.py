@@ -25,10 +25,11 @@ from threadpoolctl import threadpool_limits
 
 from adapters.jsonfile import write_json
 from engine.context import StageContext, clear_outputs, finish, stage_run
+from engine.progress import Reporter, artifact_key
 from engine.scaleout import family_runner
 from engine.stage import Stage
-from retrain.catalog import CANDIDATES, DATASET_KEYS, SPLITS, VALID_SCORES
-from retrain.config import CandidatesConfig, DatasetConfig
+from retrain.catalog import CANDIDATES, DATASET_KEYS, LEARNING_CURVES, SPLITS, VALID_SCORES
+from retrain.config import CandidatesConfig, DatasetConfig, FamilyConfig
 from retrain.errors import DataError
 from retrain.metrics import class_labels, encode_target, get_metric, score
 from retrain.models.families import FAMILIES, check_family
@@ -122,7 +123,7 @@ def fit_family(
 ) -> FamilyOutcome:
     """Search, refit on train (valid score), refit on train + valid and save the final model."""
     from retrain.models.estimators import monotone_params, pipeline_scores, save_model
-    from retrain.models.tuning import fit_model, plan_threads, tune
+    from retrain.models.tuning import fit_model, plan_threads, trial_budget
 
     dataset = d.dataset
     family_cfg = cfg.family(family)
@@ -131,7 +132,50 @@ def fit_family(
         family_cfg = family_cfg.model_copy(update={"fixed": {**family_cfg.fixed, **constraints}})
     elif cfg.monotone:
         logger.warning("candidates: %s cannot be built with monotone constraints %s", family, dict(cfg.monotone))
-    result = tune(
+    progress = Reporter(artifact_key=artifact_key("retrain-tuning", family), log=logger)
+    progress.start("candidates", trial_budget(family_cfg, cfg.n_trials), f"tuning {family}")
+    try:
+        result = tune_family(family, family_cfg, d, cfg, storage, study, progress)
+    finally:
+        progress.finish(log=False)  # tuning's own line closes the search (best CV, trials, pruned, seconds)
+    _, threads = plan_threads(result.threads, 1)
+    fit = dict(numeric=dataset.numeric, categorical=dataset.categorical, task=dataset.task, threads=threads)
+    started = time.perf_counter()
+    train_model = fit_model(family, result.refit_params(len(d.X_train)), d.X_train, d.y_train, **fit)
+    fit_seconds = time.perf_counter() - started
+    logger.info("candidates: %s refit on train (%d rows) in %.1f s", family, len(d.X_train), fit_seconds)
+    started = time.perf_counter()
+    with threadpool_limits(limits=threads):
+        valid_scores = pipeline_scores(train_model, d.X_valid, dataset.task, d.n_classes)
+    rate = len(d.X_valid) / max(time.perf_counter() - started, 1e-9)
+    X_full = pd.concat([d.X_train, d.X_valid], ignore_index=True)
+    y_full = np.concatenate([d.y_train, d.y_valid])
+    final_params = result.refit_params(len(X_full))
+    started = time.perf_counter()
+    final_model = fit_model(family, final_params, X_full, y_full, **fit)
+    seconds = time.perf_counter() - started
+    logger.info("candidates: %s refit on train + valid (%d rows) in %.1f s", family, len(X_full), seconds)
+    started = time.perf_counter()
+    save_model(final_model, family, dataset.features, directory, task=dataset.task, labels=d.labels)
+    logger.info("candidates: %s saved in %.1f s", family, time.perf_counter() - started)
+    valid_score = score(d.metric, d.y_valid, valid_scores)
+    return FamilyOutcome(result, train_model, final_model, valid_scores, valid_score, fit_seconds, rate, final_params)
+
+
+def tune_family(
+    family: str,
+    family_cfg: FamilyConfig,
+    d: Design,
+    cfg: CandidatesConfig,
+    storage: Any,
+    study: str | None,
+    progress: Reporter,
+) -> TuningResult:
+    """The family's Optuna search on train, each finished trial moving `progress` (bar, artifact)."""
+    from retrain.models.tuning import tune
+
+    dataset = d.dataset
+    return tune(
         family,
         family_cfg,
         d.X_train,
@@ -149,23 +193,8 @@ def fit_family(
         parallel_trials=cfg.parallel_trials,
         storage=storage,
         study_name=study,
+        on_trial=lambda _family, done, _budget: progress.advance(done=done),
     )
-    _, threads = plan_threads(result.threads, 1)
-    fit = dict(numeric=dataset.numeric, categorical=dataset.categorical, task=dataset.task, threads=threads)
-    started = time.perf_counter()
-    train_model = fit_model(family, result.refit_params(len(d.X_train)), d.X_train, d.y_train, **fit)
-    fit_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    with threadpool_limits(limits=threads):
-        valid_scores = pipeline_scores(train_model, d.X_valid, dataset.task, d.n_classes)
-    rate = len(d.X_valid) / max(time.perf_counter() - started, 1e-9)
-    X_full = pd.concat([d.X_train, d.X_valid], ignore_index=True)
-    y_full = np.concatenate([d.y_train, d.y_valid])
-    final_params = result.refit_params(len(X_full))
-    final_model = fit_model(family, final_params, X_full, y_full, **fit)
-    save_model(final_model, family, dataset.features, directory, task=dataset.task, labels=d.labels)
-    valid_score = score(d.metric, d.y_valid, valid_scores)
-    return FamilyOutcome(result, train_model, final_model, valid_scores, valid_score, fit_seconds, rate, final_params)
 
 
 def fit_family_at(
@@ -266,6 +295,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             for family in bases
         }
         outcomes: dict[str, FamilyOutcome] = {}
+        learning: dict[str, Any] = {}
         with family_runner(ctx.params.runner, fit_family_at, calls) as fitted:
             for family in order:
                 family_tags = {**ctx.tracking.tags, "retrain.stage": ctx.stage, "retrain.family": family}
@@ -282,9 +312,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
                     else:
                         outcome = fitted(family)
                     outcomes[family] = outcome
-                    log_family(ctx, family, outcome, d, folds)
+                    learning[family] = log_family(ctx, family, outcome, d, folds)
         summary = {family: outcome.summary() for family, outcome in outcomes.items()}
         save_valid_scores(ctx.path(VALID_SCORES), {f: o.valid_scores for f, o in outcomes.items()})
+        write_json(ctx.path(LEARNING_CURVES), {f: c for f, c in learning.items() if c is not None})
         write_json(
             ctx.path(f"{CANDIDATES}/summary.json"),
             {
@@ -297,8 +328,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return finish(ctx, active, {f"valid_{metric}_{f}": s["valid_score"] for f, s in summary.items()})
 
 
-def log_family(ctx: StageContext, family: str, outcome: FamilyOutcome, d: Design, folds: str) -> None:
-    """The family's child run: best params, CV/valid scores, timings, every trial and the diagnostics."""
+def log_family(ctx: StageContext, family: str, outcome: FamilyOutcome, d: Design, folds: str) -> dict | None:
+    """The family's child run: best params, CV/valid scores, timings, every trial and the diagnostics.
+
+    Returns the family's learning curve without its timing (evaluate's DVC plot), None when it has none.
+    """
     from adapters.mlflow_tracking import log_candidate_diagnostics
 
     result, metric = outcome.result, d.metric
@@ -316,6 +350,7 @@ def log_family(ctx: StageContext, family: str, outcome: FamilyOutcome, d: Design
         }
     )
     log_trials(result, metric)
+    documents: dict[str, Any] = {}
     log_candidate_diagnostics(
         ctx,
         family,
@@ -326,9 +361,12 @@ def log_family(ctx: StageContext, family: str, outcome: FamilyOutcome, d: Design
         d.y_valid,
         fit_seconds=outcome.fit_seconds,
         valid_scores=outcome.valid_scores,
+        documents=documents,
     )
     mlflow.log_dict({"direction": result.direction, "trials": result.trials}, "trials.json")
     logger.info("candidates: %s CV %.4f, valid %.4f", family, result.cv_score, outcome.valid_score)
+    curve = documents.get("learning_curve")
+    return {k: v for k, v in curve.items() if k != "seconds"} if curve else None
 
 
 def save_valid_scores(path: Path, scores: dict[str, np.ndarray]) -> None:

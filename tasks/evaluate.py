@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,14 +32,18 @@ from adapters import mlflow_registry as registry
 from adapters.jsonfile import read_json, write_json
 from adapters.serving_check import serving_gate
 from engine.context import StageContext, clear_outputs, finish, stage_run, tree_md5
-from engine.stage import Stage
+from engine.progress import Reporter
+from engine.stage import Plot, Stage
 from retrain.catalog import (
     BASELINES,
     CANDIDATES,
     DATASET_KEYS,
     EVALUATE,
+    EVALUATE_METRICS,
+    EVALUATE_PLOTS,
     EVALUATED_MODEL,
     GATE_RECORD,
+    LEARNING_CURVES,
     MODEL_CARD,
     SPLITS,
     VALID_SCORES,
@@ -69,6 +74,25 @@ logger = logging.getLogger(__name__)
 
 EXAMPLE_ROWS = 5
 """Valid rows used as the input example (signature) and by the serving gate."""
+
+HEARTBEAT_SECONDS = 5.0
+"""Least seconds between two "still scoring" lines inside one long gate (perturbation, invariance, directional)."""
+
+
+class Heartbeat:
+    """A scoring function that says it is still at work: a line at most every HEARTBEAT_SECONDS while gates score."""
+
+    def __init__(self, score_fn: Callable[[pd.DataFrame], np.ndarray], what: str) -> None:
+        self.score_fn, self.what = score_fn, what
+        self.calls, self.rows, self.said = 0, 0, time.perf_counter()
+
+    def __call__(self, X: pd.DataFrame) -> np.ndarray:
+        """Score X; log how far the scoring has come when the last line is HEARTBEAT_SECONDS old."""
+        self.calls, self.rows = self.calls + 1, self.rows + len(X)
+        if time.perf_counter() - self.said >= HEARTBEAT_SECONDS:
+            self.said = time.perf_counter()
+            logger.info("%s: still scoring (%d calls, %d rows so far)", self.what, self.calls, self.rows)
+        return self.score_fn(X)
 
 
 def champion_input(ctx: StageContext) -> dict[str, str]:
@@ -195,10 +219,23 @@ class Shippable:
         """The policy's label-free gates on this candidate (the very callables `gate_policy` runs)."""
         from retrain.evaluation.policy import label_free_gates
 
-        return label_free_gates(
-            self.ctx.params, self.ctx.dataset, self.predictor.predict_scores, self.X_test, y_std,
-            self.measure_latency, self.check_serving,
+        scores = Heartbeat(self.predictor.predict_scores, f"evaluate: screening {self.family}")
+        gates = label_free_gates(
+            self.ctx.params, self.ctx.dataset, scores, self.X_test, y_std, self.measure_latency, self.check_serving,
         )  # fmt: skip
+        return {name: (enabled, self.logged(name, run)) for name, (enabled, run) in gates.items()}
+
+    def logged(self, name: str, gate: Callable[[], GateResult]) -> Callable[[], GateResult]:
+        """The gate, with a progress line when it is decided (screening a candidate takes seconds per gate)."""
+
+        def run() -> GateResult:
+            started = time.perf_counter()
+            result = gate()
+            seconds = time.perf_counter() - started
+            logger.info("evaluate: screening %s: %s %s in %.1f s", self.family, name, result.status.upper(), seconds)
+            return result
+
+        return run
 
 
 def run_gates(
@@ -215,19 +252,31 @@ def run_gates(
     """
     from retrain.evaluation.policy import gate_policy
 
-    gates, extra = gate_policy(
-        ctx.params,
-        ctx.dataset,
-        shippable.predictor.predict_scores,
-        shippable.X_test,
-        y_test,
-        scores,
-        context,
-        shippable.measure_latency,
-        shippable.check_serving,
-        screened=screening.results if screening is not None else None,
-        screened_seconds=screening.seconds if screening is not None else None,
-    )
+    progress = Reporter(log=logger)
+    # metric_is_finite, then one gate per evaluate.gates section (a disabled one is recorded as skipped)
+    progress.start("evaluate", 1 + len(type(ctx.params.evaluate.gates).model_fields), f"gates on {shippable.family}")
+
+    def on_gate(gate: GateResult, seconds: float) -> None:
+        line = f"gate {gate.name}: {gate.status.upper()} ({gate.reason})"
+        progress.advance(message=line + (f" in {seconds:.1f} s" if seconds >= 0.05 else ""))
+
+    try:
+        gates, extra = gate_policy(
+            ctx.params,
+            ctx.dataset,
+            Heartbeat(shippable.predictor.predict_scores, f"evaluate: gates on {shippable.family}"),
+            shippable.X_test,
+            y_test,
+            scores,
+            context,
+            shippable.measure_latency,
+            shippable.check_serving,
+            screened=screening.results if screening is not None else None,
+            screened_seconds=screening.seconds if screening is not None else None,
+            on_gate=on_gate,
+        )
+    finally:
+        progress.finish(log=False)  # each gate's own line said it all
     return gates, {**extra, "latency": dict(shippable.latency)}
 
 
@@ -249,11 +298,16 @@ def choose(
     families = list(summary["families"])
     shippable: dict[str, Shippable] = {}
     started = time.perf_counter()
+    progress = Reporter(log=logger)
+    progress.start("evaluate", len(families), "building candidates as they would ship")
     for family in families:
+        began = time.perf_counter()
         model_dir, built = build_model(ctx, family, np.asarray(y_valid), cfg.gates, work / family)
         shippable[family] = Shippable(ctx, family, model_dir, built, X_test, example, champion_latency)
+        seconds = time.perf_counter() - began
+        progress.advance(message=f"evaluate: built {family} in {seconds:.1f} s" if seconds >= 1 else None)
     build_seconds = round(time.perf_counter() - started, 3)
-    logger.info("evaluate: built %d candidates as they would ship in %.2f s", len(families), build_seconds)
+    progress.finish()
     ranking = rank_candidates(
         {f: summary["families"][f].get("valid_score") for f in families},
         {f: directory_bytes(s.model_dir) for f, s in shippable.items()},
@@ -319,7 +373,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         baselines = [from_dict(b) for b in read_json(ctx.path(BASELINES))["baselines"]]
         baseline_scores = {b.strategy: score(metric, y_test, b.predict_scores(X_test)) for b in baselines}
 
+        loading = time.perf_counter()
         champion_raw = champion_scores_on(champion, X_test, dataset)
+        if champion is not None:
+            seconds = time.perf_counter() - loading
+            logger.info("evaluate: champion v%s scored on test (its pyfunc) in %.1f s", champion["version"], seconds)
         champion_score = score(metric, y_test, champion_raw) if champion_raw is not None else None
         context = {
             "candidate_score": candidate_score,
@@ -356,16 +414,50 @@ def run(ctx: StageContext) -> dict[str, Any]:
             **extra,
         }
         write_json(ctx.path(GATE_RECORD), record)
+        write_reports(ctx, record)
         ctx.path(MODEL_CARD).write_text(render_model_card(record))
         mlflow.log_dict(record, "gate_record.json")
         mlflow.log_artifact(str(ctx.path(MODEL_CARD)))
-        for gate in gates:
-            logger.info("gate %s: %s (%s)", gate.name, gate.status.upper(), gate.reason)
         mlflow.log_metrics(gate_metrics(record, metric))
         metrics = {f"test_{metric}": candidate_score, **{f"test_{metric}_{k}": v for k, v in baseline_scores.items()}}
         if champion_score is not None:
             metrics[f"test_{metric}_champion"] = champion_score
         return finish(ctx, active, metrics, decision=decision, failed_gates=failed, family=family)
+
+
+def write_reports(ctx: StageContext, record: dict[str, Any]) -> None:
+    """The metrics file and plot rows DVC shows (`dvc metrics`, `dvc plots`, `dvc exp show`), from the record."""
+    from retrain.evaluation.reports import evaluate_metrics, plot_rows
+
+    curves = ctx.path(LEARNING_CURVES)
+    learning = read_json(curves).get(record["candidate"]["family"]) if curves.is_file() else None
+    write_json(ctx.path(EVALUATE_METRICS), evaluate_metrics(record))
+    for name, rows in plot_rows(record, learning).items():
+        write_json(ctx.path(EVALUATE_PLOTS[name]), rows)
+
+
+PLOTS = (
+    Plot(EVALUATE_PLOTS["roc"], "ROC (test)", "fpr", ("tpr",), "simple", "false positive rate", "true positive rate"),
+    Plot(EVALUATE_PLOTS["pr"], "Precision-recall (test)", "recall", ("precision",), "simple", "recall", "precision"),
+    Plot(
+        EVALUATE_PLOTS["calibration"], "Calibration (test)", "predicted", ("observed",), "linear",
+        "mean predicted", "observed (fraction positive, or mean actual)",
+    ),
+    Plot(
+        EVALUATE_PLOTS["learning_curve"], "Learning curve (chosen family)", "rows", ("train", "valid"), "linear",
+        "training rows", "score (evaluate.metric)",
+    ),
+    Plot(EVALUATE_PLOTS["slices"], "Metric per slice (test)", "score", ("slice",), "bar_horizontal", "score", "slice"),
+    Plot(
+        EVALUATE_PLOTS["predicted_vs_actual"], "Predicted vs actual (test, regression)", "predicted", ("actual",),
+        "scatter", "predicted", "actual",
+    ),
+    Plot(
+        EVALUATE_PLOTS["residuals"], "Residuals (test, regression)", "residual", ("count",), "simple",
+        "residual (actual - predicted)", "rows",
+    ),
+)  # fmt: skip
+"""What `dvc plots show` draws from evaluate's plot files (an empty file: a plot the task has not)."""
 
 
 def gate_metrics(record: dict[str, Any], metric: str) -> dict[str, float]:
@@ -405,4 +497,6 @@ STAGE = Stage(
         "seed",
     ),
     key_inputs=champion_input,
+    metrics=(EVALUATE_METRICS,),
+    plots=PLOTS,
 )

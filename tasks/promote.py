@@ -9,6 +9,7 @@ what it would do.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import mlflow
@@ -21,14 +22,24 @@ from adapters.jsonfile import read_json, write_json
 from adapters.mlflow_packaging import pyfunc_kwargs
 from engine.context import StageContext, finish, stage_run
 from engine.stage import Stage
-from retrain.catalog import EVALUATE, GATE_RECORD, PROMOTION, SPLITS
+from retrain.catalog import EVALUATE, GATE_RECORD, PROMOTE_METRICS, PROMOTION, SPLITS
 from retrain.errors import ConfigError
+from retrain.evaluation.reports import promotion_metrics
 from tasks.version import version_tags
 
 logger = logging.getLogger(__name__)
 
 CHALLENGER = "challenger"
 MODEL_CARD = "model_card.html"
+EXPERIMENT_ENV = "DVC_EXP_NAME"
+"""Set by `dvc exp run` in every stage's environment (with DVC_EXP_BASELINE_REV); unset under plain `dvc repro`."""
+BASELINE_ENV = "DVC_EXP_BASELINE_REV"
+
+
+def dvc_experiment() -> dict[str, str] | None:
+    """The DVC experiment this stage runs in (name and baseline commit), or None outside `dvc exp run`."""
+    name = os.environ.get(EXPERIMENT_ENV)
+    return {"name": name, "baseline": os.environ.get(BASELINE_ENV, "")} if name else None
 
 
 def gate_line(gate: dict[str, Any]) -> str:
@@ -167,18 +178,53 @@ def promote(ctx: StageContext, record: dict[str, Any], client: MlflowClient, uri
     }
 
 
+def write_promotion(ctx: StageContext, record: dict[str, Any], outcome: dict[str, Any], experiment: str | None) -> None:
+    """promotion.json (the full outcome) and its small metrics file (what `dvc exp show` lists)."""
+    promotion = {
+        "decision": record["decision"],
+        "failed_gates": record["failed_gates"],
+        "model_name": ctx.params.promote.model_name,
+        "model_hash": record["candidate"]["model_hash"],
+        **({"experiment": experiment} if experiment else {}),
+        **outcome,
+    }
+    write_json(ctx.path(PROMOTION), promotion)
+    write_json(ctx.path(PROMOTE_METRICS), promotion_metrics(promotion, experiment))
+
+
+def in_experiment(ctx: StageContext, record: dict[str, Any], client: MlflowClient, exp: dict[str, str]) -> dict:
+    """Inside `dvc exp run`: never touch the registry; record what promotion would do, so the experiment is saved."""
+    outcome = dry_run(ctx, record, client) | {"version": None, "audit": []}
+    mlflow.set_tags({"retrain.dvc_experiment": exp["name"], "retrain.dvc_baseline_rev": exp["baseline"]})
+    write_promotion(ctx, record, outcome, exp["name"])
+    ship = f"; to ship it: `dvc exp apply {exp['name']}`, then `retrain run`" if record["decision"] == "promote" else ""
+    logger.warning(
+        "promote: DVC experiment %s (baseline %s): registry untouched; decision %s, %s%s",
+        exp["name"], exp["baseline"][:7], record["decision"], outcome["action"], ship,
+    )  # fmt: skip
+    return outcome
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
-    """Promote a candidate whose gate record says so; report (and change nothing) for a reject or a dry run."""
+    """Promote a candidate whose gate record says so; report (and change nothing) for a reject or a dry run.
+
+    Inside a DVC experiment promote behaves like a dry run and writes what it would do to promotion.json.
+    """
     name, alias = ctx.params.promote.model_name, ctx.params.promote.alias
     record = read_json(ctx.path(GATE_RECORD))
     client = MlflowClient(ctx.tracking.tracking_uri)
+    experiment = dvc_experiment()
     with stage_run(ctx) as active:
         uris = log_record(ctx, record, active.info.run_id)
-        if ctx.dry_run:
-            outcome = dry_run(ctx, record, client) | {"version": None, "audit": []}
+        if ctx.dry_run or experiment:
+            if experiment:
+                outcome = in_experiment(ctx, record, client, experiment)
+            else:
+                outcome = dry_run(ctx, record, client) | {"version": None, "audit": []}
             mlflow.set_tag("retrain.promotion", outcome["action"])
             mlflow.set_tag("retrain.dry_run", "true")
-            return finish(ctx, active, dry_run=True, **outcome)
+            where = {"experiment": experiment["name"]} if experiment else {}
+            return finish(ctx, active, dry_run=True, **where, **outcome)
         if record["decision"] != "promote":
             exists = _model_exists(client, name)
             champion = registry.alias_version(client, name, alias) if exists else None
@@ -194,14 +240,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             }
         else:
             outcome = promote(ctx, record, client, uris)
-        promotion = {
-            "decision": record["decision"],
-            "failed_gates": record["failed_gates"],
-            "model_name": name,
-            "model_hash": record["candidate"]["model_hash"],
-            **outcome,
-        }
-        write_json(ctx.path(PROMOTION), promotion)
+        write_promotion(ctx, record, outcome, None)
         mlflow.set_tag("retrain.promotion", outcome["action"])
         return finish(ctx, active, dry_run=False, **outcome)
 
@@ -213,4 +252,5 @@ STAGE = Stage(
     outs=(PROMOTION,),
     params=("promote.model_name", "promote.alias"),
     cache=False,
+    metrics=(PROMOTE_METRICS,),
 )

@@ -152,7 +152,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             sources = " + ".join(str(f) for f in files.values() if f)
             raise DataValidationError(
                 f"validate: {sources} (snapshot {SNAPSHOT}) failed {len(failed)} of {report['evaluated']} checks "
-                f"(Data Docs and report.json under the MLflow run's validation/ artifacts):\n  {lines}",
+                f"(MLflow run artifacts: validation/data_docs/validation_result.html, validation/report.json):"
+                f"\n  {lines}",
                 failed,
             )
         write_json(ctx.path(VALIDATION), report)

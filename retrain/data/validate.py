@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from retrain.config import DatasetConfig, Params, SplitConfig, ValidateConfig
+from retrain.data.datadocs import make_self_contained
 from retrain.data.domains import ChampionDomains, ColumnReference, out_of_range, unseen, without_reference
 from retrain.data.ingest import SOURCE_COLUMN
 from retrain.data.leakage import METRICS, LeakageScores, feature_scores, leaks
@@ -252,11 +253,14 @@ def validate_frame(
     docs_dir: Path | None = None,
     champion: ChampionDomains | None = None,
 ) -> Any:
-    """Run the suite through a GX Checkpoint on an ephemeral context; never raises, callers check `success`.
+    """Run the suite through a GX Checkpoint on an ephemeral context; callers check `success`.
 
     With `docs_dir`, the checkpoint's UpdateDataDocsAction renders the Data Docs site (HTML) there, also
-    when validation fails. A frame with the `__source__` column gets the champion-domain expectations
-    (`champion`) per source; without it, over all rows. Returns the suite's validation result.
+    when validation fails, and each page is then made self-contained (`retrain.data.datadocs`: no CDN, works
+    offline and in MLflow's artifact viewer; the validation result page moves to `validation_result.html`).
+    Raises only if a vendored Data Docs asset fails its sha256 check. A frame with the `__source__` column
+    gets the champion-domain expectations (`champion`) per source; without it, over all rows. Returns the
+    suite's validation result.
     """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -298,6 +302,9 @@ def validate_frame(
         )
     )
     result = checkpoint.run(batch_parameters={"dataframe": frame})
+    if docs_dir is not None:
+        sizes = make_self_contained(docs_dir)
+        logger.debug("validate: Data Docs made self-contained: %d pages, %d bytes", len(sizes), sum(sizes.values()))
     return next(iter(result.run_results.values()))
 
 
@@ -710,7 +717,8 @@ def render_html(report: dict[str, Any]) -> str:
         "table{border-collapse:collapse}</style></head><body>"
         f"<h1>Data gate {verdict}</h1><p>{report['evaluated']} checks, {report['failed']} failed, "
         f"{report['warned']} warnings. Schema, types, ranges, nulls, domains, duplicates and labels: see "
-        "<a href='index.html'>the GX Data Docs</a>.</p>"
+        "<a href='validation_result.html'>the GX validation result</a> (site index: <a href='index.html'>"
+        "index.html</a>).</p>"
         "<h2>Table rules</h2><table><tr><th>status</th><th>rule</th><th>column</th><th>expected</th>"
         f"<th>params key</th><th>observed</th></tr>{''.join(rows)}</table>"
         f"<h2>Drift</h2><pre>{html.escape(_pretty(drift))}</pre>"

@@ -36,6 +36,9 @@ from retrain.models.estimators import pipeline_scores, task_scores
 
 logger = logging.getLogger(__name__)
 
+PROGRESS_SECONDS = 5.0
+"""Least seconds between two progress lines inside one long diagnostic (permutation importance)."""
+
 MAX_CURVE_POINTS = 50
 """At most this many boosting rounds are evaluated for the loss curves (evenly spaced, last round included)."""
 
@@ -160,18 +163,21 @@ def learning_curve(
         X_all = pd.concat([X_train, X_valid], ignore_index=True)
         y_all = np.concatenate([np.asarray(y_train), np.asarray(y_valid)])
         split = [(order, np.arange(n_train, n_train + len(X_valid)))]
-        found, train_grid, valid_grid = sk_learning_curve(
-            template,
-            X_all,
-            y_all,
-            train_sizes=np.asarray(refit),
-            cv=split,
-            scoring=_metric_scorer(metric, task, n_classes),
-            error_score="raise",
-        )
-        sizes = [int(n) for n in found]
-        train_scores = [float(v) for v in train_grid[:, 0]]
-        valid_scores = [float(v) for v in valid_grid[:, 0]]
+        for size in refit:  # one size at a time (the same fits as all at once), so each refit can say it is done
+            began = time.perf_counter()
+            found, train_grid, valid_grid = sk_learning_curve(
+                template,
+                X_all,
+                y_all,
+                train_sizes=np.asarray([size]),
+                cv=split,
+                scoring=_metric_scorer(metric, task, n_classes),
+                error_score="raise",
+            )
+            sizes.append(int(found[0]))
+            train_scores.append(float(train_grid[0, 0]))
+            valid_scores.append(float(valid_grid[0, 0]))
+            logger.info("learning curve: refit on %d rows in %.1f s", sizes[-1], time.perf_counter() - began)
     sizes.append(int(n_train))
     # the full size is the fitted model itself (no refit), scored on the rows in the same permuted order as before
     train_scores.append(
@@ -255,8 +261,13 @@ def feature_importance(
     idx = rng.choice(len(X_valid), size=min(MAX_PERMUTATION_ROWS, len(X_valid)), replace=False)
     X, y = X_valid.iloc[idx].reset_index(drop=True), np.asarray(y_valid)[idx]
     sign = 1.0 if greater_is_better else -1.0
+    total, calls, said = 1 + len(X.columns) * n_repeats, [0], [time.perf_counter()]
 
     def scorer(_: Any, rows: pd.DataFrame, target: np.ndarray) -> float:
+        calls[0] += 1
+        if time.perf_counter() - said[0] >= PROGRESS_SECONDS:  # a slow model: say how far the shuffling is
+            said[0] = time.perf_counter()
+            logger.info("permutation importance: %d/%d scorings of %d rows", calls[0], total, len(rows))
         return sign * score(metric, np.asarray(target), score_fn(rows))
 
     found = permutation_importance(model, X, y, scoring=scorer, n_repeats=n_repeats, random_state=seed)
@@ -399,6 +410,7 @@ def candidate_diagnostics(
     """
     from retrain.metrics import get_metric
 
+    started_all = time.perf_counter()
     n_classes = len(labels) if labels else 0
     y_train, y_valid = np.asarray(y_train), np.asarray(y_valid)
     metrics: dict[str, float] = {}
@@ -420,9 +432,11 @@ def candidate_diagnostics(
     )
     table = sample_table(X_valid, y_valid, valid_scores, task=task, labels=labels, seed=seed)
     out = CandidateDiagnostics(metrics, figures, table)
+    logger.info("diagnostics %s: train/valid metrics, plots, sample table in %.1f s", family, _since(started_all))
     if model is None:
         return out
     if is_boosted(model):
+        started = time.perf_counter()
         curve = boosting_curve(model, {"train": (X_train, y_train), "valid": (X_valid, y_valid)}, task, n_classes)
         out.documents["loss_curve"] = curve
         figures["loss_curve"] = curve_figure(
@@ -432,9 +446,13 @@ def candidate_diagnostics(
             "boosting round",
             curve["loss"],
         )
+        logger.info("diagnostics %s: loss per boosting round in %.1f s", family, _since(started))
+    logger.info("diagnostics %s: learning curve, up to %d refits on nested subsets of train", family, LEARNING_POINTS)
     learning = learning_curve(
         model, X_train, y_train, X_valid, y_valid, task=task, n_classes=n_classes, metric=metric, seed=seed
     )
+    logger.info("diagnostics %s: learning curve in %.1f s", family, learning["seconds"])
+    started = time.perf_counter()
     out.documents["learning_curve"] = learning
     figures["learning_curve"] = curve_figure(
         f"{family}: learning curve",
@@ -455,4 +473,10 @@ def candidate_diagnostics(
     )
     out.documents["feature_importance"] = {"kind": kind, "importance": importance}
     figures["feature_importance"] = importance_figure(kind, importance)
+    logger.info("diagnostics %s: %s feature importance in %.1f s", family, kind, _since(started))
     return out
+
+
+def _since(started: float) -> float:
+    """Seconds since a time.perf_counter() value (for the progress lines)."""
+    return time.perf_counter() - started

@@ -65,13 +65,15 @@ def gate_policy(
     check_serving: Callable[[], GateResult],
     screened: Mapping[str, GateResult] | None = None,
     screened_seconds: Mapping[str, float] | None = None,
+    on_gate: Callable[[GateResult, float], None] | None = None,
 ) -> tuple[list[GateResult], dict[str, Any]]:
     """Every gate of evaluate.gates, in policy order; disabled ones are recorded as skipped.
 
     `context`: candidate_score, baseline_scores, champion_scores (None without a champion) and
     confidence_threshold. `screened`: label-free gates already run on this very model by the selection
     screening (`label_free_gates`, same callables and settings): reused as they are, with their seconds,
-    never run twice. Returns the gates and the record's extras (gate_seconds, metrics, slices).
+    never run twice. `on_gate(result, seconds)` hears of each gate as it is decided (progress on the terminal).
+    Returns the gates and the record's extras (gate_seconds, metrics, slices).
     """
     cfg, metric = params.evaluate.gates, params.evaluate.metric
     task, seed = dataset.task, params.seed
@@ -86,6 +88,8 @@ def gate_policy(
     candidate_score = context["candidate_score"]
     champion_scores = context["champion_scores"]
     gates: list[GateResult] = [metric_is_finite(metric, candidate_score)]
+    if on_gate is not None:
+        on_gate(gates[0], 0.0)
 
     reused, reused_seconds = dict(screened or {}), dict(screened_seconds or {})
     label_free = label_free_gates(
@@ -96,8 +100,10 @@ def gate_policy(
         if enabled and name in reused:
             gates.append(reused[name])
             seconds[name] = reused_seconds.get(name, 0.0)
-            return
-        gates.append(timed(seconds, name, gate) if enabled else skipped(name, f"disabled (evaluate.gates.{name})"))
+        else:
+            gates.append(timed(seconds, name, gate) if enabled else skipped(name, f"disabled (evaluate.gates.{name})"))
+        if on_gate is not None:
+            on_gate(gates[-1], seconds.get(name, 0.0))
 
     bounded = {*cfg.metric_bounds.min, *cfg.metric_bounds.max}
     all_metrics = {m: score(m, y_test, scores) for m in TASK_METRICS[task] if m in bounded}

@@ -23,7 +23,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,10 @@ PRUNE_REPORT_EVERY = 10
 
 ROUND_STEP_STRIDE = 1_000_000
 """Pruner step of round r in fold f = f * stride + r: trials are compared at the same fold and round."""
+
+TrialCallback = Callable[[str, int, int], None]
+"""on_trial(family, trials done, budget), after each finished trial: how a caller shows progress (a bar, an
+artifact) without this module knowing where; the trial's log line is written here either way."""
 
 
 @dataclass
@@ -103,6 +107,7 @@ class Progress:
     budget: int
     timeout: float | None
     started: float
+    on_trial: TrialCallback | None = None
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Log `trial k/n`, its state and value, the best value, pruned count, elapsed seconds and the ETA."""
@@ -121,6 +126,13 @@ class Progress:
             "%s: trial %d/%d %s, best CV %s %s, %d pruned, %.0fs elapsed, ETA %.0fs",
             self.family, done, self.budget, value, self.metric, best, pruned, elapsed, eta,
         )  # fmt: skip
+        if self.on_trial is not None:
+            self.on_trial(self.family, done, self.budget)
+
+
+def trial_budget(cfg: FamilyConfig, n_trials: int) -> int:
+    """The family's trial count: its own n_trials, else the stage's; 1 for a family with nothing to search."""
+    return (cfg.n_trials or n_trials) if cfg.space else 1
 
 
 def suggest(trial: optuna.Trial, name: str, space: ParamRange) -> Any:
@@ -388,13 +400,14 @@ def tune(
     parallel_trials: int = 1,
     storage: BaseStorage | str | None = None,
     study_name: str | None = None,
+    on_trial: TrialCallback | None = None,
 ) -> TuningResult:
     """TPE search over the family's space, each trial scored by k-fold CV on the training split.
 
     The study optimises in the metric's own direction (maximize r2 / roc_auc, minimize rmse / log_loss),
     so trial values and the CV score are real metric values. The budget is `cfg.n_trials` (default
     `n_trials`) and `cfg.timeout_seconds`. With `parallel_trials` 1 (the default) and no timeout the
-    search is reproducible; parallel TPE trials are not.
+    search is reproducible; parallel TPE trials are not. `on_trial` hears of every finished trial.
     """
     started = time.perf_counter()
     folds = make_folds(y, n_folds, seed, task=task, groups=groups, ordered=ordered, labels=labels)
@@ -441,8 +454,8 @@ def tune(
         storage=storage,
         study_name=study_name,
     )
-    budget = (cfg.n_trials or n_trials) if cfg.space else 1
-    progress = Progress(family, metric, budget, cfg.timeout_seconds, started)
+    budget = trial_budget(cfg, n_trials)
+    progress = Progress(family, metric, budget, cfg.timeout_seconds, started, on_trial)
     study.optimize(objective, n_trials=budget, timeout=cfg.timeout_seconds, n_jobs=parallel, callbacks=[progress])
     trials = [
         {

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -17,8 +18,11 @@ from mlflow.tracking import MlflowClient
 from adapters import mlflow_audit as audit
 from adapters.dvc_store import file_md5
 from adapters.mlflow_registry import MODEL_HASH_TAG
+from engine import recovery
+from flows import outcome
 from tests.conftest import small_params
 from tests.flows.ops_project import env_for, kill_group, output, shared_project, start
+from tests.flows.prefect_outcome import outcome_markdown, state_history
 
 pytestmark = pytest.mark.e2e
 logger = logging.getLogger(__name__)
@@ -55,6 +59,15 @@ def test_two_runs_at_once_end_cleanly_and_champion_is_the_better_model(
     assert any("workspace lock" in err and "is held by pid" in err for err in errs.values()), (
         "one run waited for the other's workspace lock"
     )
+    for name, err in errs.items():  # the terminal without -v: our lines, Prefect's flow-run lines, no third-party noise
+        for noise in ("UserWarning", "it/s]", "system_metrics", "prefect.task_runs", "Downloading artifacts"):
+            assert noise not in err, f"{name}: {noise!r} on stderr without -v:\n{err[-3000:]}"
+        assert "prefect.flow_runs: Finished in state" in err, f"{name}: the flow run's final state line is kept"
+        ran = {stage["name"] for stage in summaries[name]["stages"] if stage["status"] == "ran"}
+        if "candidates" in ran:
+            assert "trial 1/2" in err, f"{name}: a progress line per tuning trial"
+        if "evaluate" in ran:
+            assert "gate beats_baselines: " in err, f"{name}: a progress line per gate"
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
 
@@ -101,20 +114,55 @@ def test_two_runs_at_once_end_cleanly_and_champion_is_the_better_model(
             assert chain[-1]["to_version"] == champion, "the last champion move is where champion points"
     logger.info("concurrency: scores %s, champion v%s (%s)", score, champion, winners)
 
+    # Prefect: the run that waited said so in its state, naming the holder; each ends named after its decision
+    waiters = [name for name, err in errs.items() if "is held by pid" in err]
+    for name, summary in summaries.items():
+        history = state_history(summary["prefect_flow_run_id"])
+        names = [state_name for _, state_name, _ in history]
+        expected = outcome.STATE_NAMES[summary["promotion"]]
+        assert history[-1][:2] == ("COMPLETED", expected), f"{name} ended {history[-1]}, expected {expected}"
+        markdown = outcome_markdown(summary["prefect_flow_run_id"])
+        assert markdown.startswith(f"## {expected}: {MODEL}") and "### Gates" in markdown, markdown[:300]
+        if name not in waiters:
+            assert recovery.AWAITING_LOCK not in names, f"{name} never waited: {history}"
+            continue
+        [other] = set(procs) - {name}
+        wait = names.index(recovery.AWAITING_LOCK)
+        _, _, message = history[wait]
+        assert f"held by pid {procs[other].pid}" in message, f"the waiting state names the holder: {message!r}"
+        assert history[wait - 1][:2] == ("RUNNING", "Running") and history[wait + 1][:2] == ("RUNNING", "Running"), (
+            f"Running, then AwaitingLock, then Running again once acquired: {history}"
+        )
+        logger.info("concurrency: %s waited; states %s", name, names)
+
 
 def test_a_busy_workspace_lock_fails_after_the_timeout_naming_its_holder(tmp_path: Path) -> None:
-    from engine.recovery import WorkspaceBusyError, workspace_lock
+    from engine.recovery import POLL_SECONDS, WorkspaceBusyError, acquire, workspace_lock
 
+    told: list[str | None] = []
     with workspace_lock(tmp_path, "schedule", "flow run abc"):
         started = time.monotonic()
-        with pytest.raises(WorkspaceBusyError) as err, workspace_lock(tmp_path, "cli", "stage split", timeout=0.5):
-            pass
+        with pytest.raises(WorkspaceBusyError) as err:
+            acquire(tmp_path, "cli", "stage split", timeout=0.5, on_wait=told.append)
         waited = time.monotonic() - started
     message = str(err.value)
     assert f"pid {os.getpid()}" in message and "schedule: flow run abc" in message, message
     assert 0.4 < waited < 5, f"waited {waited:.1f}s for a 0.5 s timeout"
+    assert len(told) == 1 and "schedule: flow run abc" in str(told[0]), f"the wait hook hears the holder: {told}"
     with workspace_lock(tmp_path, "cli", "stage split", timeout=0):
         pass  # released by the first holder: free again
+
+    # waited, then acquired: the hook hears the holder, then None; a free lock tells it nothing
+    told.clear()
+    first = acquire(tmp_path, "ui", "flow run def")
+    timer = threading.Timer(POLL_SECONDS + 0.5, first.release)  # a wait shorter than one poll is not announced
+    timer.start()
+    acquire(tmp_path, "cli", "flow run ghi", timeout=30, on_wait=told.append).release()
+    timer.join()
+    assert len(told) == 2 and "ui: flow run def" in str(told[0]) and told[1] is None, told
+    told.clear()
+    acquire(tmp_path, "cli", "flow run jkl", timeout=0, on_wait=told.append).release()
+    assert told == [], "no wait, no call"
 
 
 def test_the_flow_skips_dvc_lock_when_dvc_repro_holds_the_repo_lock(

@@ -15,8 +15,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from adapters.dvc_store import file_md5, open_repo
+from adapters.mlflow_links import artifact_url, model_version_url, run_url, ui_base
 from flows.cli import main
 from tests.conftest import make_project, small_params
+from tests.flows.mlflow_checks import assert_parent_carries_the_run
+from tests.flows.prefect_outcome import outcome_markdown, state_history
 
 pytestmark = pytest.mark.e2e
 MODEL = "adult-income"
@@ -46,8 +49,9 @@ def statuses(summary: dict) -> dict[str, str]:
     return {s["name"]: s["status"] for s in summary["stages"]}
 
 
-def test_first_run_promotes_a_champion_with_lineage(project: Path, use_root, capsys, monkeypatch) -> None:
+def test_first_run_promotes_a_champion_with_lineage(project: Path, use_root, capsys, monkeypatch, caplog) -> None:
     use_root(project)
+    caplog.set_level(logging.INFO, logger="flows.outcome")
     monkeypatch.chdir(project.parent)  # RETRAIN_ROOT names the project; the working directory is elsewhere
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # small data: short family runs
     code, summary = run_cli([], capsys)
@@ -77,6 +81,32 @@ def test_first_run_promotes_a_champion_with_lineage(project: Path, use_root, cap
     )  # in the project's experiment, next to its parent stage run
     cpu = client(project).get_metric_history(family_run.info.run_id, "system/cpu_utilization_percentage")
     assert cpu, "MLflow samples CPU and memory during each family's run"
+    parent = client(project).get_run(summary["mlflow_run_id"])
+    assert_parent_carries_the_run(project, parent, summary["metric"], "promoted")
+    assert parent.info.run_name == "pipeline-cli" and parent.info.status == "FINISHED", parent.info
+    # the Prefect flow run: state named after the decision, the outcome artifact with gates and links
+    flow_run_id = summary["prefect_flow_run_id"]
+    kind, name, message = state_history(flow_run_id)[-1]
+    assert (kind, name) == ("COMPLETED", "Promoted"), f"final state {kind} {name}: {message}"
+    assert f"{MODEL} version {version.version} is champion now" in message, message
+    markdown = outcome_markdown(flow_run_id)
+    assert markdown.startswith(f"## Promoted: {MODEL}") and "- decision: **promote**" in markdown, markdown[:500]
+    for gate in record["gates"]:
+        assert f"| {gate['name']} | " in markdown, f"gate {gate['name']} missing from the artifact:\n{markdown}"
+    for family in families:
+        assert f"| {family} | " in markdown, f"candidate {family} missing from the artifact"
+    base, _ = ui_base(summary["tracking_uri"], None, project)
+    experiment = summary["mlflow_experiment_id"]
+    links = {
+        "MLflow parent run": run_url(base, experiment, summary["mlflow_run_id"]),
+        "model version": model_version_url(base, MODEL, version.version),
+        "model card": artifact_url(base, experiment, version.run_id, "model_card.html"),  # the promote stage run
+    }
+    for label, url in links.items():
+        assert f"- {label}: [{url}]({url})" in markdown, f"{label} link missing from the artifact:\n{markdown}"
+        assert f"{label}: {url}" in caplog.text, f"{label} link not logged"
+    card = client(project).list_artifacts(version.run_id)
+    assert "model_card.html" in {a.path for a in card}, "the model card link points at a logged artifact"
 
 
 def test_rerun_is_all_cache_hits_and_registers_nothing(project: Path, use_root, capsys) -> None:
@@ -89,6 +119,9 @@ def test_rerun_is_all_cache_hits_and_registers_nothing(project: Path, use_root, 
     assert summary["promotion"] == "already_champion"
     after = client(project).search_model_versions(f"name = '{MODEL}'")
     assert len(after) == len(before), "an unchanged rerun must not add a model version"
+    kind, name, message = state_history(summary["prefect_flow_run_id"])[-1]
+    assert (kind, name) == ("COMPLETED", "Kept") and "already champion" in message, (kind, name, message)
+    assert outcome_markdown(summary["prefect_flow_run_id"]).startswith(f"## Kept: {MODEL}"), "the run's own artifact"
 
 
 CACHED_RUN_PROBE = """
@@ -185,6 +218,13 @@ def test_gate_rejection_exits_3_and_leaves_champion(project: Path, use_root, cap
     assert code == 3, summary
     assert summary["decision"] == "reject" and "beats_baselines" in summary["failed_gates"], summary
     assert client(project).get_model_version_by_alias(MODEL, "champion").version == before
+    kind, name, message = state_history(summary["prefect_flow_run_id"])[-1]
+    assert (kind, name) == ("COMPLETED", "Rejected"), f"a rejection is not painted plain Completed: {kind} {name}"
+    assert "failed beats_baselines" in message and f"champion stays version {before}" in message, message
+    markdown = outcome_markdown(summary["prefect_flow_run_id"])
+    [row] = [line for line in markdown.splitlines() if line.startswith("| beats_baselines |")]
+    assert "FAIL" in row and "- decision: **reject** (failed: beats_baselines" in markdown, markdown
+    assert "- champion (unchanged): " in markdown and f"/versions/{before}]" in markdown, markdown
     assert main(["stage", "promote"]) == 3, "`retrain stage promote` (dvc repro) also exits 3 on a rejected record"
     assert client(project).get_model_version_by_alias(MODEL, "champion").version == before
 

@@ -31,6 +31,7 @@ from retrain.errors import DataError, DataValidationError
 from tasks.validate import REFERENCE_KEY, STAGE, reference_input
 from tasks.validate import run as validate
 from tests.conftest import make_project, small_params
+from tests.unit.test_validate import assert_self_contained, visible_text
 
 MODEL = "adult-income"
 
@@ -99,7 +100,13 @@ def make_champion(root: Path, ctx: StageContext, data_hash: str) -> None:
     client.set_registered_model_alias(MODEL, "champion", version.version)
 
 
-def test_passing_gate_writes_the_report_and_logs_data_docs(project: Path) -> None:
+def logged_docs(run_id: str, tmp_path: Path) -> Path:
+    """The Data Docs site as MLflow serves it: downloaded from the run's artifacts."""
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="validation/data_docs", dst_path=tmp_path)
+    return Path(path)
+
+
+def test_passing_gate_writes_the_report_and_logs_data_docs(project: Path, tmp_path: Path) -> None:
     put_snapshot(project, adult_snapshot(project))
     ctx, _ = context(project)
     assert ctx.external == {REFERENCE_KEY: "none"}, "no champion yet: no reference"
@@ -115,12 +122,15 @@ def test_passing_gate_writes_the_report_and_logs_data_docs(project: Path) -> Non
     docs = artifacts(ctx, run_id, "validation/data_docs")
     assert {"validation/data_docs/index.html", "validation/data_docs/retrain_checks.html"} <= set(docs), docs
     assert mlflow.artifacts.load_dict(f"runs:/{run_id}/validation/report.json") == report
+    gx_evaluated = sum(c["engine"] == "gx" for c in report["checks"])
+    sizes = assert_self_contained(logged_docs(run_id, tmp_path), gx_evaluated, "Succeeded")
+    logging.getLogger(__name__).info("logged Data Docs: %d bytes in %s", sum(sizes.values()), sizes)
     first = (project / VALIDATION).read_bytes()
     validate(context(project)[0])
     assert (project / VALIDATION).read_bytes() == first, "same inputs, same report bytes (no times or run ids)"
 
 
-def test_failing_gate_logs_why_and_leaves_no_report(project: Path) -> None:
+def test_failing_gate_logs_why_and_leaves_no_report(project: Path, tmp_path: Path) -> None:
     snapshot = adult_snapshot(project)
     snapshot.loc[::50, "sex"] = "Robot"
     put_snapshot(project, snapshot)
@@ -139,6 +149,10 @@ def test_failing_gate_logs_why_and_leaves_no_report(project: Path) -> None:
     assert "validation/data_docs/index.html" in artifacts(ctx, run.info.run_id, "validation/data_docs")
     logged = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/validation/report.json")
     assert logged["success"] is False and logged["failed"] == 1
+    site = logged_docs(run.info.run_id, tmp_path)
+    assert_self_contained(site, sum(c["engine"] == "gx" for c in logged["checks"]), "Failed")
+    result = visible_text((site / "validation_result.html").read_text(encoding="utf-8"))
+    assert "Unsuccessful Expectations 1" in result and "Robot" in result, "the failed check and its values show"
 
 
 def test_reference_is_the_champions_snapshot_and_part_of_the_key(project: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from engine.codedeps import PACKAGES, code_files
-from engine.stage import check_dag, dvc_pipeline, find_stage, render_path, upstream
+from engine.stage import Plot, check_dag, dvc_pipeline, find_stage, render_path, upstream
 from flows.dag import DAG
 from retrain.config import load_params, lookup, params_dict
 
@@ -114,3 +114,62 @@ def test_render_path_fills_and_drops_unset() -> None:
     assert render_path("${ingest.source}", values) == "a.csv"
     assert render_path("${ingest.test_source}", values) is None
     assert render_path("data/x.parquet", values) == "data/x.parquet"
+
+
+def test_dvc_yaml_declares_metrics_and_plots_as_small_git_tracked_files() -> None:
+    document = dvc_pipeline(DAG, REPO, params_dict(load_params(REPO / "params.yaml")))
+    evaluate, promote = document["stages"]["evaluate"], document["stages"]["promote"]
+    assert evaluate["metrics"] == [{"reports/evaluate/metrics.json": {"cache": False}}]
+    assert promote["metrics"] == [{"reports/promote/promotion.json": {"cache": False}}]
+    plot_outs = {next(iter(o)): o[next(iter(o))] for o in evaluate["outs"] if isinstance(o, dict)}
+    assert set(plot_outs) == {p.path for p in find_stage(DAG, "evaluate").plots}
+    assert all(props == {"cache": False} for props in plot_outs.values()), "plot files are git-tracked, not cached"
+    assert "plots" not in evaluate, "a stage-level `plots` entry would make `dvc plots show` draw each plot twice"
+    titles = [next(iter(entry)) for entry in document["plots"]]
+    assert len(titles) == len(set(titles)), f"plot ids must be unique: {titles}"
+    drawn = {}
+    for entry in document["plots"]:
+        props = next(iter(entry.values()))
+        assert props["template"] and props["x"], entry
+        ((path, fields),) = props["y"].items()
+        drawn[path] = fields
+    assert set(drawn) == set(plot_outs), "every plot file is drawn, and only those"
+    assert drawn["reports/evaluate/plots/learning_curve.json"] == ["train", "valid"], "two lines: train and valid"
+    assert drawn["reports/evaluate/plots/roc.json"] == "tpr"
+
+
+def test_metrics_and_plot_files_overlap_no_out_directory_and_are_not_git_ignored() -> None:
+    import subprocess
+
+    reports = [f for stage in DAG for f in (*stage.metrics, *(p.path for p in stage.plots))]
+    assert reports, "some stage declares metrics or plots"
+    outs = [o for stage in DAG for o in stage.outs]
+    for path in reports:
+        inside = [o for o in outs if path.startswith(o.rstrip("/") + "/")]
+        assert not inside, f"{path} lies inside the out {inside}: DVC refuses overlapping outputs"
+    ignored = subprocess.run(["git", "check-ignore", *reports], cwd=REPO, capture_output=True, text=True).stdout
+    assert not ignored.strip(), f"git ignores {ignored.split()}: an experiment commit would not carry them"
+
+
+def test_stage_files_cover_metrics_and_plots_and_one_writer_each() -> None:
+    evaluate = find_stage(DAG, "evaluate")
+    assert set(evaluate.files) == {*evaluate.outs, *evaluate.metrics, *(p.path for p in evaluate.plots)}
+    clash = replace(find_stage(DAG, "baselines"), metrics=("reports/evaluate/metrics.json",))
+    with pytest.raises(ValueError, match=r"output reports/evaluate/metrics.json is already written by stage baselines"):
+        check_dag([*DAG[:4], clash, *DAG[5:]])
+
+
+def test_a_plot_with_several_fields_draws_one_line_per_field() -> None:
+    plot = Plot("r/curve.json", "Curve", "rows", ("train", "valid"), "linear", "rows", "score")
+    assert plot.definition() == {
+        "Curve": {
+            "template": "linear",
+            "x": "rows",
+            "y": {"r/curve.json": ["train", "valid"]},
+            "x_label": "rows",
+            "y_label": "score",
+        }
+    }
+    assert Plot("r/roc.json", "ROC", "fpr", ("tpr",)).definition() == {
+        "ROC": {"template": "linear", "x": "fpr", "y": {"r/roc.json": "tpr"}}
+    }

@@ -88,6 +88,7 @@ def test_search_minimises_a_lower_is_better_metric() -> None:
     X = pd.DataFrame({"a": rng.normal(size=300), "c": pd.Series(rng.choice(["x", "y"], size=300), dtype="str")})
     y = 2 * X["a"].to_numpy() + (X["c"] == "x") + rng.normal(scale=0.3, size=300)
     cfg = FamilyConfig(space={"alpha": ParamRange(low=0.01, high=1000.0, log=True)})
+    heard: list[tuple[str, int, int]] = []
     result = tune(
         "ridge",
         cfg,
@@ -100,9 +101,11 @@ def test_search_minimises_a_lower_is_better_metric() -> None:
         n_folds=3,
         seed=0,
         task="regression",
+        on_trial=lambda family, done, budget: heard.append((family, done, budget)),
     )
     values = [t["value"] for t in result.trials]
     assert result.direction == "minimize" and result.cv_score == min(values), f"best is the lowest rmse: {values}"
+    assert heard == [("ridge", n, 4) for n in (1, 2, 3, 4)], f"on_trial hears every finished trial: {heard}"
 
 
 def lgbm_data(n: int = 600) -> tuple[pd.DataFrame, np.ndarray]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,14 @@ import pandas as pd
 import pytest
 
 from retrain.config import DatasetConfig, SplitConfig, ValidateConfig, load_params
+from retrain.data.datadocs import (
+    ASSETS_DIR,
+    RESULT_PAGE,
+    DocsAssetError,
+    external_references,
+    inline_page,
+    load_bundle,
+)
 from retrain.data.ingest import SOURCE_COLUMN, sample
 from retrain.data.leakage import feature_scores
 from retrain.data.validate import (
@@ -92,9 +103,83 @@ def test_clean_adult_passes_every_check_and_renders_data_docs(tmp_path: Path) ->
     } <= rules, rules
     assert report["rows"] == {"main": 2500, "test": 1000}
     assert (tmp_path / "docs/index.html").is_file(), "the checkpoint's UpdateDataDocsAction writes the site"
-    pages = list((tmp_path / "docs/validations").rglob("*.html"))
-    assert pages, "Data Docs hold a validation result page"
+    assert (tmp_path / "docs" / RESULT_PAGE).is_file(), "Data Docs hold the validation result page"
+    assert not (tmp_path / "docs/validations").exists(), "the result page moved to the site root"
     assert report["leakage"]["max"] < CFG.leakage_threshold
+    gx_evaluated = sum(c["engine"] == "gx" for c in report["checks"])
+    assert_self_contained(tmp_path / "docs", gx_evaluated, "Succeeded")
+
+
+BUNDLED = ("jQuery v3.7.1", "Bootstrap v4.3.1", "@version v1.19.1", "Datepicker for Bootstrap v1.9.0")
+"""License headers of the inlined libraries (jQuery, Bootstrap, bootstrap-table, datepicker)."""
+
+
+def visible_text(page: str) -> str:
+    """What a page shows with its scripts and styles stripped: the data must be in the HTML itself."""
+    body = re.sub(r"<(script|style)\b.*?</\1>", " ", page, flags=re.S | re.I)
+    return " ".join(re.sub(r"<[^>]+>", " ", body).split())
+
+
+def assert_self_contained(site: Path, gx_evaluated: int, status: str) -> dict[str, int]:
+    """Every page loads nothing from the network, carries the bundled libraries, and the result page its data."""
+    sizes = {p.relative_to(site).as_posix(): p.stat().st_size for p in site.rglob("*.html")}
+    assert {"index.html", "expectations/data_gate.html", RESULT_PAGE} <= set(sizes), sizes
+    assert not (site / "static").exists(), "everything is inlined: the 4 MB static/ folder is not shipped"
+    for name in sizes:
+        page = (site / name).read_text(encoding="utf-8")
+        assert external_references(page) == [], f"{name} still loads {external_references(page)}"
+        for library in () if name == "retrain_checks.html" else BUNDLED:
+            assert library in page, f"{name}: {library} is not inlined"
+    result = visible_text((site / RESULT_PAGE).read_text(encoding="utf-8"))
+    assert f"Status: {status}" in result and f"Evaluated Expectations {gx_evaluated}" in result, result[:600]
+    index = (site / "index.html").read_text(encoding="utf-8")
+    assert f"'_table_row_link_path': '{RESULT_PAGE}'" in index, "the index table's row is in the page, linked"
+    assert "'expectations/data_gate.html'" in index and 'href="index.html"' in (site / RESULT_PAGE).read_text()
+    assert max(sizes.values()) < 800_000 and sum(sizes.values()) < 3_000_000, f"Data Docs too large: {sizes}"
+    return sizes
+
+
+def test_external_references_catch_every_way_a_page_loads_from_the_network() -> None:
+    page = (
+        '<script src="https://cdn.example/a.js"></script><link rel="stylesheet" href="//cdn.example/b.css">'
+        '<img src="http://img.example/c.png"><style>@import "https://cdn.example/d.css";'
+        ".x{background:url('https://cdn.example/e.png')}.y{background:url(\"data:image/svg+xml,"
+        "%3csvg xmlns='http://www.w3.org/2000/svg'%3e\")}</style>"
+        '<a href="https://greatexpectations.io">a link is not a load</a><script src="data:,1"></script>'
+    )
+    found = external_references(page)
+    assert found == [f"{s}cdn.example/{f}" for s, f in [("https://", "a.js"), ("//", "b.css")]] + [
+        "http://img.example/c.png",
+        "https://cdn.example/d.css",
+        "https://cdn.example/e.png",
+    ], found
+    kept = inline_page(page, Path("."), Path("."), load_bundle())
+    assert external_references(kept) == found, "a URL the manifest does not know is left (and logged), not hidden"
+    jquery = '<script src="https://code.jquery.com/jquery-3.7.1.min.js"></script>'
+    known = inline_page(jquery, Path(), Path(), load_bundle())
+    assert known.startswith("<script>/* jquery.min.js: jquery 3.7.1") and "jQuery v3.7.1" in known, known[:200]
+
+
+def test_a_changed_or_missing_vendored_asset_fails_loudly(tmp_path: Path) -> None:
+    assets = tmp_path / "docs_assets"
+    shutil.copytree(ASSETS_DIR, assets)
+    (assets / "jquery.min.js").write_bytes((assets / "jquery.min.js").read_bytes() + b"\n")
+    with pytest.raises(DocsAssetError, match=r"jquery\.min\.js has sha256 [0-9a-f]{64}, assets.json records fc9a93"):
+        load_bundle(assets)
+    (assets / "jquery.min.js").unlink()
+    with pytest.raises(DocsAssetError, match=r"jquery\.min\.js is missing"):
+        load_bundle(assets)
+
+
+def test_the_assets_readme_names_each_file_with_its_recorded_sha256() -> None:
+    manifest = json.loads((ASSETS_DIR / "assets.json").read_text())
+    readme = (ASSETS_DIR / "README.md").read_text()
+    for name, entry in manifest["assets"].items():
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `{name}` |")), "")
+        assert f"`{entry['sha256']}`" in row and entry["license"] in row, f"README row of {name}: {row!r}"
+        if entry["package"] != "retrain":
+            assert f"`{entry['package']}@{entry['version']}`" in row, row
+    assert len(load_bundle().by_url) >= len(manifest["assets"]), "every vendored file passes its sha256 check"
 
 
 def test_schema_failures_name_column_rule_and_values() -> None:
