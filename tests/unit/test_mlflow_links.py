@@ -14,7 +14,7 @@ from flows.cli import link_lines
 from retrain.config import load_params
 
 REPO = Path(__file__).resolve().parents[2]
-SQLITE = "sqlite:////tmp/p/mlflow.db"
+SQLITE = "sqlite:///mlflow.db"
 
 
 def summary_for(base: str, known: bool, **extra: object) -> dict:

@@ -75,7 +75,7 @@ SUMMARY = {
     "metric": "roc_auc",
     "mlflow_run_id": "parent0",
     "mlflow_experiment_id": "7",
-    "tracking_uri": "sqlite:////tmp/x/mlflow.db",
+    "tracking_uri": "sqlite:///mlflow.db",
 }
 STAGE_RUNS = {"evaluate": "eval0", "promote": "prom0"}
 

@@ -85,6 +85,16 @@ def others_ran(before, after):
 def count():
     return len(os.listdir("/proc/self/task"))
 
+def settle(timeout=10.0):
+    # wait until no other thread is on a CPU for 0.2 s (OpenMP workers finishing a region, on a loaded machine
+    # only scheduled late), so what runs during a measurement was woken by it
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        start = cpu_by_thread()
+        time.sleep(0.2)
+        if not others_ran(start, cpu_by_thread()):
+            return
+
 rows_file, singles, dirs = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 X = pd.read_parquet(rows_file)
 rows = [X.iloc[[i]] for i in range(singles)]
@@ -92,7 +102,7 @@ served = {name: ServingModel(Path(path)) for name, path in dirs.items()}
 found = {name: {} for name in served}
 loaded = count()
 for name, model in served.items():  # every model's single rows before any batch: no pool exists yet
-    time.sleep(0.2)  # OpenMP workers spin briefly after a region (loading LightGBM runs one)
+    settle()  # OpenMP workers spin briefly after a region (loading LightGBM runs one)
     before, start = count(), cpu_by_thread()
     for row in rows:
         model.predict(row)
@@ -100,7 +110,7 @@ for name, model in served.items():  # every model's single rows before any batch
     found[name].update(threads_loaded=loaded, threads_before=before, threads_after_singles=count(),
                        others_ran_singles=others_ran(start, end))
 for name, model in served.items():
-    time.sleep(0.2)
+    settle()
     start = cpu_by_thread()
     model.predict(X)
     found[name].update(others_ran_batch=others_ran(start, cpu_by_thread()), threads_after_batch=count())
