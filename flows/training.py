@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.pipeline import PipelineRun
 from flows import env, outcome
-from flows.dag import DAG
+from flows.dag import DAG, sync_dvc_yaml
 from flows.summary import run_summary, summary_tags
 from retrain.config import Params
 from retrain.data.preflight import preflight
@@ -120,6 +120,8 @@ def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli"
         # --- offline gates and promotion ---
         run.stage(evaluate.STAGE)
         run.stage(promote.STAGE)
+        if run.commit_lineage:
+            sync_dvc_yaml(root, params)  # dvc.lock can only be committed against the dvc.yaml of these params
         run.record_lineage()
     except BaseException as exc:
         run.finish("FAILED", summary_tags(run_summary(run)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -173,3 +174,22 @@ def test_a_plot_with_several_fields_draws_one_line_per_field() -> None:
     assert Plot("r/roc.json", "ROC", "fpr", ("tpr",)).definition() == {
         "ROC": {"template": "linear", "x": "fpr", "y": {"r/roc.json": "tpr"}}
     }
+
+
+@pytest.mark.slow
+def test_a_params_file_without_test_source_gets_a_dvc_yaml_dvc_can_read(tmp_path: Path) -> None:
+    """`retrain init` writes `test_source: null`; DVC cannot interpolate it into the shipped dvc.yaml, so the flow
+    regenerates dvc.yaml for the params before committing dvc.lock (flows/dag.py sync_dvc_yaml)."""
+    from flows.dag import sync_dvc_yaml
+    from tests.conftest import make_project, small_params
+
+    root = make_project(tmp_path / "proj", small_params(ingest={"test_source": None}))
+    stage_list = ["dvc", "stage", "list"]
+    stale = subprocess.run(stage_list, cwd=root, capture_output=True, text=True)
+    assert stale.returncode != 0, "DVC accepted ${ingest.test_source} = null: the regeneration may be unneeded"
+    params = load_params(root / "params.yaml")
+    assert sync_dvc_yaml(root, params), "a stale dvc.yaml must be rewritten"
+    assert "${ingest.test_source}" not in (root / "dvc.yaml").read_text(), "the null test source is still a dep"
+    fresh = subprocess.run(stage_list, cwd=root, capture_output=True, text=True)
+    assert fresh.returncode == 0, f"DVC cannot read the regenerated dvc.yaml:\n{fresh.stderr[-2000:]}"
+    assert not sync_dvc_yaml(root, params), "an up-to-date dvc.yaml must be left alone"
