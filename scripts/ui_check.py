@@ -368,9 +368,19 @@ def submit_form(page: Any, ui: str, form: dict[str, Any], shots: Path, prefix: s
     run_name = page.locator(".flow-run-name-input input").input_value()  # generated, e.g. "epsilon2-ando"
     page.get_by_role("button", name="Submit", exact=True).click()
     # the UI returns to the deployment page (a toast "<run> scheduled to start now", gone after a few seconds)
-    # where the new run is listed by name: open it from there, as a person would
+    # where the new run is listed by name: open it from there, as a person would. The list's default filter hides
+    # Scheduled runs and the page fetched it before the worker picked the run up: reload, as a person would
     run_link = page.locator("a", has_text=re.compile(f"^{re.escape(run_name)}$")).first
-    run_link.wait_for()
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            run_link.wait_for(timeout=10_000)
+            break
+        except Exception:  # playwright's TimeoutError (the UI venv's package, not importable here)
+            if time.monotonic() > deadline:
+                raise
+            logger.info("%s not listed yet (Scheduled runs are filtered out): reloading the deployment page", run_name)
+            page.reload()
     pictures.append(shot(page, shots, f"{prefix}-2-submitted"))
     run_link.click()
     page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
