@@ -26,7 +26,8 @@ def dvc(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_dvc_repro_runs_the_pipeline_then_the_flow_hits_the_cache(
     tmp_path: Path, prefect_backend, use_root, capsys
 ) -> None:
-    root = make_project(tmp_path / "proj", small_params())
+    # one family: this checks DVC (repro, metrics, plots, experiments), the families have their own tests
+    root = make_project(tmp_path / "proj", small_params(candidates={"families": ["lightgbm"]}))
     result = dvc(root, "repro")
     assert result.returncode == 0, result.stderr[-3000:]
     for stage in ("ingest", "version", "validate", "split", "baselines", "candidates", "evaluate", "promote"):
