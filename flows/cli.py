@@ -408,6 +408,8 @@ def family_table(summary: dict[str, Any]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    from flows import outcome  # the same cell texts as the Prefect artifact
+
     metric = summary.get("metric", "score")
     ranking = {r["family"]: r for r in (summary.get("selection") or {}).get("ranking", [])}
     table = Table(title="candidates", box=box.SIMPLE_HEAD, title_justify="left")
@@ -420,15 +422,14 @@ def family_table(summary: dict[str, Any]) -> Any:
         table.add_column("selection", overflow="fold")
     for family, v in summary.get("families", {}).items():
         beats = v["beats_baselines"]
-        trials = f"{v.get('n_trials') or 0} ({v.get('n_pruned') or 0} pruned)" if v.get("n_trials") else "-"
+        trials = outcome.trials(v)
         verdict = Text(f"{'beats' if beats else 'FAILS TO BEAT'} {v['best_baseline']}", style="" if beats else "red")
         row = [Text(str(family)), _num(v.get("cv_score")), _num(v["valid_score"]), trials, verdict]
         entry = ranking.get(family)
         if entry is not None:  # '#2 tied chosen', '#1 passed over: latency failed (...)' (plain text, never markup)
             status = str(entry.get("status", ""))
             style = "bold" if status == "chosen" else "yellow" if status in ("screened_out", "tied_larger") else ""
-            tied = " tied" if entry.get("tied") else ""
-            row.append(Text(f"#{entry.get('rank')}{tied} {entry.get('short') or status}", style=style))
+            row.append(Text(outcome.selection_status(entry), style=style))
         elif ranking:
             row.append(Text("-"))
         table.add_row(*row)
@@ -461,12 +462,14 @@ def gate_table(summary: dict[str, Any]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    from flows import outcome  # the same cell texts as the Prefect artifact
+
     table = Table(title="gates", box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("gate", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("reason", overflow="fold")
     for gate in summary["gates"]:
-        status = str(gate.get("status") or ("pass" if gate["passed"] else "fail"))
+        status = outcome.gate_status(gate)
         table.add_row(
             Text(str(gate["name"])),
             Text(status.upper(), style=STATUS_STYLES.get(status, "")),

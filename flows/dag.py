@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from engine.stage import Stage, dvc_pipeline
+from engine.stage import Stage, dvc_pipeline, source_deps
 from retrain.config import Params, params_dict
 from tasks import baselines, candidates, evaluate, ingest, promote, split, validate, version
 
@@ -43,6 +43,27 @@ def dvc_yaml_text(root: Path, params: Params) -> str:
     return DVC_YAML_HEADER + yaml.safe_dump(document, sort_keys=False, width=120)
 
 
+def sources_match(document: dict, params: Params) -> bool:
+    """Whether dvc.yaml's source deps and `always_changed` are what these params give (code deps not checked)."""
+    values = params_dict(params)
+    for stage in DAG:
+        entry = (document.get("stages") or {}).get(stage.name) or {}
+        head, always = [], False
+        for dep in stage.deps:
+            if dep.startswith("${"):
+                more, must_run = source_deps(dep, values)
+                head, always = head + more, always or must_run
+            else:
+                head.append(dep)
+        deps = entry.get("deps", [])
+        templates = [d for d in deps if d.startswith("${")]  # a leftover `${...}` of a now-null key breaks DVC
+        if deps[: len(head)] != head or templates != [d for d in head if d.startswith("${")]:
+            return False
+        if bool(entry.get("always_changed")) != always:
+            return False
+    return True
+
+
 def sync_dvc_yaml(root: Path, params: Params) -> bool:
     """Rewrite dvc.yaml (atomically) when params.yaml's sources no longer match it; True when it was rewritten.
 
@@ -50,6 +71,8 @@ def sync_dvc_yaml(root: Path, params: Params) -> bool:
     into a glob or a database: dvc.yaml's `${...}` deps would then stop DVC from committing dvc.lock.
     """
     path = root / "dvc.yaml"
+    if path.is_file() and sources_match(yaml.safe_load(path.read_text()), params):
+        return False  # the cheap check: deriving the code deps walks every stage's imports (~0.4 s)
     expected = dvc_yaml_text(root, params)
     if path.is_file() and path.read_text() == expected:
         return False

@@ -108,7 +108,9 @@ def mlflow_links(
     """Links to the parent run, the model version(s) and the model card; and a note when the UI is not known to run."""
     uri = str(summary.get("tracking_uri") or "")
     experiment, parent = summary.get("mlflow_experiment_id"), summary.get("mlflow_run_id")
-    base, known = ui_base(uri, ui_url, root)
+    base, known = summary.get("mlflow_ui_url"), bool(summary.get("mlflow_ui_known"))
+    if not base:  # a summary from before flows/summary.py named the UI
+        base, known = ui_base(uri, ui_url, root)
     links: list[Link] = []
     if experiment and parent:
         links.append(Link("MLflow parent run", run_url(base, str(experiment), str(parent))))
