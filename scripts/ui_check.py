@@ -366,7 +366,16 @@ def submit_form(page: Any, ui: str, form: dict[str, Any], shots: Path, prefix: s
     fill_form(page, form)
     pictures = [shot(page, shots, f"{prefix}-1-form-filled", tall=True)]
     run_name = page.locator(".flow-run-name-input input").input_value()  # generated, e.g. "epsilon2-ando"
-    page.get_by_role("button", name="Submit", exact=True).click()
+    submit = page.get_by_role("button", name="Submit", exact=True)
+    for attempt in range(3):  # a click that lands while the form is still settling (a JSON field) can be lost
+        submit.click()
+        try:
+            page.wait_for_url(re.compile(r"/deployments/deployment/[0-9a-f-]{36}/?(\?.*)?$"), timeout=20_000)
+            break
+        except Exception:  # playwright's TimeoutError (the UI venv's package, not importable here)
+            if attempt == 2:
+                raise CheckError(f"the form did not submit after 3 clicks; still on {page.url}") from None
+            logger.info("the form is still open after Submit: clicking it again")
     # the UI returns to the deployment page (a toast "<run> scheduled to start now", gone after a few seconds)
     # where the new run is listed by name: open it from there, as a person would. The list's default filter hides
     # Scheduled runs and the page fetched it before the worker picked the run up: reload, as a person would
