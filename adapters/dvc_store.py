@@ -137,7 +137,10 @@ def fetch(root: Path, md5: str, dest: Path, remote: str | None = None) -> str:
         except Exception as exc:
             raise DataError(f"DVC remote {remote or '(default)'}: cannot fetch object {md5}: {exc}") from exc
         if result.failed or not cache.exists(md5):
-            raise DataError(f"DVC remote {remote or '(default)'} does not hold object {md5} (was it pushed?)")
+            raise DataError(
+                f"DVC remote {remote or '(default)'} does not hold object {md5} (a snapshot is pushed once it passes "
+                "the data gate in `validate`: did that run pass, and push to this remote?)"
+            )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".fetching")
     try:

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from adapters import dvc_store as dvcstore
 from adapters.jsonfile import write_json
+from adapters.model_store import MANIFEST_TAG, verified_version
 from retrain.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -76,11 +77,15 @@ def snapshot_rows(path: Path) -> int:
 def restore(root: Path, tracking_uri: str, ref: ModelRef, dest_dir: Path, remote: str | None = None) -> dict[str, Any]:
     """Fetch the snapshot a model version was trained on into dest_dir and write its lineage record.
 
-    The object comes from the local DVC cache if present, else from the DVC remote; its md5 must equal
-    the version's `retrain.data_hash` tag (dvcstore.HashMismatchError otherwise, nothing written).
+    The version's model artifact is verified against the registry first (`adapters.model_store`): a tampered
+    version is refused before any of its tags is used. The object comes from the local DVC cache if present,
+    else from the DVC remote; its md5 must equal the version's `retrain.data_hash` tag
+    (dvcstore.HashMismatchError otherwise, nothing written).
     """
     client = MlflowClient(tracking_uri)
     version = find_version(client, ref, tracking_uri)
+    with verified_version(tracking_uri, ref.name, str(version.version)):
+        pass  # a tampered version (ArtifactIntegrityError) is not trusted with its lineage either
     tags = dict(version.tags or {})
     md5 = tags.get("retrain.data_hash")
     if not md5:
@@ -114,6 +119,7 @@ def restore(root: Path, tracking_uri: str, ref: ModelRef, dest_dir: Path, remote
         "git_commit": tags.get("retrain.git_commit"),
         "params_hash": tags.get("retrain.params_hash"),
         "model_hash": tags.get("retrain.model_hash"),
+        "manifest_sha256": tags.get(MANIFEST_TAG),
         "tracking_uri": tracking_uri,
         "restored_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -128,6 +134,7 @@ def summary_lines(lineage: dict[str, Any], dest_dir: Path) -> list[str]:
     remote = lineage["dvc_remote"]
     return [
         f"restored {lineage['model']} version {lineage['version']}{alias}",
+        f"  model     artifact verified against the registry (manifest sha256 {lineage['manifest_sha256']})",
         f"  data      {lineage['data_hash']}  md5 verified",
         f"  snapshot  {dest_dir / SNAPSHOT_NAME}  ({lineage['rows']:,} rows, {lineage['bytes']:,} bytes)",
         f"  from      {lineage['fetched_from']}  (remote {remote['name']}: {remote['url']})",

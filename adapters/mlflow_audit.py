@@ -17,6 +17,8 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from adapters.mlflow_runs import create_run
+
 logger = logging.getLogger(__name__)
 
 EXPERIMENT = "retrain-audit"
@@ -96,7 +98,7 @@ def append(
     }
     tags = {PREFIX + k: _tag(v) for k, v in entry.items()}
     name = f"{model_name}@{alias}: {from_version or '-'} -> {to_version}"
-    run = client.create_run(exp, start_time=int(now.timestamp() * 1000), tags=tags, run_name=name)
+    run = create_run(client, exp, name, tags, start_time=int(now.timestamp() * 1000))  # recovered if killed here
     entry["run_id"] = run_id or run.info.run_id
     entry["audit_run_id"] = run.info.run_id
     client.set_tag(run.info.run_id, PREFIX + "run_id", entry["run_id"])

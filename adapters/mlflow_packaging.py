@@ -1,5 +1,8 @@
 """How a model directory becomes an MLflow pyfunc: one set of arguments for registering and for checking.
 
+The pyfunc holds data only: MLmodel's `python_function` flavor names `loader_module` =
+`retrain.serving.flavor` (imported from the installed, pinned retrain package) and `data` = the model
+directory (LightGBM text, JSON, skops with the pinned trusted types). No code_paths, no python_model, no pickle.
 `promote` logs the model with these arguments and the serving gate saves it with the same ones into a
 temp dir and loads it in a fresh process, so the gate checks exactly what will be registered.
 """
@@ -12,12 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-RESOURCES = ("pyfunc_entry.py",)
-"""The models-from-code entry file logged with every model (engine/codedeps.py counts it as this module's code)."""
-ENTRY = Path(__file__).with_name("pyfunc_entry.py")
-CODE_PACKAGES = ("retrain", "adapters")
-"""Logged as the model's code_paths: the serving code (retrain/) and the pyfunc wrapper (adapters/)."""
+from retrain.serving import flavor
 
+DATA_DIR = "data"
+"""Where MLflow copies `data_path` inside the logged model (`data/<model dir name>`)."""
 REQUIREMENTS = ("mlflow", "lightgbm", "scikit-learn", "skops", "pandas", "numpy", "pyarrow")
 
 
@@ -26,13 +27,18 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={pkg_version(name)}" for name in REQUIREMENTS]
 
 
+def artifact_model_dir(model_dir: Path) -> str:
+    """The model directory's path inside the logged model (MLmodel `data`), relative and POSIX."""
+    return f"{DATA_DIR}/{model_dir.name}"
+
+
 def pyfunc_kwargs(root: Path, model_dir: Path, example: pd.DataFrame) -> dict[str, Any]:
-    """Arguments of mlflow.pyfunc.log_model / save_model for the model directory (models from code)."""
+    """Arguments of mlflow.pyfunc.log_model / save_model for the model directory (loader module + data)."""
     # imported here: a promote that only confirms the current champion needs neither LightGBM nor sklearn
     from mlflow.models import infer_signature
 
     from retrain.models.estimators import load_predictor, serve_output
-    from retrain.serving.predict import ARTIFACT_KEY, OUTPUTS
+    from retrain.serving.predict import OUTPUTS
 
     # the signature describes what the pyfunc returns by default (OUTPUTS[0]: scores, or one probability column per
     # label) and declares the `output` parameter, so `mlflow models serve` accepts {"params": {"output": ...}}
@@ -40,9 +46,8 @@ def pyfunc_kwargs(root: Path, model_dir: Path, example: pd.DataFrame) -> dict[st
         example, serve_output(load_predictor(model_dir), example), params={"output": OUTPUTS[0]}
     )
     return {
-        "python_model": str(root / "adapters" / ENTRY.name),
-        "artifacts": {ARTIFACT_KEY: str(model_dir)},
-        "code_paths": [str(root / package) for package in CODE_PACKAGES],
+        "loader_module": flavor.MODULE,
+        "data_path": str(model_dir),
         "pip_requirements": pip_requirements(),
         "signature": signature,
         "input_example": example,

@@ -1,14 +1,16 @@
 """The serving gate: the model, packaged exactly as `promote` will register it, loads in a fresh process.
 
 The gate saves the pyfunc with `adapters.mlflow_packaging.pyfunc_kwargs` (the arguments `promote` logs it with)
-into a temp directory, then a new `sys.executable -I` process (no state shared with this one) loads it
-with `mlflow.pyfunc.load_model` and predicts on the input example. It passes only if that works and the
-output equals the scores evaluation measured.
+into a temp directory, then a new `sys.executable -I` process (no state shared with this one, pickle
+deserialization off: MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false) loads it with `mlflow.pyfunc.load_model`, which
+imports the loader module `retrain.serving.flavor` from the installed package, and predicts on the input example.
+It passes only if that works and the output equals the scores evaluation measured.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -30,6 +32,7 @@ GATE = "serving"
 """The gate's name in the gate record (its key in `evaluate.gates`)."""
 RTOL = 1e-9
 ATOL = 1e-12
+PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 STDERR_TAIL = 600
 """Characters of the child's stderr kept in the reason (the last line names the error)."""
 
@@ -71,7 +74,13 @@ def serving_gate(
         start = time.perf_counter()
         try:
             done = subprocess.run(
-                command, cwd=work, capture_output=True, text=True, timeout=cfg.timeout_seconds, check=False
+                command,
+                cwd=work,
+                env=child_env(),
+                capture_output=True,
+                text=True,
+                timeout=cfg.timeout_seconds,
+                check=False,
             )
         except subprocess.TimeoutExpired:
             details["seconds"] = round(time.perf_counter() - start, 2)
@@ -88,6 +97,11 @@ def serving_gate(
             )
         served = _read_output(work / "out")
     return _compare(served, expected, details)
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment with pickle deserialization forced off (as in every retrain process)."""
+    return {**os.environ, PICKLE_ENV: "false"}
 
 
 def _compare(served: np.ndarray, expected: np.ndarray | pd.DataFrame, details: dict) -> GateResult:

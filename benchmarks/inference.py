@@ -117,10 +117,10 @@ def timed(call: Callable[[], Any]) -> float:
 
 def single_row_layers(model: Any) -> dict[str, Callable[[pd.DataFrame], Any]]:
     """The pyfunc and each layer below it, as predict functions of a DataFrame."""
-    python_model = model.unwrap_python_model()
+    python_model = model.get_raw_model()  # the ServingModel the loader module returned
     layers: dict[str, Callable[[pd.DataFrame], Any]] = {
         "pyfunc (MLflow schema enforcement + ours)": model.predict,
-        "RetrainModel.predict (ours)": lambda f: python_model.predict(None, f),
+        "ServingModel.predict (ours)": lambda f: python_model.predict(f),
     }
     fast = getattr(python_model, "fast", None)
     if fast is not None:
@@ -145,7 +145,7 @@ def _booster_on(fast: Any, threads: int) -> Callable[[pd.DataFrame], Any]:
 
 def measure_pyfunc(model: Any, X: pd.DataFrame, args: argparse.Namespace) -> dict[str, Any]:
     """Single-row percentiles per layer and batch rows/s per layer and thread policy, `repeats` times each."""
-    python_model = model.unwrap_python_model()
+    python_model = model.get_raw_model()  # the ServingModel the loader module returned
     fast = getattr(python_model, "fast", None)
     layers = single_row_layers(model)
     single: dict[str, list[dict[str, float]]] = {name: [] for name in layers}
@@ -161,7 +161,7 @@ def measure_pyfunc(model: Any, X: pd.DataFrame, args: argparse.Namespace) -> dic
         batch_layers = {
             before: lambda b, e: _with_threads(fast, 1, lambda: model.predict(b)),
             after: lambda b, e: model.predict(b),
-            "RetrainModel.predict": lambda b, e: python_model.predict(None, b),
+            "ServingModel.predict": lambda b, e: python_model.predict(b),
             "FastLightGBM.encode": lambda b, e: fast.encode(b),
         }
         for threads in sorted({1, getattr(fast, "threads", 1), os.cpu_count() or 1}):
@@ -458,8 +458,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_seconds = time.perf_counter() - started
     features = model.metadata.get_input_schema().input_names()
     X = pd.read_parquet(root / "data" / "processed" / "test.parquet")[features].reset_index(drop=True)
-    python_model = model.unwrap_python_model()
-    family = type(python_model.model.predictor).__name__
+    python_model = model.get_raw_model()  # the ServingModel the loader module returned
+    family = type(python_model.predictor).__name__
     logger.info("%s: %s, %d features, %d test rows, loaded in %.2fs", uri, family, len(features), len(X), load_seconds)
     pyfunc = measure_pyfunc(model, X, args)
     if args.profile:

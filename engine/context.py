@@ -24,6 +24,7 @@ import mlflow
 from mlflow.store.db.db_types import DATABASE_ENGINES
 from mlflow.tracking import MlflowClient
 
+from adapters import mlflow_errors, mlflow_store
 from adapters.dvc_store import file_md5
 from adapters.jsonfile import read_json
 from adapters.mlflow_parent import EXPERIMENT_KIND_TAG, TRAINING_KIND
@@ -31,7 +32,7 @@ from engine.stage import Stage, render_path
 from retrain.catalog import LOCK_FILE, SCHEMA
 from retrain.config import DatasetConfig, Params, lookup, params_dict, stable_hash
 from retrain.data.schema import from_json as schema_from_json
-from retrain.data.sources import parse_source, source_files
+from retrain.data.sources import display, file_problem, parse_source, source_files
 from retrain.errors import DataError
 from retrain.paths import resolve
 
@@ -99,11 +100,30 @@ class StageContext:
             if query_key is None:
                 deps.append((rel, self.path(rel)))
                 continue
-            files = source_files(self.root, parse_source(rel, lookup(self.params, query_key)))
+            files = self._source_files(template.removeprefix("${").removesuffix("}"), rel, query_key)
             if files is None:
                 return None
             deps.extend((str(f.relative_to(self.root)) if f.is_relative_to(self.root) else str(f), f) for f in files)
         return deps
+
+    def _source_files(self, key: str, spec: str, query_key: str) -> list[Path] | None:
+        """A declared source's files, or a DataError naming its params key: the user's path, not a stage's output."""
+        source = parse_source(spec, lookup(self.params, query_key))
+        problem = file_problem(self.root, spec) if source.kind == "file" else None
+        files: list[Path] | None = None
+        try:
+            files = source_files(self.root, source)
+        except DataError as exc:
+            problem = str(exc)
+        missing = [f for f in files or [] if not f.exists()]
+        if problem is None and missing:
+            problem = f"{display(spec)}: {missing[0]} does not exist"
+        if problem is not None:
+            raise DataError(
+                f"stage {self.stage}: {key}: {problem}; check {key} in the params file "
+                "(`retrain check` lists every problem of the params and their data at once)"
+            )
+        return files
 
     def key_material(self) -> dict[str, Any] | None:
         """The content the cache key is made of (also logged, so a miss can be explained)."""
@@ -113,7 +133,9 @@ class StageContext:
         deps = {}
         for rel, path in dep_paths:
             if not path.exists():
-                raise DataError(f"stage {self.stage}: input {rel} does not exist (has the stage before it run?)")
+                raise DataError(
+                    f"stage {self.stage}: input {rel} does not exist; an earlier stage writes it (has that stage run?)"
+                )
             deps[rel] = tree_md5(path)
         return {
             "stage": self.stage,
@@ -190,7 +212,21 @@ def ensure_experiment(tracking_uri: str, name: str, root: Path) -> str:
 
     It is tagged as a model-training experiment (`mlflow.experimentKind`), so the MLflow 3 UI opens it on the runs
     table rather than the GenAI traces view; an existing experiment without the tag gets it (one set by hand stays).
+    The first MLflow access of a pipeline run or stage: the store is made ready first (tables created under a
+    cross-process lock, so concurrent first use of an empty store succeeds: adapters/mlflow_store.py).
     """
+    try:
+        return _ensure_experiment(tracking_uri, name, root)
+    except Exception as exc:  # a read-only database surfaces here first: name it (adapters/mlflow_errors.py)
+        translated = mlflow_errors.translate(exc, tracking_uri)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
+def _ensure_experiment(tracking_uri: str, name: str, root: Path) -> str:
+    """`ensure_experiment` without the translation of a read-only store's error."""
+    mlflow_store.ready(tracking_uri)
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -222,16 +258,17 @@ def base_tags(root: Path, params: Params, trigger: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def stage_run(ctx: StageContext) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow child run named after the stage, tagged like its parent, closed FAILED on error."""
+    """An MLflow child run named after the stage, tagged like its parent and with its owner process (recovery),
+    closed FAILED on an error and KILLED when the process is stopped (adapters/mlflow_runs.py)."""
     mlflow.set_tracking_uri(ctx.tracking.tracking_uri)
-    from engine.recovery import process_tags
+    from adapters.mlflow_runs import open_run
 
-    tags = {**ctx.tracking.tags, "retrain.stage": ctx.stage, "retrain.cached": "false", **process_tags()}
-    with mlflow.start_run(
-        experiment_id=ctx.tracking.experiment_id,
-        run_name=ctx.stage,
+    tags = {**ctx.tracking.tags, "retrain.stage": ctx.stage, "retrain.cached": "false"}
+    with open_run(
+        ctx.tracking.experiment_id,
+        ctx.stage,
+        tags,
         parent_run_id=ctx.tracking.parent_run_id,
-        tags=tags,
         log_system_metrics=False,
     ) as run:
         mlflow.log_dict(ctx.key_material() or {"uncacheable": "input is a database query"}, "cache_key_material.json")

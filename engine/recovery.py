@@ -1,7 +1,9 @@
 """Safe concurrency and crash recovery on one workspace: the workspace lock, and cleanup after a killed run.
 
-Lock order: `.retrain/workspace.lock` (whole flow run, or one `retrain stage`) is taken first, then
-`.retrain/registry.lock` (promote, rollback) inside it; never the reverse. See docs/concurrency.md.
+Lock order: `.retrain/workspace.lock` (whole flow run, or one `retrain stage`) is taken first; inside it, one
+at a time, the MLflow store's init lock (first touch of the store in a process: adapters/mlflow_store.py) and
+the registry lock (promote, rollback: adapters/registry_lock.py, keyed on the store, not the workspace);
+never the reverse, and never one of those two inside the other. See docs/concurrency.md.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from typing import Any
 
 import psutil
 from filelock import FileLock, Timeout
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+
+from adapters.mlflow_runs import HOST_TAG as HOST_TAG  # the owner tags live with the code that opens runs
+from adapters.mlflow_runs import KILLED
+from adapters.mlflow_runs import PID_TAG as PID_TAG
+from adapters.mlflow_runs import STARTED_TAG as STARTED_TAG
+from adapters.mlflow_runs import process_tags as process_tags
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +38,6 @@ DEFAULT_TIMEOUT = 2 * 3600.0
 POLL_SECONDS = 2.0
 RECOVERED_TAG = "retrain.recovered"
 FLOW_RUN_TAG = "retrain.prefect_flow_run_id"
-PID_TAG, HOST_TAG, STARTED_TAG = "retrain.pid", "retrain.host", "retrain.process_started"
 AWAITING_LOCK = "AwaitingLock"
 """Name of the Running state a flow run shows while it waits for the workspace lock (docs/operations.md)."""
 
@@ -39,15 +47,6 @@ LockWait = Callable[[str | None], None]
 
 class WorkspaceBusyError(RuntimeError):
     """Another run held the workspace lock for longer than the configured wait (exit code 1)."""
-
-
-def process_tags() -> dict[str, str]:
-    """Whose run this is: pid, host and process start time (so a reused pid is not mistaken for the owner)."""
-    return {
-        PID_TAG: str(os.getpid()),
-        HOST_TAG: socket.gethostname(),
-        STARTED_TAG: f"{psutil.Process().create_time():.2f}",
-    }
 
 
 def lock_timeout() -> float:
@@ -181,33 +180,79 @@ def owner_alive(tags: dict[str, str]) -> bool | None:
 
 
 def recover(tracking_uri: str, experiment_id: str, prefect: bool = True) -> dict[str, list[str]]:
-    """Close what dead processes left RUNNING: MLflow runs -> FAILED, their Prefect flow runs -> CRASHED.
+    """Close what dead processes left RUNNING: MLflow runs -> KILLED, their Prefect flow runs -> CRASHED.
 
-    Only runs tagged with this host and a pid that is no longer alive are touched; call it while holding
-    the workspace lock. With prefect=False (`retrain stage`, no Prefect backend) runs that belong to a
+    Every experiment of the store is searched (`experiment_id`, the run's own, first): the audit experiment and
+    an experiment a killed run used under other params hold runs of this pipeline too. A run's owner is its own
+    `retrain.pid`/`retrain.host` tags, or those of the nearest ancestor run that has them (a nested run opened
+    without them). Only runs owned by a process on this host that is no longer alive are touched; call it while
+    holding the workspace lock. With prefect=False (`retrain stage`, no Prefect backend) runs that belong to a
     flow run are left for the next flow run. Returns the ids it changed.
     """
     client = MlflowClient(tracking_uri)
-    stale = [
-        run
-        for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
-        if owner_alive(run.data.tags) is False and (prefect or FLOW_RUN_TAG not in run.data.tags)
-    ]
-    note = (
-        f"closed by pid {os.getpid()} on {socket.gethostname()} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
-    )
-    flow_runs = sorted({run.data.tags[FLOW_RUN_TAG] for run in stale if FLOW_RUN_TAG in run.data.tags})
-    for run in stale:
+    running = running_runs(client, experiment_id)
+    known = {run.info.run_id: run for run in running}
+    stale: list[tuple[Run, dict[str, str]]] = []
+    for run in running:
+        tags = owner_tags(client, run, known)
+        if owner_alive(tags) is False and (prefect or FLOW_RUN_TAG not in {**tags, **run.data.tags}):
+            stale.append((run, tags))
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    flow_runs = sorted({t[FLOW_RUN_TAG] for run, owner in stale for t in (run.data.tags, owner) if FLOW_RUN_TAG in t})
+    for run, owner in stale:
         logger.warning(
-            "run %s (%s) was left RUNNING by dead pid %s: marking it FAILED",
+            "run %s (%s) was left RUNNING by dead pid %s: marking it KILLED",
             run.info.run_id,
             run.data.tags.get("mlflow.runName", "?"),
-            run.data.tags.get(PID_TAG),
+            owner.get(PID_TAG),
+        )
+        note = (
+            f"owner pid {owner.get(PID_TAG)} ended without closing the run (killed or crashed); "
+            f"closed KILLED by pid {os.getpid()} on {socket.gethostname()} at {now}"
         )
         client.set_tag(run.info.run_id, RECOVERED_TAG, note)
-        client.set_terminated(run.info.run_id, status="FAILED")
+        client.set_terminated(run.info.run_id, status=KILLED)
+    note = f"process killed; closed by pid {os.getpid()} on {socket.gethostname()} at {now}"
     crashed = crash_flow_runs(flow_runs, note) if flow_runs else []
-    return {"mlflow_runs": [run.info.run_id for run in stale], "prefect_flow_runs": crashed}
+    return {"mlflow_runs": [run.info.run_id for run, _ in stale], "prefect_flow_runs": crashed}
+
+
+def running_runs(client: MlflowClient, first: str) -> list[Run]:
+    """Every RUNNING run in every active experiment of the store, those of experiment `first` first."""
+    ids = [first, *(e.experiment_id for e in client.search_experiments() if e.experiment_id != first)]
+    found: list[Run] = []
+    for start in range(0, len(ids), 100):  # stores bound the experiments of one search
+        token = None
+        while True:
+            page = client.search_runs(
+                ids[start : start + 100],
+                filter_string="attributes.status = 'RUNNING'",
+                max_results=1000,
+                page_token=token,
+            )
+            found.extend(page)
+            token = page.token
+            if not token:
+                break
+    return found
+
+
+def owner_tags(client: MlflowClient, run: Run, known: dict[str, Run], depth: int = 8) -> dict[str, str]:
+    """The owner tags of a run: its own, else its nearest ancestor's (parents read once, through `known`)."""
+    for _ in range(depth):
+        tags = run.data.tags
+        if PID_TAG in tags:
+            return tags
+        parent_id = tags.get("mlflow.parentRunId")
+        if not parent_id:
+            return {}
+        if parent_id not in known:
+            try:
+                known[parent_id] = client.get_run(parent_id)
+            except Exception:  # a deleted or unreadable parent: owner unknown, the run is left as is
+                return {}
+        run = known[parent_id]
+    return {}
 
 
 def crash_flow_runs(flow_run_ids: list[str], note: str) -> list[str]:

@@ -29,6 +29,7 @@ from prefect.serializers import JSONSerializer
 from adapters import dvc_store as dvcstore
 from adapters.jsonfile import read_json
 from adapters.mlflow_parent import headline_metrics, log_parent, outcome_tags, training_input
+from adapters.mlflow_runs import create_run, end_status
 from engine.context import CACHE_DIR, StageContext, Tracking
 from engine.recovery import HOST_TAG, PID_TAG, STARTED_TAG
 from engine.stage import Stage
@@ -174,7 +175,7 @@ def log_cached_run(ctx: StageContext, result: dict[str, Any]) -> None:
     }
     if ctx.tracking.parent_run_id:
         tags["mlflow.parentRunId"] = ctx.tracking.parent_run_id
-    run = client.create_run(ctx.tracking.experiment_id, run_name=ctx.stage, tags=tags)
+    run = create_run(client, ctx.tracking.experiment_id, ctx.stage, tags)  # owner-tagged: a kill here is recovered
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -226,9 +227,12 @@ def run_standalone(ctx: StageContext) -> StageOutcome:
 def start_parent_run(
     tracking_uri: str, experiment_id: str, tags: dict[str, str], name: str, params: Mapping[str, str] | None = None
 ) -> str:
-    """The parent MLflow run of one pipeline run, with its key params (adapters/mlflow_parent.py `key_params`)."""
+    """The parent MLflow run of one pipeline run, with its key params (adapters/mlflow_parent.py `key_params`).
+
+    Tagged with this process as its owner (recovery), unless `tags` name another (the dvc parent: the dvc process).
+    """
     client = MlflowClient(tracking_uri)
-    run = client.create_run(experiment_id, run_name=name, tags={**tags, "mlflow.runName": name})
+    run = create_run(client, experiment_id, name, tags)
     if params:
         log_parent(client, run.info.run_id, {}, {}, params)
     return run.info.run_id
@@ -339,14 +343,14 @@ def dvc_parent_run(
 
 
 def stage_in_parent(ctx: StageContext) -> StageOutcome:
-    """Run a `dvc repro` stage under its shared parent, then update the parent and close it (FINISHED, or FAILED
-    when the stage raised); the next stage of the same invocation reopens it."""
+    """Run a `dvc repro` stage under its shared parent, then update the parent and close it (FINISHED; FAILED
+    when the stage raised, KILLED when the process was stopped); the next stage of the same invocation reopens it."""
     uri, parent = ctx.tracking.tracking_uri, ctx.tracking.parent_run_id or ""
     try:
         outcome = run_standalone(ctx)
-    except BaseException:
+    except BaseException as exc:
         report_parent(ctx.tracking, ctx.root, ctx.params, [])
-        end_parent_run(uri, parent, "FAILED")
+        end_parent_run(uri, parent, end_status(exc))
         raise
     report_parent(ctx.tracking, ctx.root, ctx.params, [outcome])
     end_parent_run(uri, parent, "FINISHED")

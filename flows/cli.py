@@ -6,10 +6,11 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
-from flows import env
+from flows import env, signals
 from retrain.errors import RetrainInputError
 
 logger = logging.getLogger("retrain.cli")
@@ -32,11 +33,14 @@ examples:
   retrain data restore adult-income@champion restored/
                                                 the champion's training snapshot, from the DVC remote
   retrain serve                                 serve the scheduled + manual deployments (needs PREFECT_API_URL)
+  retrain serve-model adult-income@champion --port 5001
+                                                the version, hash-checked, on MLflow's scoring protocol (127.0.0.1)
 
 exit codes: 0 completed (promoted or nothing to do; --dry-run: would promote), 3 candidate rejected by a
-            gate (--dry-run: would reject), 2 invalid input data or config (history/rollback: unknown model,
-            nothing to roll back to), 1 anything else, including a promotion refused because champion moved
-            since evaluation (compare-and-set)
+            gate (--dry-run: would reject; also when champion moved since evaluation and the candidate loses the
+            re-comparison with it), 2 invalid input data or config (history/rollback: unknown model, nothing to
+            roll back to), 1 anything else, including a promotion refused because the evaluated candidate
+            cannot be re-compared (its test split or model changed since evaluate)
 """
 
 
@@ -164,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", help="the audit log of alias moves (challenger, champion, rollback)")
     registry_args(history)
     history.add_argument("--json", action="store_true", help="print the entries as JSON on stdout")
+    history.add_argument(
+        "--verify",
+        action="store_true",
+        help="also download every version in the log and check its artifact against the registry's manifest hash "
+        "(exit 2 if any is refused)",
+    )
     rollback = sub.add_parser(
         "rollback",
         help="point champion back at the previous champion (audited with trigger rollback)",
@@ -189,8 +199,38 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timezone", default=None, help="timezone of the cron (default: prefect.yaml's)")
     serve.add_argument("--no-schedule", action="store_true", help="register the scheduled deployment without a cron")
     serve.add_argument("--only", default=None, help="serve one deployment: retrain-scheduled or retrain-manual")
+    serve_model_args(sub)
     add_verbose(parser)
     return parser
+
+
+def serve_model_args(sub: Any) -> None:
+    """`retrain serve-model`: its arguments (the command is cmd_serve_model)."""
+    serve_model = sub.add_parser(
+        "serve-model",
+        help="serve a registered model version over HTTP (MLflow's scoring protocol), after checking its bytes",
+        description=(
+            "Downloads the version, checks every file against the manifest hash recorded in the registry, loads it "
+            "with the installed retrain code (never code from the artifact store) and answers MLflow's scoring "
+            "protocol: GET /ping, /health, /version; POST /invocations (dataframe_split, dataframe_records, "
+            'instances, inputs, text/csv; "params": {"output": "decision"}). Runs until SIGTERM or Ctrl-C (exit 0). '
+            "Exit 2: unknown model, alias or version, or an artifact that does not match the registry (nothing served)."
+        ),
+    )
+    serve_model.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        metavar="MODEL@ALIAS|MODEL/VERSION",
+        help="e.g. adult-income@champion, adult-income/3 (default: promote.model_name@promote.alias in params)",
+    )
+    serve_model.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1; others warn)")
+    serve_model.add_argument("--port", type=int, default=5001, help="port (default 5001; 0: any free port)")
+    serve_model.add_argument("--params", default="params.yaml", help="params file naming the MLflow tracking URI")
+    serve_model.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the params file's)")
+    serve_model.add_argument(
+        "--json", action="store_true", help="once listening, print {url, host, port, model_name, version} on stdout"
+    )
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -272,13 +312,22 @@ def exit_code_for(exc: BaseException | None) -> int:
 
 
 def preflight_or_raise(params_file: str, overrides: list[str]) -> Any:
-    """Preflight (retrain/data/preflight.py) before anything heavy: a ConfigError listing every problem (exit 2)."""
-    from retrain.data.preflight import preflight
+    """Preflight (retrain/data/preflight.py) before anything heavy: a ConfigError listing every problem (exit 2).
+
+    A tracking database this process cannot write is one of them (adapters/mlflow_errors.py): MLflow would
+    otherwise fail at the run's first write with a message naming neither the file nor the cause.
+    """
+    from adapters.mlflow_errors import default_tracking_uri, registry_problem
+    from retrain.data.preflight import Problem, preflight
     from retrain.errors import ConfigError
     from retrain.paths import project_root, resolve
 
     root = project_root()
     report = preflight(resolve(root, params_file), root, overrides)
+    if report.params is not None:
+        problem = registry_problem(report.params.tracking.tracking_uri or default_tracking_uri(root))
+        if problem is not None:
+            report.problems.append(Problem("tracking.tracking_uri", problem))
     if not report.ok:
         raise ConfigError(report.message(params_file))
     return report
@@ -306,7 +355,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the Prefect flow and map its outcome to an exit code."""
+    """Run the Prefect flow and map its outcome to an exit code (128 + signal number when a signal stopped it)."""
+    try:
+        return _run_flow(args)
+    except BaseException as exc:
+        signum = signals.signal_of(exc)
+        if signum is None:
+            raise
+        return stopped(args, signum)
+
+
+def _run_flow(args: argparse.Namespace) -> int:
+    """`cmd_run` up to the outcome: the flow's final state as an exit code and the summary."""
     from typing import get_args
 
     preflight_or_raise(args.params, args.overrides)  # before Prefect starts (~seconds), every problem at once
@@ -333,9 +393,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return exit_code_for_promotion(summary["promotion"], summary["decision"])
 
 
+def stopped(args: argparse.Namespace, signum: int) -> int:
+    """A run stopped by a signal: say where, print the --json document (status killed / interrupted), 128 + signum.
+
+    What is known comes from the flow (flows/training.py `STOPPED`): stages finished, the stage it was in, the
+    MLflow parent run and Prefect flow run ids; nothing when the signal came before the flow opened its run.
+    """
+    from flows.training import STOPPED
+
+    name = signal.Signals(signum).name
+    known = STOPPED[-1] if STOPPED else {}
+    logger.error(
+        "run stopped by %s in stage %s: its MLflow runs ended KILLED (parent %s), workspace lock released",
+        name,
+        known.get("stage") or "-",
+        known.get("mlflow_run_id") or "not opened",
+    )
+    if args.json:
+        status = "interrupted" if signum == signal.SIGINT else "killed"
+        _emit({"status": status, "signal": name, "exit_code": 128 + signum, **known})
+    return 128 + signum
+
+
 def exit_code_for_promotion(action: str | None, decision: str | None) -> int:
-    """3 for a (would-be) gate rejection, 1 for a refused compare-and-set, else 0."""
-    if action in ("rejected", "would_reject") or decision == "reject":
+    """3 for a (would-be) gate rejection, also on re-comparison with a moved champion; 1 for a refusal; else 0.
+
+    `refused`: the evaluated candidate could not be re-compared as evaluated (its test split or model changed).
+    """
+    rejected = ("rejected", "would_reject", "rejected_on_recompare", "would_reject_on_recompare")
+    if action in rejected or decision == "reject":
         return EXIT_REJECTED
     if action in ("refused", "would_refuse"):
         return EXIT_ERROR
@@ -666,21 +752,37 @@ def cmd_history(args: argparse.Namespace) -> int:
     _, uri, model, _ = _registry_args(args)
     registry.require_model(MlflowClient(uri), model)
     entries = audit.entries(uri, model)
+    checked = verify_history(uri, model, entries) if args.verify else None
+    code = EXIT_INPUT if checked and any(v != "ok" for v in checked.values()) else EXIT_OK
     if args.json:
-        _emit({"model_name": model, "entries": entries})
-        return EXIT_OK
+        _emit({"model_name": model, "entries": entries} | ({"integrity": checked} if checked is not None else {}))
+        return code
     header = f"{'time (UTC)':<20}{'alias':<12}{'from->to':<10}{'trigger':<10}{'decision':<9}{'failed':<16}gate record"
     rows = [entry_line(e) for e in entries] or ["(no alias moves recorded)"]
+    if checked is not None:
+        rows += ["", "artifact integrity (manifest vs registry):"]
+        rows += [f"  version {v:<6}{result}" for v, result in checked.items()]
     sys.stdout.write("\n".join([f"{model}: {len(entries)} audit entries", header, *rows]) + "\n")
-    return EXIT_OK
+    return code
+
+
+def verify_history(uri: str, model: str, entries: list[dict[str, Any]]) -> dict[str, str]:
+    """`history --verify`: every version the log names, checked like a model load (adapters/model_store.py)."""
+    from adapters.model_store import integrity
+
+    named = {str(v) for e in entries for v in (e.get("from_version"), e.get("to_version")) if v}
+    return integrity(uri, model, sorted(named, key=int))
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """`retrain rollback`: champion back to the previous (or --to) champion, under the registry lock, audited."""
     from adapters import mlflow_registry as registry
+    from retrain.config import load_params
+    from retrain.paths import resolve
 
     root, uri, model, alias = _registry_args(args)
-    result = registry.rollback(root, uri, model, alias, args.to)
+    promote = load_params(resolve(root, args.params)).promote  # its registry lock: the one promote takes
+    result = registry.rollback(root, uri, model, alias, args.to, promote.lock, promote.lock_timeout)
     if args.json:
         _emit(result)
     elif result["entry"] is None:
@@ -697,6 +799,66 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     deploy.serve(cron=args.cron, timezone=args.timezone, only=args.only, schedule=not args.no_schedule)
     return EXIT_OK
+
+
+def cmd_serve_model(args: argparse.Namespace) -> int:
+    """`retrain serve-model`: a registered version, verified against the registry, on MLflow's scoring protocol.
+
+    The model is loaded only through `adapters.model_store` (bytes checked first, retrain's own loader); the server
+    is `retrain.serving.http` (stdlib, no MLflow per request).
+    """
+    import ipaddress
+    from importlib.metadata import version as pkg_version
+
+    from adapters import model_store
+    from adapters.lineage import ModelRef, parse_model_ref
+    from retrain.serving import http
+
+    ref = parse_model_ref(args.model) if args.model else None
+    uri = args.tracking_uri
+    if ref is None or uri is None:
+        from engine.context import default_tracking_uri
+        from retrain.config import load_params
+        from retrain.paths import project_root, resolve
+
+        root = project_root()
+        params = load_params(resolve(root, args.params))
+        ref = ref or ModelRef(params.promote.model_name, alias=params.promote.alias)
+        uri = uri or params.tracking.tracking_uri or default_tracking_uri(root)
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        logger.warning("serve-model: binding %s, not loopback: the server has no authentication and no TLS", args.host)
+    which = ref.alias or str(ref.version)
+    try:
+        with http.interrupt_on_signals(), model_store.verified_version(uri, ref.name, which) as v:
+            model = model_store.load_verified_predictor(v)
+            app = http.ScoringApp(model, numeric=http.numeric_columns(v.model_dir), version=pkg_version("mlflow"))
+
+            def ready(server: http.ScoringServer) -> None:
+                logger.info(
+                    "serving %s version %s (%s) at %s: POST /invocations, GET /ping /health /version; Ctrl-C stops",
+                    v.model_name, v.version, ref, server.url,
+                )  # fmt: skip
+                if args.json:
+                    host, port = server.server_address[:2]
+                    info = {"url": server.url, "host": host, "port": port, "model_name": v.model_name}
+                    sys.stdout.write(json.dumps({**info, "version": v.version}) + "\n")
+                    sys.stdout.flush()
+
+            http.serve(app, args.host, args.port, ready)
+    except http.Stopped as exc:
+        logger.info("serve-model: %s before the server listened; nothing was served", exc)
+    except http.BindError as exc:
+        logger.error("serve-model: %s", exc)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+STOPPABLE = ("run", "stage")
+"""Commands whose SIGTERM/SIGINT unwinds and closes runs (flows/signals.py); `serve` keeps Prefect's runner handling."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -719,9 +881,19 @@ def main(argv: list[str] | None = None) -> int:
         "history": cmd_history,
         "rollback": cmd_rollback,
         "serve": cmd_serve,
+        "serve-model": cmd_serve_model,
     }
     try:
-        return handlers[args.command](args)
+        if args.command not in STOPPABLE:
+            return handlers[args.command](args)
+        with signals.stop_on_signals():  # SIGTERM unwinds like Ctrl-C: runs end KILLED, the lock is released
+            return handlers[args.command](args)
+    except KeyboardInterrupt as exc:  # `retrain stage` (`retrain run` prints its own summary in `stopped`)
+        if args.command not in STOPPABLE:
+            raise
+        signum = signals.signal_of(exc) or signal.SIGINT
+        logger.error("stopped by %s: open MLflow runs ended KILLED", signal.Signals(signum).name)
+        return 128 + signum
     except RetrainInputError as exc:
         logger.error("%s", exc)
         return EXIT_INPUT

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from flows import env
 from retrain.errors import ConfigError
 from retrain.paths import project_root
 
@@ -36,6 +37,7 @@ def enter_project() -> dict[str, str]:
     The checkout is $RETRAIN_ROOT, else the one holding the installed (editable) package; Prefect changes to
     the returned `directory` before it loads the entrypoint.
     """
+    env.harden()  # pickle deserialization off before the flow run loads anything
     root = project_root()
     if not (root / "params.yaml").is_file():
         raise ConfigError(f"{root} holds no params.yaml: set RETRAIN_ROOT to the project for the worker")

@@ -16,10 +16,24 @@ RUN_ENV = {
 """Also the `env` job variable of the work-pool deployments (prefect.yaml, flows/deploy.py): runs a worker starts."""
 
 
+FORCED_ENV = {
+    # no model is ever unpickled in a retrain process, whatever the caller's environment says: a cloudpickle
+    # python_model.pkl planted in an artifact store must fail to load (MLflow reads this at each load)
+    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+}
+"""Set over any inherited value (`apply`, `harden`): security settings, not preferences."""
+
+
 def apply() -> None:
-    """Set RUN_ENV where the user has not (Prefect reads these once, when it is first imported)."""
+    """Set RUN_ENV where the user has not (Prefect reads these once, when it is first imported); force FORCED_ENV."""
     for key, value in RUN_ENV.items():
         os.environ.setdefault(key, value)
+    harden()
+
+
+def harden() -> None:
+    """Force FORCED_ENV in this process (and the processes it starts): every entry point of a retrain process."""
+    os.environ.update(FORCED_ENV)
 
 
 OUR_LOGGERS = ("retrain", "tasks", "engine", "adapters", "flows")

@@ -1,7 +1,9 @@
 """What the Prefect UI shows of a run: a final state named after the decision, and the `retrain-outcome` artifact.
 
-State names (docs/operations.md "What the Prefect UI shows"): Completed `Promoted`, `Kept`, `Rejected`, `DryRun`;
-Failed `Refused` (champion moved since evaluation). The state's data is always the run summary (flows/summary.py).
+State names (docs/operations.md "What the Prefect UI shows"): Completed `Promoted`, `Kept`, `Rejected` (also a
+candidate that lost the re-comparison with a champion that moved since evaluation), `DryRun`; Failed `Refused`
+(champion moved and the evaluated candidate could not be re-compared: its test split or model changed). The
+state's data is always the run summary (flows/summary.py).
 The artifact is Markdown rendered from a Jinja2 template: candidates, every gate, the decision and MLflow links.
 """
 
@@ -37,11 +39,13 @@ STATE_NAMES: dict[str, str] = {
     "promoted": PROMOTED,
     "already_champion": KEPT,
     "rejected": REJECTED,
+    "rejected_on_recompare": REJECTED,
     "refused": REFUSED,
     "would_promote": DRY_RUN,
     "would_keep": DRY_RUN,
     "would_reject": DRY_RUN,
     "would_refuse": DRY_RUN,
+    "would_reject_on_recompare": DRY_RUN,
 }
 """promote's action -> the final state's name. Refused is a Failed state (exit 1, red in the UI), the rest Completed."""
 
@@ -77,11 +81,15 @@ def state_message(summary: Mapping[str, Any]) -> str:
         what = f"{model} version {version} is champion now (was {before})"
     elif action == "already_champion":
         what = f"{model} version {version} is already champion: nothing moved"
-    elif action == "refused":
-        challenger = summary.get("challenger_version")
+    elif action == "rejected_on_recompare":
         what = (
-            f"compare-and-set refused: champion moved since evaluation (now version {champion}); "
-            f"version {challenger} left as challenger; re-run to evaluate against the new champion"
+            f"champion moved since evaluation to version {champion} and the candidate lost the re-comparison "
+            f"with it; nothing registered, champion stays version {champion}: {summary.get('promotion_message')}"
+        )
+    elif action == "refused":
+        what = (
+            f"refused: champion moved since evaluation (now version {champion}) and the candidate could not be "
+            f"re-compared: {summary.get('promotion_message')}"
         )
     else:
         what = f"{model} champion stays version {champion}"

@@ -51,6 +51,7 @@ def run_summary(run: PipelineRun) -> dict[str, Any]:
         "challenger_version": promote.get("challenger_version"),
         "champion_version": promote.get("champion_version"),
         "audit": promote.get("audit", []),
+        "recompared": promote.get("recompared"),  # champion moved since evaluate: the gates re-run against it
         "data_hash": run.tracking.tags.get("retrain.data_hash"),
         "metric": run.params.evaluate.metric,
         "mlflow_run_id": run.tracking.parent_run_id,

@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapters.mlflow_runs import end_status
 from engine.pipeline import PipelineRun
 from flows import env, outcome
 from flows.dag import DAG, sync_dvc_yaml
@@ -74,6 +75,16 @@ class RunRequest(BaseModel):
 
 DEFAULT_REQUEST = RunRequest()
 
+STOPPED: list[dict[str, Any]] = []
+"""The summary so far of the last flow run of this process stopped by a signal (or a cancel), with the stage it
+was in: `retrain run --json` prints it (flows/cli.py); the flow's exception carries no result to read it from."""
+
+
+def reached(run: PipelineRun) -> str | None:
+    """The stage a stopped run was in: the first of the DAG it had not finished (None once all had)."""
+    done = {s.name for s in run.stages}
+    return next((stage.name for stage in DAG if stage.name not in done), None)
+
 
 def checked_params(root: Path, params_file: str, overrides: list[str]) -> Params:
     """The params after the preflight (retrain/data/preflight.py): a run from the UI gets every problem at once too."""
@@ -93,6 +104,7 @@ def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli"
     run summary as its result, and the run leaves the Markdown artifact `retrain-outcome` (flows/outcome.py).
     """
     env.log_info()
+    env.harden()  # a worker's or `serve`'s flow-run process never passed through the CLI's env.apply()
     root = project_root()
     overrides = request.to_overrides()
     dry_run = request.dry_run
@@ -124,9 +136,16 @@ def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli"
             sync_dvc_yaml(root, params)  # dvc.lock can only be committed against the dvc.yaml of these params
         run.record_lineage()
     except BaseException as exc:
-        run.finish("FAILED", summary_tags(run_summary(run)))
+        try:
+            partial = run_summary(run)
+        except Exception:  # the parent run is closed and the lock released whatever the summary's state
+            logger.warning("no summary of the stopped run", exc_info=True)
+            partial = {"mlflow_run_id": run.tracking.parent_run_id}
+        run.finish(end_status(exc), summary_tags(partial))  # FAILED on an error, KILLED on a signal or cancel
         if isinstance(exc, Exception):  # not on a cancel or Ctrl-C: then the API may be going away
             outcome.publish_failure(run, exc)  # what is known; never raises over `exc`
+        else:
+            STOPPED[:] = [partial | {"stage": reached(run)}]  # what `retrain run --json` prints on a signal
         raise
     summary = run_summary(run)
     run.finish("FINISHED", summary_tags(summary))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -583,10 +584,18 @@ class EvaluateConfig(Strict):
 
 
 class PromoteConfig(Strict):
-    """Where promotion happens in the registry."""
+    """Where promotion happens in the registry, and the lock that serializes alias moves on it.
+
+    `lock` (docs/concurrency.md): `auto` picks by the store: a PostgreSQL tracking URI takes a
+    `pg_advisory_lock` in that database; an http(s) tracking URI with PREFECT_API_URL set takes a Prefect
+    global concurrency limit; anything else (SQLite, file store) a file lock keyed on the store. The lock
+    holds for promote and `retrain rollback`; `lock_timeout` seconds to wait for it, then fail naming the holder.
+    """
 
     model_name: str
     alias: str = "champion"
+    lock: Literal["auto", "file", "postgres", "prefect"] = "auto"
+    lock_timeout: float = Field(600.0, ge=0.0)
 
 
 class TrackingConfig(Strict):
@@ -761,37 +770,96 @@ def error_path(loc: tuple[Any, ...]) -> str:
     return ".".join("validate" if p == "validate_" else str(p) for p in loc)
 
 
+class OverrideError(ConfigError):
+    """One `--set` option that cannot be applied; its message names the option, never the params file."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(f"--set {text}: {reason}")
+        self.text = text
+        self.reason = reason
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split `section.key=value` (value parsed as YAML, like `dvc exp run -S`)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+        raise OverrideError(text, "not of the form section.key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
-    if not key:
-        raise ConfigError(f"override {text!r} has an empty key")
+    if not key or any(not part for part in key.split(".")):
+        raise OverrideError(text, f"{key!r} is not a dotted key (section.key=value)")
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at column {mark.column + 1}" if mark is not None else ""
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise OverrideError(text, f"the value {raw!r} is not valid YAML: {reason}{where}") from exc
     return key, value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of the raw params with dotted overrides set; unknown sections still fail later."""
+def set_override(data: dict[str, Any], text: str) -> str:
+    """Apply one `--set` option to raw params in place; returns its key (OverrideError naming the option)."""
+    key, value = parse_override(text)
+    node = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise OverrideError(text, f"{where} is a value ({child!r}), not a section")
+        node = child
+    node[parts[-1]] = value
+    return key
+
+
+def apply_overrides(
+    raw: dict[str, Any], overrides: list[str], errors: list[OverrideError] | None = None
+) -> dict[str, Any]:
+    """Return a copy of the raw params with dotted overrides set; unknown sections still fail later.
+
+    Every bad option is reported, not just the first: appended to `errors` when given (the good ones are
+    still applied), else raised together.
+    """
     data = json.loads(json.dumps(raw))
+    failed: list[OverrideError] = []
     for text in overrides:
-        key, value = parse_override(text)
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {key}: {part!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+        try:
+            set_override(data, text)
+        except OverrideError as exc:
+            failed.append(exc)
+    if errors is not None:
+        errors.extend(failed)
+    elif len(failed) == 1:
+        raise failed[0]
+    elif failed:
+        raise ConfigError("\n  ".join(str(e) for e in failed))
     return data
+
+
+def override_origin(key: str, message: str, overrides: list[str]) -> str | None:
+    """The `--set` option a params problem comes from: one setting that key (or a key above or under it), or,
+    for a problem across keys (`key` is `params`), one whose key the message names; None when none does."""
+    for text in overrides:
+        try:
+            over = parse_override(text)[0]
+        except OverrideError:
+            continue
+        if key == over or key.startswith(over + ".") or over.startswith(key + "."):
+            return f"--set {text}"
+        if key == "params" and re.search(rf"(?<![\w.]){re.escape(over)}(?![\w])", message):
+            return f"--set {text}"
+    return None
+
+
+def problem_key(loc: tuple[Any, ...], message: str) -> str:
+    """A pydantic error's key path; a check across keys (no location) takes the key its message starts with."""
+    key = error_path(loc)
+    if key:
+        return key
+    match = re.match(r"([A-Za-z_][\w-]*(?:\.[\w-]+)+)\b", message)
+    return match.group(1) if match else "params"
 
 
 def read_params_file(path: Path) -> dict[str, Any]:
@@ -808,13 +876,21 @@ def read_params_file(path: Path) -> dict[str, Any]:
 
 
 def load_params(path: Path, overrides: list[str] | None = None) -> Params:
-    """Load, override and validate params; every problem is reported with its key path."""
-    raw = apply_overrides(read_params_file(path), overrides or [])
+    """Load, override and validate params; every problem is reported with its key path (and its `--set`)."""
+    overrides = overrides or []
+    raw = apply_overrides(read_params_file(path), overrides)
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{error_path(e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"params file {path}: {problems}") from exc
+        problems = []
+        for error in exc.errors():
+            message = str(error["msg"]).removeprefix("Value error, ")
+            key = problem_key(error["loc"], message)
+            origin = override_origin(key, message, overrides)
+            text = message if message.startswith(key) else f"{key}: {message}"
+            problems.append(f"{origin}: {text}" if origin else text)
+        subject = f"params file {path}" + "".join(f" --set {o}" for o in overrides)
+        raise ConfigError(f"{subject}: {'; '.join(problems)}") from exc
 
 
 def params_dict(params: Params) -> dict[str, Any]:

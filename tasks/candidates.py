@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from threadpoolctl import threadpool_limits
 
 from adapters.jsonfile import write_json
+from adapters.mlflow_runs import open_run
 from engine.context import StageContext, clear_outputs, finish, stage_run
 from engine.progress import Reporter, artifact_key
 from engine.scaleout import family_runner
@@ -299,11 +300,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         with family_runner(ctx.params.runner, fit_family_at, calls) as fitted:
             for family in order:
                 family_tags = {**ctx.tracking.tags, "retrain.stage": ctx.stage, "retrain.family": family}
-                with mlflow.start_run(
-                    experiment_id=active.info.experiment_id,  # else MLflow files the child under its default one
-                    run_name=f"candidates/{family}",
+                with open_run(
+                    active.info.experiment_id,  # else MLflow files the child under its default one
+                    f"candidates/{family}",
+                    family_tags,  # + the owner process (recovery); ends KILLED if the process is stopped
                     nested=True,
-                    tags=family_tags,
                     log_system_metrics=True,
                 ):
                     if FAMILIES[family].meta:

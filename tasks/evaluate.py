@@ -157,16 +157,25 @@ def build_model(
 
 
 def champion_record(tracking_uri: str, champion: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The champion's own gate record (for its latency and size), if its version points at one."""
+    """The champion's own gate record (for its latency and size bounds), checked against its registry hash first.
+
+    The record lives in the artifact store, which users can write: a record whose bytes differ from the sha256 the
+    registry holds is refused (ArtifactIntegrityError, exit 2), never read, so it cannot loosen a bound.
+    """
+    from adapters import model_store
+
     if champion is None:
         return None
-    try:
-        version = MlflowClient(tracking_uri).get_model_version(champion["model_name"], champion["version"])
-        uri = version.tags.get("retrain.gate_record")
-        return mlflow.artifacts.load_dict(uri) if uri else None
-    except Exception as exc:  # an unreadable record only disables the relative latency / size bounds
-        logger.warning("evaluate: champion gate record %s unreadable (%s); relative bounds skipped", uri, exc)
+    version = MlflowClient(tracking_uri).get_model_version(champion["model_name"], champion["version"])
+    uri = version.tags.get("retrain.gate_record")
+    if not uri:
+        logger.warning("evaluate: champion version %s has no gate record; relative bounds skipped", champion["version"])
         return None
+    sha = version.tags.get(model_store.RECORD_SHA_TAG)
+    record = model_store.verified_json(
+        tracking_uri, uri, sha, model_name=champion["model_name"], version=str(champion["version"])
+    )
+    return record if isinstance(record, dict) else None
 
 
 @dataclass
@@ -198,12 +207,12 @@ class Shippable:
 
     def measure_latency(self) -> GateResult:
         """Time single rows through the registered pyfunc's own predict path, then bound them."""
-        from adapters.mlflow_pyfunc import load_serving_model
+        from retrain.serving.flavor import load_serving_model
 
         cfg = self.ctx.params.evaluate.gates.latency
-        served = load_serving_model(self.model_dir)
+        served = load_serving_model(self.model_dir)  # what the registered pyfunc's loader module returns
         self.latency.clear()
-        self.latency.update(single_row_latency_ms(lambda rows: served.predict(None, rows), self.X_test, cfg.rows))
+        self.latency.update(single_row_latency_ms(served.predict, self.X_test, cfg.rows))
         self.latency["size_mb"] = directory_size_mb(self.model_dir)
         return latency_gate(self.latency, self.latency["size_mb"], cfg=cfg, champion=self.champion_latency)
 

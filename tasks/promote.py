@@ -18,12 +18,14 @@ from mlflow.tracking import MlflowClient
 
 from adapters import mlflow_audit as audit
 from adapters import mlflow_registry as registry
+from adapters import model_store
 from adapters.jsonfile import read_json, write_json
-from adapters.mlflow_packaging import pyfunc_kwargs
+from adapters.mlflow_packaging import artifact_model_dir, pyfunc_kwargs
 from engine.context import StageContext, finish, stage_run
 from engine.stage import Stage
 from retrain.catalog import EVALUATE, GATE_RECORD, PROMOTE_METRICS, PROMOTION, SPLITS
 from retrain.errors import ConfigError
+from retrain.evaluation.recompare import lost_line
 from retrain.evaluation.reports import promotion_metrics
 from tasks.version import version_tags
 
@@ -31,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 CHALLENGER = "challenger"
 MODEL_CARD = "model_card.html"
+RECOMPARED = "gate_record_recompared.json"
+"""The gate record re-compared against a champion that moved since evaluation (logged to the promote run)."""
 EXPERIMENT_ENV = "DVC_EXP_NAME"
 """Set by `dvc exp run` in every stage's environment (with DVC_EXP_BASELINE_REV); unset under plain `dvc repro`."""
 BASELINE_ENV = "DVC_EXP_BASELINE_REV"
@@ -49,12 +53,15 @@ def gate_line(gate: dict[str, Any]) -> str:
 
 
 def log_and_register(ctx: StageContext, record: dict[str, Any], client: MlflowClient, uris: dict[str, str]) -> str:
-    """Log the candidate as a models-from-code pyfunc and register it with lineage and gate-record tags."""
+    """Log the candidate as a data-only pyfunc, seal it (manifest of every stored file) and register it with the
+    manifest's sha256, lineage and gate-record tags."""
     dataset = ctx.dataset
     model_dir = ctx.path(record["candidate"]["model_dir"])
     example = pd.read_parquet(ctx.path(SPLITS["valid"]), columns=dataset.features).head(5)
     info = mlflow.pyfunc.log_model(name="model", **pyfunc_kwargs(ctx.root, model_dir, example))
+    sealed = model_store.seal(client, ctx.tracking.tracking_uri, info.model_id, artifact_model_dir(model_dir))
     tags = {
+        model_store.MANIFEST_TAG: sealed,
         registry.MODEL_HASH_TAG: record["candidate"]["model_hash"],
         "retrain.data_hash": str(record["data_hash"]),
         "retrain.git_commit": str(record["git_commit"]),
@@ -74,8 +81,8 @@ def log_and_register(ctx: StageContext, record: dict[str, Any], client: MlflowCl
 
 def log_record(ctx: StageContext, record: dict[str, Any], run_id: str) -> dict[str, str]:
     """Log the gate record (and the model card when evaluate wrote one) to this run; their runs:/ URIs as tags."""
-    mlflow.log_dict(record, "gate_record.json")
-    uris = {"retrain.gate_record": f"runs:/{run_id}/gate_record.json"}
+    sha = model_store.log_json(record, "gate_record.json")
+    uris = {"retrain.gate_record": f"runs:/{run_id}/gate_record.json", model_store.RECORD_SHA_TAG: sha}
     card = ctx.path(GATE_RECORD).parent / MODEL_CARD
     if card.is_file():
         mlflow.log_artifact(str(card))
@@ -96,9 +103,19 @@ def dry_run(ctx: StageContext, record: dict[str, Any], client: MlflowClient) -> 
         target = f"existing version {existing}" if existing else "a new version"
         if existing is not None and existing == now:
             action, message = "would_keep", f"would keep {alias}: {family} is already {name} version {now}"
-        elif now != seen:
-            action = "would_refuse"
-            message = f"would refuse: {alias} moved from version {seen} to {now} since evaluation"
+        elif now != seen:  # read-only: the same re-comparison promote would run against the new champion
+            updated, problem = recompare_with(ctx, record, registry.champion(ctx.tracking.tracking_uri, name, alias))
+            if updated is None:
+                action, message = "would_refuse", f"would refuse: {alias} moved from {seen} to {now}; {problem}"
+            elif updated["decision"] != "promote":
+                action = "would_reject_on_recompare"
+                message = f"would not promote: {lost_line(updated, ctx.params.evaluate.metric)}"
+            else:
+                action = "would_promote"
+                message = (
+                    f"would promote {target} of {family} to {CHALLENGER} and {alias}: it still passes every gate "
+                    f"against version {now} ({alias} moved from {seen} since evaluation)"
+                )
         else:
             action = "would_promote"
             message = f"would promote {target} of {family} to {CHALLENGER} and {alias} (now version {now})"
@@ -116,9 +133,51 @@ def _model_exists(client: MlflowClient, name: str) -> bool:
     return True
 
 
+def recompare_with(
+    ctx: StageContext, record: dict[str, Any], champ: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The gate record re-compared against the champion now in the registry, on this workspace's test rows.
+
+    Returns (re-compared record, None), or (None, why) when the candidate on disk or the test split is not
+    the one evaluated (then nothing can be re-compared honestly).
+    """
+    from engine.context import tree_md5
+    from retrain.evaluation.recompare import candidate_matches, recompare, recompared_record
+    from retrain.metrics import class_labels, encode_target, score
+    from retrain.models.estimators import load_predictor
+    from tasks.evaluate import champion_record
+
+    dataset, metric = ctx.dataset, ctx.params.evaluate.metric
+    model_dir = ctx.path(record["candidate"]["model_dir"])
+    if tree_md5(model_dir) != record["candidate"]["model_hash"]:
+        return None, f"{model_dir} is not the evaluated model (its hash is not {record['candidate']['model_hash']})"
+    test = pd.read_parquet(ctx.path(SPLITS["test"]))
+    y_test, X_test = encode_target(test[dataset.target], dataset), test[dataset.features]
+    scores = load_predictor(model_dir).predict_scores(X_test)
+    problem = candidate_matches(record, metric, y_test, scores)
+    if problem is not None:
+        return None, f"{problem} ({SPLITS['test']} or the model changed since evaluate)"
+    champion_raw = None
+    if champ is not None:
+        champion_raw = registry.load_champion_scores(champ, X_test, dataset.task, class_labels(dataset))
+    champion_score = score(metric, y_test, champion_raw) if champion_raw is not None else None
+    latency = (champion_record(ctx.tracking.tracking_uri, champ) or {}).get("latency") or None
+    gates, extra = recompare(ctx.params, dataset, record, X_test, y_test, scores, champion_raw, latency)
+    return recompared_record(record, gates, extra, champ, champion_score), None
+
+
 def promote(ctx: StageContext, record: dict[str, Any], client: MlflowClient, uris: dict[str, str]) -> dict[str, Any]:
-    """Under the registry lock: register, set challenger, then compare-and-set champion; audit each move."""
-    name, alias = ctx.params.promote.model_name, ctx.params.promote.alias
+    """Under the registry lock: re-compare if champion moved, register, set challenger, move champion; audit each.
+
+    The lock (`promote.lock`) is keyed on the store, so workspaces sharing one registry exclude each other.
+    When champion is not the version evaluate compared with, the champion-dependent gates run again against
+    the champion now in place (retrain/evaluation/recompare.py): the candidate is promoted only if it still
+    passes (the better model wins whichever promotes first); otherwise nothing is registered and no alias
+    moves (`rejected_on_recompare`, exit 3). The re-compared record is logged to this run
+    (`gate_record_recompared.json`) and is what the version's tag and the audit entries point at.
+    """
+    cfg = ctx.params.promote
+    name, alias, uri = cfg.model_name, cfg.alias, ctx.tracking.tracking_uri
     trigger = ctx.tracking.tags.get("retrain.trigger", "cli")
     run_id = mlflow.active_run().info.run_id
     written: list[dict[str, Any]] = []
@@ -129,7 +188,7 @@ def promote(ctx: StageContext, record: dict[str, Any], client: MlflowClient, uri
         logger.info("promote: %s@%s %s -> %s", name, which, before, to)
         written.append(
             audit.append(
-                ctx.tracking.tracking_uri,
+                uri,
                 name,
                 which,
                 before,
@@ -142,39 +201,73 @@ def promote(ctx: StageContext, record: dict[str, Any], client: MlflowClient, uri
             )
         )
 
-    with registry.registry_lock(ctx.root):
+    with registry.registry_lock(uri, name, cfg.lock, cfg.lock_timeout, what=f"promote of {name} (run {run_id})"):
         version = registry.find_version(client, name, record["candidate"]["model_hash"])
+        current = registry.champion(uri, name, alias)  # compare-and-set: read under the lock
+        now = current["version"] if current else None
+        seen = (record.get("champion") or {}).get("version")
+        recompared: dict[str, Any] | None = None
+        if now != seen and (version is None or now != version):
+            logger.warning("promote: %s moved from version %s (seen by evaluate) to %s: re-comparing", alias, seen, now)
+            updated, problem = recompare_with(ctx, record, current)
+            if updated is None:
+                message = (
+                    f"promote: REFUSED: {alias} moved from version {seen} (seen by evaluate) to {now} and the "
+                    f"candidate cannot be re-compared: {problem}; nothing registered, {alias} left at {now}; "
+                    "re-run evaluate"
+                )
+                logger.error("%s", message)
+                challenger = registry.alias_version(client, name, CHALLENGER)
+                return _outcome("refused", message, version, challenger, now, written, None)
+            record = updated
+            sha = model_store.log_json(record, RECOMPARED)
+            uris = uris | {"retrain.gate_record": f"runs:/{run_id}/{RECOMPARED}", model_store.RECORD_SHA_TAG: sha}
+            mlflow.set_tag("retrain.gate_record_recompared", uris["retrain.gate_record"])
+            recompared = record["recompared"] | {"gate_record": uris["retrain.gate_record"]}
+            if record["decision"] != "promote":
+                message = f"promote: not promoted: {lost_line(record, ctx.params.evaluate.metric)}"
+                message += f"; nothing registered, {alias} left at version {now}, {CHALLENGER} unchanged"
+                logger.error("%s", message)
+                challenger = registry.alias_version(client, name, CHALLENGER)
+                return _outcome("rejected_on_recompare", message, version, challenger, now, written, recompared)
+            logger.info("promote: still passes every gate against version %s: promoting", now)
         if version is None:
             version = log_and_register(ctx, record, client, uris)
             logger.info("promote: registered %s version %s", name, version)
-        gate_uri = uris["retrain.gate_record"]  # the record that justified this move (this run's)
+        gate_uri = uris["retrain.gate_record"]  # the record that justified this move (this run's, re-compared if so)
         challenger = registry.alias_version(client, name, CHALLENGER)
         if challenger != version:
             move(CHALLENGER, challenger, version, gate_uri)
-        now = registry.alias_version(client, name, alias)  # compare-and-set: re-read under the lock
-        seen = (record.get("champion") or {}).get("version")
         message = ""
         if now == version:
             action = "already_champion"
-        elif now != seen:
-            action = "refused"
-            message = (
-                f"promote: REFUSED: {alias} moved from version {seen} (seen by evaluate) to {now} since "
-                f"evaluation; {alias} left at {now}, version {version} kept as {CHALLENGER}; "
-                "re-run to evaluate against the new champion"
-            )
-            logger.error("%s", message)
         else:
             move(alias, now, version, gate_uri)
             action = "promoted"
+            if recompared is not None:
+                message = f"promote: promoted after re-comparison: {lost_line(record, ctx.params.evaluate.metric)}"
         champion = registry.alias_version(client, name, alias)
+    return _outcome(action, message, version, version, champion, written, recompared)
+
+
+def _outcome(
+    action: str,
+    message: str,
+    version: str | None,
+    challenger: str | None,
+    champion: str | None,
+    audit_entries: list[dict[str, Any]],
+    recompared: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """promote's result: what it did, the versions, the audit entries written, the re-comparison (None if none)."""
     return {
         "action": action,
         "message": message,
         "version": version,
-        "challenger_version": version,
+        "challenger_version": challenger,
         "champion_version": champion,
-        "audit": written,
+        "audit": audit_entries,
+        "recompared": recompared,
     }
 
 

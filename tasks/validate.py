@@ -2,8 +2,9 @@
 
 A failure stops the run. GX Data Docs (HTML) and the JSON report are logged to MLflow under `validation/`
 whatever the verdict, so a failed gate can be inspected; only a passing gate writes
-models/validate/report.json. The champion's training snapshot (fetched once from DVC by the md5 the champion
-is tagged with) is the reference of both drift and the champion domains.
+models/validate/report.json and pushes the snapshot to the DVC remote (`version` only put it in the local
+cache), so a rejected snapshot never reaches the remote. The champion's training snapshot (fetched once from
+DVC by the md5 the champion is tagged with) is the reference of both drift and the champion domains.
 """
 
 from __future__ import annotations
@@ -156,14 +157,29 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 f"\n  {lines}",
                 failed,
             )
+        pushed = publish(ctx)
         write_json(ctx.path(VALIDATION), report)
         logger.info(
-            "validate: %d checks passed (%d warnings) in %.1fs",
+            "validate: %d checks passed (%d warnings) in %.1fs; snapshot %s pushed to DVC remote %s",
             report["evaluated"],
             report["warned"],
             metrics["validate_seconds"],
+            pushed["md5"],
+            pushed["remote"],
         )
-        return finish(ctx, active, {k: v for k, v in metrics.items() if not k.endswith("_seconds")})
+        return finish(ctx, active, {k: v for k, v in metrics.items() if not k.endswith("_seconds")}, pushed=pushed)
+
+
+def publish(ctx: StageContext) -> dict[str, str]:
+    """Push the snapshot that passed the gate to the DVC remote (`version.remote`, else the default).
+
+    It is added to the local cache first (a no-op after `version`, which `dvc repro` may run after this stage).
+    """
+    snapshot = ctx.path(SNAPSHOT)
+    remote = dvcstore.remote_info(ctx.root, ctx.params.version.remote)
+    md5 = dvcstore.add_to_cache(ctx.root, snapshot)
+    url = dvcstore.push(ctx.root, md5, remote.name)
+    return {"md5": md5, "remote": remote.name, "url": url}
 
 
 def _metrics(report: dict[str, Any], gx_seconds: float, seconds: float) -> dict[str, float]:
@@ -203,6 +219,7 @@ STAGE = Stage(
         "split.test_size",
         "candidates.cv_folds",
         "seed",
+        "version.remote",
     ),
     key_inputs=reference_input,
 )

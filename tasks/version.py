@@ -1,4 +1,8 @@
-"""version: put the snapshot in the DVC cache, push it to the DVC remote, record its hash and the remote."""
+"""version: put the snapshot in the local DVC cache, record its hash and the remote it goes to.
+
+The push to that remote waits for the data gate: `validate` pushes a snapshot once it passed, so a rejected
+snapshot never reaches the remote (docs/data.md).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         snapshot = ctx.path(SNAPSHOT)
         remote = dvcstore.remote_info(ctx.root, ctx.params.version.remote)
         md5 = dvcstore.add_to_cache(ctx.root, snapshot)
-        dvcstore.push(ctx.root, md5, remote.name)
         record = {
             "path": SNAPSHOT,
             "md5": md5,

@@ -20,8 +20,17 @@ import numpy as np
 import pandas as pd
 
 from retrain.config import DatasetConfig, IngestConfig
+from retrain.data.sources import (
+    SOURCE_KEYS,
+    Source,
+    directory_message,
+    display,
+    engine_url,
+    file_problem,
+    glob_files,
+    resolve_path,
+)
 from retrain.errors import ConfigError, DataError
-from retrain.data.sources import Source, display, engine_url, glob_files, resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +157,8 @@ def data_size(path: Path) -> int:
 
 def check_size(path: Path, max_bytes: int) -> int:
     """Refuse a missing, empty or oversized file before parsing a byte of it; returns its data size."""
+    if path.is_dir():
+        raise DataError(directory_message(str(path), path))
     if not path.is_file():
         raise DataError(f"{path}: source file does not exist")
     on_disk = path.stat().st_size
@@ -504,6 +515,9 @@ def read_source(
         check_total_size(source.spec, files, cfg.max_bytes)
     else:
         files = [resolve_path(root, source.spec)]
+        problem = file_problem(root, source.spec)
+        if problem is not None and (files[0].exists() or files[0].is_symlink()):  # missing: check_size says so
+            raise DataError(problem)
         check_size(files[0], cfg.max_bytes)
     frames, parts = [], []
     for path in files:
@@ -584,7 +598,12 @@ def ingest(
     provenance: list[dict[str, Any]] = []
     offset = 0
     for name, source in sources.items():
-        read, reference = read_source(source, root, cfg, dataset, contract, reference)
+        try:
+            read, reference = read_source(source, root, cfg, dataset, contract, reference)
+        except DataError as exc:
+            if source.kind != "file" or file_problem(root, source.spec) is None:
+                raise
+            raise DataError(f"{SOURCE_KEYS.get(name, name)}: {exc}") from exc  # a path problem: name the key
         frame = read.frame
         if dataset.is_classification:
             frame = normalise_labels(frame, dataset.target, cfg.label_suffix)

@@ -20,8 +20,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from retrain.config import COLUMNS_CHECKED, Params, apply_overrides, error_path, parse_override, read_params_file
-from retrain.data.sources import Source, engine_url, glob_files, parse_source, resolve_path
+from retrain.config import (
+    COLUMNS_CHECKED,
+    OverrideError,
+    Params,
+    apply_overrides,
+    override_origin,
+    problem_key,
+    read_params_file,
+)
+from retrain.data.sources import Source, engine_url, file_problem, glob_files, parse_source, resolve_path
 from retrain.errors import ConfigError, RetrainInputError
 
 logger = logging.getLogger(__name__)
@@ -44,13 +52,16 @@ YAML_KINDS = {bool: "boolean", int: "number", float: "number"}
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong, at one params key (or source)."""
+    """One thing wrong, at one params key (or source), and the `--set` option it comes from, if any."""
 
     key: str
     message: str
+    origin: str = ""
+    """`--set K=V` when a command-line override caused it (named first: the file is not at fault)."""
 
     def __str__(self) -> str:
-        return f"{self.key}: {self.message}"
+        text = self.message if self.message.startswith(self.key) else f"{self.key}: {self.message}"
+        return f"{self.origin}: {text}" if self.origin and self.origin != self.key else text
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     params: Params | None = None
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -97,11 +109,16 @@ class Report:
         return not self.problems
 
     def message(self, params_file: str) -> str:
-        """All problems in one message, one per line, each with its key path."""
+        """All problems in one message, one per line, each with its key path (and `--set` option, if from one)."""
         count = len(self.problems)
         lines = "\n  ".join(str(p) for p in self.problems)
         noun = "problem" if count == 1 else "problems"
-        return f"{params_file}: {count} {noun} found before anything ran (nothing was written):\n  {lines}"
+        subject = params_file
+        if self.overrides and all(p.origin for p in self.problems):
+            subject = f"the --set option{'s' if len(self.overrides) > 1 else ''}, not {params_file}"
+        elif any(p.origin for p in self.problems):
+            subject = f"{params_file} and its --set options"
+        return f"{subject}: {count} {noun} found before anything ran (nothing was written):\n  {lines}"
 
 
 def get_path(raw: Any, key: str) -> Any:
@@ -146,33 +163,29 @@ def label_hints(raw: dict[str, Any]) -> list[Problem]:
     return problems
 
 
-def override_keys(overrides: list[str]) -> list[str]:
-    """The dotted keys set by --set (bad ones are reported by apply_overrides)."""
-    keys = []
-    for text in overrides:
-        try:
-            keys.append(parse_override(text)[0])
-        except ConfigError:
-            continue
-    return keys
+def attributed(problems: list[Problem], overrides: list[str], caused: set[tuple[str, str]]) -> list[Problem]:
+    """Each problem with the `--set` option it comes from.
 
-
-def _origin(key: str, overridden: list[str]) -> str:
-    """` (from --set K)` when the problem's key was set on the command line."""
-    for over in overridden:
-        if key == over or key.startswith(over + ".") or over.startswith(key + "."):
-            return f" (from --set {over})"
-    return ""
+    A problem at a key an option sets (or, across keys, named in its message) is that option's; any other
+    problem in `caused` (params problems the file alone does not have) is the options' together.
+    """
+    out = []
+    for p in problems:
+        origin = override_origin(p.key, p.message, overrides) or ""
+        if not origin and (p.key, p.message) in caused:
+            origin = " ".join(f"--set {text}" for text in overrides)
+        out.append(Problem(p.key, p.message, origin))
+    return out
 
 
 def schema_problems(exc: ValidationError, skip_keys: set[str]) -> list[Problem]:
     """pydantic's errors as problems with key paths (those already explained by a hint are left out)."""
     problems = []
     for error in exc.errors():
-        key = error_path(error["loc"]) or "params"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        key = problem_key(error["loc"], message)
         if key in skip_keys:
             continue
-        message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "missing":
             message = "required (no default): add it"
         elif error["type"] == "extra_forbidden":
@@ -305,17 +318,9 @@ def sample_source(
                     )
             return sample, problems
         path = resolve_path(root, spec)
-        if path.is_dir():
-            return None, [
-                Problem(
-                    key,
-                    f"{spec!r} is a directory, not a file: name a CSV/Parquet file, or a glob like "
-                    f"'{spec.rstrip('/')}/*.csv'",
-                )
-            ]
-        if not path.exists():
-            hint = "" if path.parent.is_dir() else f" (nor does its folder {path.parent})"
-            return None, [Problem(key, f"{spec!r} does not exist{hint}")]
+        problem = file_problem(root, spec)
+        if problem is not None:
+            return None, [Problem(key, problem)]
         sample = _read_file_sample(path, ingest)
         sample.where = spec
         return sample, []
@@ -441,14 +446,15 @@ def test_source_problems(raw: dict[str, Any], main: Sample, test: Sample) -> lis
 
 def preflight(params_file: Path, root: Path, overrides: list[str] | None = None) -> Report:
     """Every problem of the params file and its data, at once (see the module docstring)."""
-    report = Report()
     overrides = overrides or []
+    report = Report(overrides=list(overrides))
     try:
-        raw = apply_overrides(read_params_file(params_file), overrides)
+        from_file = read_params_file(params_file)
     except ConfigError as exc:
         report.problems.append(Problem("params", str(exc)))
         return report
-    overridden = override_keys(overrides)
+    bad_options: list[OverrideError] = []
+    raw = apply_overrides(from_file, overrides, bad_options)
     hints = label_hints(raw)
     problems = list(hints)
     raw_ingest = get_path(raw, "ingest")
@@ -461,20 +467,34 @@ def preflight(params_file: Path, root: Path, overrides: list[str] | None = None)
             samples[key] = sample
             report.sources[key] = {"where": sample.where, "columns": len(sample.header), "rows_read": len(sample.frame)}
     main = samples.get("ingest.source")
+    caused: set[tuple[str, str]] = set()
     try:  # with the data at hand, column references are checked against it below (not twice)
         report.params = Params.model_validate(raw, context={COLUMNS_CHECKED: main is not None})
     except ValidationError as exc:
-        problems += schema_problems(exc, {p.key for p in hints})
+        schema = schema_problems(exc, {p.key for p in hints})
+        problems += schema
+        if overrides:
+            caused = {(p.key, p.message) for p in schema} - file_schema_problems(from_file, main is not None)
     if main is not None:
         contract = contract_problems(report.params, samples) if report.params is not None else None
         skip = ("dataset.columns", "dataset.target") if contract is not None else ()
         problems += (contract or []) + column_problems(raw, main, skip) + label_problems(raw, main)
         if "ingest.test_source" in samples and not contract:
             problems += test_source_problems(raw, main, samples["ingest.test_source"])
-    report.problems = [Problem(p.key, p.message + _origin(p.key, overridden)) for p in _unique(problems)]
+    options = [Problem(f"--set {e.text}", e.reason, f"--set {e.text}") for e in bad_options]
+    report.problems = options + attributed(_unique(problems), overrides, caused)
     if report.problems:
         report.params = None
     return report
+
+
+def file_schema_problems(from_file: dict[str, Any], columns_checked: bool) -> set[tuple[str, str]]:
+    """The params file's own schema problems, without the `--set` options (to tell which problems they cause)."""
+    try:
+        Params.model_validate(from_file, context={COLUMNS_CHECKED: columns_checked})
+    except ValidationError as exc:
+        return {(p.key, p.message) for p in schema_problems(exc, set())}
+    return set()
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

@@ -87,6 +87,49 @@ def source_files(root: Path, source: Source) -> list[Path] | None:
     return None
 
 
+SOURCE_KEYS = {"main": "ingest.source", "test": "ingest.test_source"}
+"""The params key each declared source comes from (for messages that name it)."""
+
+FILE_KINDS = "a CSV (.csv, .csv.gz) or Parquet (.parquet) file"
+
+
+def directory_message(spec: str, path: Path) -> str:
+    """Why a directory is not a source, and the glob that reads its files instead.
+
+    A directory is not read as a dataset: a glob already reads every batch file in it (same stacking, same
+    cache key per file), whereas a directory read would also pick up writers' side files (`_SUCCESS`, `.crc`)
+    and silently drop Hive partition columns (`key=value` folder names are not in the files).
+    """
+    files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))]
+    kinds = [s for s in (".parquet", ".csv.gz", ".csv") if any(p.name.lower().endswith(s) for p in files)]
+    suffix = kinds[0] if kinds else ".csv"
+    nested = kinds and not any(p.parent == path and p.name.lower().endswith(suffix) for p in files)
+    glob = f"{spec.rstrip('/')}/{'**/' if nested else ''}*{suffix}"
+    held = f"it holds {len(files)} file{'' if len(files) == 1 else 's'}" + (f": {', '.join(kinds)}" if kinds else "")
+    partitions = sorted({p.name.split("=", 1)[0] for p in path.iterdir() if p.is_dir() and "=" in p.name})
+    hive = (
+        f"; note that a glob does not read Hive partition columns {partitions} from folder names" if partitions else ""
+    )
+    return (
+        f"{spec!r} is a directory ({path}; {held}), not a file: name {FILE_KINDS}, or a glob of its batch "
+        f"files such as {glob!r}{hive}"
+    )
+
+
+def file_problem(root: Path, spec: str) -> str | None:
+    """Why a file source is not a readable file (a directory, missing, a broken link); None when it is a file."""
+    path = resolve_path(root, spec)
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return directory_message(spec, path)
+    if path.is_symlink():
+        return f"{spec!r} is a broken symbolic link ({path} -> {path.readlink()})"
+    where = "" if Path(spec).is_absolute() else f" (relative to the project root {root})"
+    folder = "" if path.parent.is_dir() else f"; nor does its folder {path.parent}"
+    return f"{spec!r} does not exist{where}{folder}"
+
+
 def engine_url(root: Path, source: Source) -> str:
     """The URL to connect with: a SQLite file resolved from the root and opened read-only."""
     if not source.is_sqlite:
@@ -94,8 +137,10 @@ def engine_url(root: Path, source: Source) -> str:
     path = sqlite_file(root, source.spec)
     if path is None:
         return source.spec
+    if path.is_dir():
+        raise DataError(f"{display(source.spec)}: {path} is a directory, not a SQLite database file")
     if not path.is_file():
-        raise DataError(f"{source.spec}: database file {path} does not exist")
+        raise DataError(f"{display(source.spec)}: database file {path} does not exist")
     driver = source.spec.split("://", 1)[0]
     return f"{driver}:///file:{path}?mode=ro&uri=true"
 

@@ -64,6 +64,9 @@ def promotion_metrics(promotion: Mapping[str, Any], experiment: str | None) -> d
         "champion": promotion.get("champion_version"),
         "challenger": promotion.get("challenger_version"),
         "experiment": experiment,
+        # champion moved since evaluation: the version re-compared against and the re-compared decision
+        "recompared_vs": ((promotion.get("recompared") or {}).get("champion") or {}).get("version"),
+        "recompared_decision": (promotion.get("recompared") or {}).get("decision"),
     }
 
 

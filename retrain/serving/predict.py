@@ -43,7 +43,6 @@ from retrain.models.estimators import (
     task_scores,
 )
 
-ARTIFACT_KEY = "model_dir"
 CONFIDENCE_FILE = "confidence.json"
 """The confidence threshold stored with the model: {"threshold": float, "labels": [...]}."""
 OUTPUTS = ("scores", "decision")
@@ -207,7 +206,8 @@ def decisions(
 class ServingModel:
     """Serves the model directory written by `retrain.models.estimators.save_model` (see the module docstring).
 
-    Plain Python: the MLflow pyfunc (`adapters.mlflow_pyfunc.RetrainModel`) only hands it the directory and rows.
+    Plain Python: the MLflow pyfunc's loader module (`retrain.serving.flavor`) returns it, and MLflow calls its
+    `predict(model_input, params=...)`.
     """
 
     def __init__(self, model_dir: Path) -> None:
@@ -240,6 +240,10 @@ class ServingModel:
             if output == "scores":
                 return _as_output(scores, self.predictor, model_input.index)
         return self._decide(scores, model_input.index)
+
+    def get_raw_model(self) -> ServingModel:
+        """This object, for `mlflow.pyfunc.load_model(uri).get_raw_model()` (the pyfunc's own fast path)."""
+        return self
 
     def _check_columns(self, X: pd.DataFrame) -> None:
         """Missing feature columns fail with their names; a column layout seen before is not checked again."""

@@ -53,7 +53,7 @@ def test_a_stage_finds_the_dvc_process_that_started_it(tmp_path: Path, monkeypat
         dvc.wait()
 
 
-def test_a_parent_left_running_by_a_killed_dvc_is_closed_failed(tmp_path: Path, monkeypatch) -> None:
+def test_a_parent_left_running_by_a_killed_dvc_is_closed_killed(tmp_path: Path, monkeypatch) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment = ensure_experiment(uri, "dvc-parent", tmp_path)
     dvc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -67,7 +67,7 @@ def test_a_parent_left_running_by_a_killed_dvc_is_closed_failed(tmp_path: Path, 
         dvc.wait()
     assert recover(uri, experiment, prefect=False)["mlflow_runs"] == [run_id]
     run = MlflowClient(uri).get_run(run_id)
-    assert run.info.status == "FAILED" and "retrain.recovered" in run.data.tags, run.info.status
+    assert run.info.status == "KILLED" and "retrain.recovered" in run.data.tags, run.info.status
     key = run.data.tags[INVOCATION_TAG].split(":")
     assert key[1] == str(dvc.pid) and key[-1] == "tuned-trial", f"keyed on the dvc process and the experiment: {key}"
     assert run.data.params == {"seed": "1"}, run.data.params

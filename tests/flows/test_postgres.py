@@ -175,3 +175,47 @@ def test_flow_tracks_registers_and_tunes_in_postgres(
     for name in studies:
         trials = optuna.load_study(study_name=name, storage=storage).trials
         assert len(trials) == TRIALS, f"{name}: {len(trials)} trials stored, {TRIALS} configured"
+
+
+HOLDER = """
+import sys, time
+from adapters.registry_lock import registry_lock
+with registry_lock(sys.argv[1], sys.argv[2], "postgres", 10, what="promote held by the test"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_registry_lock_is_an_advisory_lock_that_names_its_holder_and_dies_with_it(postgres: Postgres) -> None:
+    import signal
+    import sys
+
+    from adapters.registry_lock import RegistryBusyError, registry_lock, resolve_kind
+
+    uri = postgres.url("mlflow")
+    assert resolve_kind("auto", uri) == "postgres", "a PostgreSQL store gets the advisory lock by default"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, uri, MODEL], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = holder.stdout.readline()
+        assert line.strip() == "held", f"the holder process did not take the lock: {line!r} {holder.stderr.read()}"
+        started = time.perf_counter()
+        with pytest.raises(RegistryBusyError) as busy, registry_lock(uri, MODEL, "postgres", 1.5):
+            pass
+        waited = time.perf_counter() - started
+        assert 1.5 <= waited < 10, f"waited {waited:.1f}s for a 1.5 s timeout"
+        message = str(busy.value)
+        assert f"pid {holder.pid}" in message and "promote held by the test" in message, (
+            f"the timeout names the holder (application_name): {message}"
+        )
+        with registry_lock(uri, "another-model", "postgres", 1.0) as which:  # keyed on the model name
+            assert "another-model" in which, which
+        holder.send_signal(signal.SIGKILL)  # a killed holder: its connection drops and the server frees the lock
+        holder.wait(timeout=30)
+        with registry_lock(uri, MODEL, "postgres", 20.0) as which:
+            assert "advisory lock" in which, which
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()

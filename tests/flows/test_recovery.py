@@ -1,99 +1,28 @@
-"""Crash recovery: a `retrain run` killed with SIGKILL mid-training is cleaned up by the next run, which completes."""
+"""Crash recovery: runs left RUNNING by a dead process are closed KILLED, in every experiment of the store.
+
+The end-to-end cases (a real `retrain run` killed with SIGKILL, SIGTERM, SIGINT inside candidates) are in
+tests/faults/test_signals.py.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from prefect.client.orchestration import get_client
 
-from engine.recovery import RECOVERED_TAG
-from tests.conftest import small_params
-from tests.flows.ops_project import kill_group, output, shared_project, start
-
-pytestmark = pytest.mark.e2e
-
-EXPERIMENT = small_params()["tracking"]["experiment"]
-OVERRIDE = ("--set", "candidates.n_trials=3")
-
-
-def wait_for_running_stage(uri: str, stage: str, proc, timeout: float = 240) -> str:
-    """Poll the MLflow store until a RUNNING run named `stage` appears; its run id."""
-    client = MlflowClient(uri)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"retrain run ended (exit {proc.returncode}) before {stage} started"
-        experiment = client.get_experiment_by_name(EXPERIMENT)
-        if experiment is not None:
-            runs = client.search_runs(
-                [experiment.experiment_id],
-                filter_string=f"attributes.status = 'RUNNING' and attributes.run_name = '{stage}'",
-            )
-            if runs:
-                return runs[0].info.run_id
-        time.sleep(0.2)
-    raise AssertionError(f"no RUNNING {stage} run within {timeout}s")
-
-
-def test_a_run_killed_mid_training_is_recovered_by_the_next_run(
-    tmp_path_factory: pytest.TempPathFactory, prefect_backend: None
-) -> None:
-    root = shared_project(tmp_path_factory)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    # the store's schema first: the poller below must not run MLflow's migrations while the run does
-    MlflowClient(uri).search_experiments()
-    killed = start(root, *OVERRIDE, log="killed")
-    try:
-        stage_run_id = wait_for_running_stage(uri, "candidates", killed)
-        os.kill(killed.pid, signal.SIGKILL)
-        killed.wait(timeout=30)
-    finally:
-        kill_group(killed)
-    assert killed.returncode == -signal.SIGKILL, "the first run was killed, not finished"
-    client = MlflowClient(uri)
-    stage = client.get_run(stage_run_id)
-    parent_id = stage.data.tags["mlflow.parentRunId"]
-    flow_run_id = stage.data.tags["retrain.prefect_flow_run_id"]
-    assert client.get_run(parent_id).info.status == "RUNNING", "the killed run's parent is left RUNNING"
-
-    rerun = start(root, *OVERRIDE, log="rerun")
-    try:
-        code = rerun.wait(timeout=600)
-    finally:
-        kill_group(rerun)
-    out, err = output(root, "rerun")
-    assert code in (0, 3), err[-3000:]  # 3: the gates rejected the candidate (e.g. a better champion already exists)
-    summary = json.loads(out)
-    assert summary["status"] == "completed", "the rerun completes"
-    status = {s["name"]: s["status"] for s in summary["stages"]}
-    for name in ("ingest", "version", "validate", "split", "baselines"):
-        assert status[name] == "cached", f"{name} finished before the kill and must come from the cache: {status}"
-    assert status["candidates"] == "ran", "the killed stage runs again"
-    assert set(summary["recovered"]["mlflow_runs"]) >= {parent_id, stage_run_id}, summary["recovered"]
-    for run_id in (parent_id, stage_run_id):
-        run = client.get_run(run_id)
-        assert run.info.status == "FAILED", f"run {run.data.tags.get('mlflow.runName')} of the killed process"
-        assert RECOVERED_TAG in run.data.tags, "recovered runs say who closed them"
-    assert summary["recovered"]["prefect_flow_runs"] == [flow_run_id]
-    with get_client(sync_client=True) as prefect:
-        state = prefect.read_flow_run(flow_run_id).state_type.value
-    assert state == "CRASHED", f"the killed flow run is {state} in Prefect"
+from adapters.mlflow_runs import create_run
+from engine.recovery import RECOVERED_TAG, process_tags, recover
 
 
 def test_recover_closes_runs_of_dead_processes_only(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from engine.recovery import process_tags, recover
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment = client.create_experiment("ops", artifact_location=(tmp_path / "art").as_uri())
+    audit = client.create_experiment("retrain-audit", artifact_location=(tmp_path / "audit").as_uri())
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     mine = process_tags()
@@ -103,8 +32,65 @@ def test_recover_closes_runs_of_dead_processes_only(tmp_path: Path) -> None:
         name: client.create_run(experiment, run_name=name, tags=tags).info.run_id
         for name, tags in (("alive", mine), ("dead", gone), ("other-host", elsewhere), ("untagged", {}))
     }
+    # a nested run opened without owner tags belongs to its parent's process; another experiment is searched too
+    runs["dead-child"] = client.create_run(
+        experiment, run_name="dead-child", tags={"mlflow.parentRunId": runs["dead"]}
+    ).info.run_id
+    runs["alive-child"] = client.create_run(
+        experiment, run_name="alive-child", tags={"mlflow.parentRunId": runs["alive"]}
+    ).info.run_id
+    runs["dead-audit"] = client.create_run(audit, run_name="dead-audit", tags=gone).info.run_id
     result = recover(uri, experiment, prefect=False)
-    assert result["mlflow_runs"] == [runs["dead"]], f"only the dead process's run is closed: {result}"
+    closed = {runs["dead"], runs["dead-child"], runs["dead-audit"]}
+    assert set(result["mlflow_runs"]) == closed, f"only the dead process's runs are closed: {result}"
     status = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
-    assert status == {"alive": "RUNNING", "dead": "FAILED", "other-host": "RUNNING", "untagged": "RUNNING"}, status
-    assert RECOVERED_TAG in client.get_run(runs["dead"]).data.tags
+    assert status == {
+        "alive": "RUNNING",
+        "dead": "KILLED",
+        "other-host": "RUNNING",
+        "untagged": "RUNNING",
+        "dead-child": "KILLED",
+        "alive-child": "RUNNING",
+        "dead-audit": "KILLED",
+    }, status
+    for run_id in closed:
+        note = client.get_run(run_id).data.tags[RECOVERED_TAG]
+        assert f"owner pid {dead.pid}" in note, f"the recovered tag names the dead owner: {note}"
+
+    # the helper every client-made run goes through (parent, cached stage, audit) tags the owner; an explicit
+    # owner (the dvc parent's: the dvc process) is kept
+    run = create_run(client, experiment, "pipeline-cli", {"retrain.trigger": "cli"})
+    assert {k: run.data.tags[k] for k in mine} == mine, run.data.tags
+    dvc = create_run(client, experiment, "pipeline-dvc", {"retrain.pid": "1", "retrain.process_started": "0.00"})
+    assert dvc.data.tags["retrain.pid"] == "1", "an explicit owner (the dvc process) is kept"
+
+
+def test_sigterm_in_a_run_block_ends_it_killed_and_a_second_signal_does_not_cut_the_cleanup(tmp_path: Path) -> None:
+    """flows/signals.py in this process: SIGTERM raises `Terminated` where the code is; the block's run ends KILLED;
+    a second SIGTERM while closing is ignored; the previous handlers are back afterwards."""
+    import os
+    import signal
+
+    import mlflow
+
+    from adapters.mlflow_runs import open_run
+    from flows.signals import Terminated, signal_of, stop_on_signals
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = MlflowClient(uri).create_experiment("sig", artifact_location=(tmp_path / "art").as_uri())
+    before = signal.getsignal(signal.SIGTERM)
+    closing: list[str] = []
+    with pytest.raises(Terminated) as stopped, stop_on_signals(), open_run(experiment, "stage", {}) as run:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here, long before this ends
+            closing.append("not interrupted")
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # while unwinding: logged, not raised again
+            closing.append("cleanup finished")
+    assert closing == ["cleanup finished"], closing
+    assert signal_of(stopped.value) == signal.SIGTERM
+    assert MlflowClient(uri).get_run(run.info.run_id).info.status == "KILLED"
+    assert signal.getsignal(signal.SIGTERM) == before, "the previous SIGTERM handler is restored"
+    mlflow.set_tracking_uri(None)

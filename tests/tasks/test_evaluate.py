@@ -193,15 +193,15 @@ LATENCY_ROWS = 60
 def served_latency_ms(model_dir: Path, X: pd.DataFrame) -> dict[str, float]:
     """Single-row latency through the registered pyfunc's predict path, as the latency gate measures it (p95),
     plus the fastest call: the model's own work, which machine load can only add to."""
-    from adapters.mlflow_pyfunc import load_serving_model
     from retrain.evaluation.latency import single_row_latency_ms
+    from retrain.serving.flavor import load_serving_model
 
     served = load_serving_model(model_dir)
     calls: list[float] = []
 
     def timed(rows: pd.DataFrame) -> None:
         start = time.perf_counter()
-        served.predict(None, rows)
+        served.predict(rows)
         calls.append(time.perf_counter() - start)
 
     return {**single_row_latency_ms(timed, X, LATENCY_ROWS), "min_ms": 1000.0 * min(calls)}

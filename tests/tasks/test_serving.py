@@ -21,11 +21,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import skops.io as sio
-from mlflow.pyfunc import PythonModelContext
 from threadpoolctl import threadpool_limits
 
 from adapters.mlflow_packaging import pyfunc_kwargs
-from adapters.mlflow_pyfunc import RetrainModel
 from adapters.serving_check import _compare, serving_gate
 from retrain.config import ServingGate
 from retrain.models.calibrator import fit_calibrator
@@ -41,11 +39,12 @@ from retrain.models.estimators import (
     save_model,
     serve_output,
 )
+from retrain.serving.flavor import _load_pyfunc
 from retrain.serving.predict import (
     ABSTAIN,
-    ARTIFACT_KEY,
     CONFIDENCE_FILE,
     FastLightGBM,
+    ServingModel,
     decisions,
 )
 from tests.unit.test_models import CATEGORICAL, NUMERIC, PARAMS, frame, task_target
@@ -86,11 +85,9 @@ def logreg_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def pyfunc(model_dir: Path) -> RetrainModel:
-    """The pyfunc class loaded in process, as MLflow would (load_context with the artifact path)."""
-    model = RetrainModel()
-    model.load_context(PythonModelContext(artifacts={ARTIFACT_KEY: str(model_dir)}, model_config={}))
-    return model
+def pyfunc(model_dir: Path) -> ServingModel:
+    """The pyfunc's model loaded in process, as MLflow loads it (the loader module's `_load_pyfunc(data_path)`)."""
+    return _load_pyfunc(str(model_dir))
 
 
 def awkward_rows() -> pd.DataFrame:
@@ -135,18 +132,18 @@ def test_calibrated_and_stacked_lightgbm_serve_the_same_scores(lgbm_dir: Path, t
     save_calibration(calibrated, fit_calibrator("isotonic", raw, y, "binary"))
     predictor = load_predictor(calibrated)
     served = pyfunc(calibrated)
-    assert isinstance(served.model.predictor.inner, FastLightGBM), "the calibrated model's LightGBM uses the fast path"
-    assert np.array_equal(served.predict(None, X), predictor.predict_scores(X)), "calibration is still applied"
+    assert isinstance(served.predictor.inner, FastLightGBM), "the calibrated model's LightGBM uses the fast path"
+    assert np.array_equal(served.predict(X), predictor.predict_scores(X)), "calibration is still applied"
     assert not np.array_equal(predictor.predict_scores(X), raw), "the fixture's calibrator changes the scores"
-    singles = np.concatenate([served.predict(None, X.iloc[[i]]) for i in range(5)])
+    singles = np.concatenate([served.predict(X.iloc[[i]]) for i in range(5)])
     assert np.array_equal(singles, predictor.predict_scores(X)[:5]), "single rows: identical calibrated scores"
 
 
 def test_decision_output_binary(lgbm_dir: Path) -> None:
     model, X = pyfunc(lgbm_dir), frame(n=120, seed=2)[0]
-    scores = model.predict(None, X)  # type: ignore[arg-type]
+    scores = model.predict(X)
     assert np.array_equal(scores, serve_output(load_predictor(lgbm_dir), X)), "default output is unchanged"
-    out = model.predict(None, X, params={"output": "decision"})  # type: ignore[arg-type]
+    out = model.predict(X, params={"output": "decision"})
     assert list(out.columns) == ["label", "confidence", "decision"]
     expected_label = np.where(scores >= 0.5, "yes", "no")
     assert (out["label"].to_numpy() == expected_label).all(), "label is the most probable class"
@@ -156,14 +153,14 @@ def test_decision_output_binary(lgbm_dir: Path) -> None:
     assert (out.loc[abstain, "decision"] == ABSTAIN).all(), "under the threshold: abstain"
     assert (out.loc[~abstain, "decision"] == out.loc[~abstain, "label"]).all(), "at or over it: the label"
     with pytest.raises(ValueError, match=r"missing feature columns \['a'\]"):
-        model.predict(None, X.drop(columns="a"))  # type: ignore[arg-type]
+        model.predict(X.drop(columns="a"))
     with pytest.raises(ValueError, match=r"params\.output must be one of"):
-        model.predict(None, X, params={"output": "bogus"})  # type: ignore[arg-type]
+        model.predict(X, params={"output": "bogus"})
 
 
 def test_decision_output_multiclass_and_missing_threshold(logreg_dir: Path, tmp_path: Path) -> None:
     X = frame(n=90, seed=4)[0]
-    out = pyfunc(logreg_dir).predict(None, X, params={"output": "decision"})  # type: ignore[arg-type]
+    out = pyfunc(logreg_dir).predict(X, params={"output": "decision"})
     proba = load_predictor(logreg_dir).predict_scores(X)
     assert (out["label"].to_numpy() == np.array(["low", "mid", "high"])[proba.argmax(1)]).all(), "argmax label"
     assert np.allclose(out["confidence"], proba.max(1)), "top-class probability"
@@ -171,7 +168,7 @@ def test_decision_output_multiclass_and_missing_threshold(logreg_dir: Path, tmp_
     shutil.copytree(logreg_dir, no_threshold)
     (no_threshold / CONFIDENCE_FILE).unlink()
     with pytest.raises(ValueError, match=CONFIDENCE_FILE):
-        pyfunc(no_threshold).predict(None, X, params={"output": "decision"})  # type: ignore[arg-type]
+        pyfunc(no_threshold).predict(X, params={"output": "decision"})
     with pytest.raises(ValueError, match="regression"):
         decisions(np.zeros(3), "regression", [], 0.5)
 
@@ -201,13 +198,13 @@ def test_tampered_artifacts_are_never_unpickled(logreg_dir: Path, tmp_path: Path
     untrusted = f"{Boom.__module__}.Boom"
     with pytest.raises(ValueError, match=untrusted.replace(".", r"\.")):
         load_predictor(bad)
-    # the same through MLflow: the pyfunc is saved from code, so MLflow has no pickle of ours to load either
+    # the same through MLflow: the pyfunc is data plus an installed loader module, no pickle and no code of ours
     saved = tmp_path / "pyfunc"
     mlflow.pyfunc.save_model(str(saved), **pyfunc_kwargs(ROOT, logreg_dir, frame(n=5)[0]))
-    pickles = sorted(p.relative_to(saved).as_posix() for p in saved.rglob("*") if p.suffix in {".pkl", ".pickle"})
-    assert pickles == [], f"a models-from-code pyfunc should hold no pickle, found {pickles}"
+    code = sorted(p.relative_to(saved).as_posix() for p in saved.rglob("*") if p.suffix in {".pkl", ".pickle", ".py"})
+    assert code == [], f"a data-only pyfunc should hold no pickle and no code, found {code}"
     # pickles dropped next to intact artifacts are ignored: the model loads and predicts, nothing runs
-    artifact = saved / "artifacts" / logreg_dir.name
+    artifact = saved / "data" / logreg_dir.name
     (saved / "python_model.pkl").write_bytes(pickle.dumps(Boom(marker)))
     (artifact / "model.pkl").write_bytes(pickle.dumps(Boom(marker)))
     assert len(mlflow.pyfunc.load_model(str(saved)).predict(frame(n=4)[0])) == 4, "the intact model still serves"
@@ -291,7 +288,8 @@ def test_mlflow_models_serve_answers_invocations(lgbm_dir: Path, tmp_path: Path)
     finally:
         mlflow.set_tracking_uri(None)
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    # as docs/serving.md says to run it: the retrain env, pickle deserialization off (the loader needs none)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
     command = [
         str(Path(sys.executable).parent / "mlflow"),
         "models",

@@ -136,3 +136,20 @@ def test_candidates_built_in_code_get_the_same_defaults() -> None:
     assert cfg.hgb.fixed == {"max_iter": 5} and cfg.hgb.space, "a section object without space gets the default"
     explicit = CandidatesConfig(families=("hgb",), cv_folds=2, n_trials=1, hgb=FamilyConfig(space={}))
     assert explicit.hgb.space == {}, "an explicit space (even empty) is kept"
+
+
+def test_every_bad_override_is_named_by_its_option_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        apply_overrides({"seed": 1}, ["candidates.n_trials", "seed.x=2", "split.valid_size=[0.2", "seed=3"])
+    lines = str(caught.value).splitlines()
+    assert lines[0] == "--set candidates.n_trials: not of the form section.key=value", lines
+    assert lines[1].strip() == "--set seed.x=2: seed is a value (1), not a section", lines
+    assert lines[2].strip().startswith("--set split.valid_size=[0.2: the value '[0.2' is not valid YAML"), lines
+    assert len(lines) == 3, "the good option is applied, not reported"
+
+
+def test_a_problem_an_override_causes_names_the_option_not_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, repo_params())
+    with pytest.raises(ConfigError) as caught:
+        load_params(path, ["evaluate.metric=xx"])
+    assert "--set evaluate.metric=xx: evaluate.metric 'xx' does not fit task" in str(caught.value), caught.value

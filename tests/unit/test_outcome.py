@@ -146,11 +146,18 @@ def test_without_a_known_ui_the_report_says_how_to_start_one() -> None:
         ),
         ({}, "Rejected", "COMPLETED", ["decision reject (failed beats_baselines)", "champion stays version 1"]),
         (
-            {"decision": "promote", "failed_gates": [], "promotion": "refused", "model_version": "3"}
-            | {"challenger_version": "3", "champion_version": "2"},
+            {"decision": "promote", "failed_gates": [], "promotion": "refused", "model_version": None}
+            | {"champion_version": "2", "promotion_message": "promote: REFUSED: ... test split changed"},
             "Refused",
             "FAILED",
-            ["compare-and-set refused", "now version 2", "version 3 left as challenger"],
+            ["could not be re-compared", "now version 2", "test split changed"],
+        ),
+        (
+            {"decision": "promote", "failed_gates": [], "promotion": "rejected_on_recompare", "model_version": None}
+            | {"champion_version": "2", "promotion_message": "no_regression_vs_champion FAIL: roc_auc -0.03"},
+            "Rejected",
+            "COMPLETED",
+            ["lost the re-comparison", "champion stays version 2", "no_regression_vs_champion FAIL"],
         ),
         (
             {"dry_run": True, "promotion": "would_reject", "promotion_message": "would reject: beats_baselines"},

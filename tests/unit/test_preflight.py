@@ -159,9 +159,13 @@ def test_sql_source_and_test_source_columns(table: Path, tmp_path: Path) -> None
 def test_labels_not_in_the_data_and_override_attribution(table: Path, tmp_path: Path) -> None:
     params = minimal(table, exclude=["id"], labels=["no", "yes"], positive_label="yes")
     report = preflight(write(tmp_path, params), tmp_path, ["dataset.slices=[citi]"])
-    got = {p.key: p.message for p in report.problems}
-    assert "dataset.labels" in got and "'0'" in got["dataset.labels"], got
-    assert got["dataset.slices"].endswith("(from --set dataset.slices)"), "an override's problem names the --set"
+    got = {p.key: p for p in report.problems}
+    assert "dataset.labels" in got and "'0'" in got["dataset.labels"].message, got
+    assert not got["dataset.labels"].origin, "a problem of the file itself is not put on the --set"
+    assert str(got["dataset.slices"]).startswith("--set dataset.slices=[citi]: dataset.slices: "), (
+        "an override's problem names the --set option first"
+    )
+    assert report.message("p.yaml").startswith("p.yaml and its --set options: 2 problems"), report.message("p.yaml")
 
 
 def test_typo_and_missing_keys_have_paths(table: Path, tmp_path: Path) -> None:

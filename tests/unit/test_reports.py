@@ -79,4 +79,8 @@ def test_promotion_metrics_name_the_action_and_the_experiment() -> None:
     promotion = {"action": "would_reject", "decision": "reject", "version": None, "champion_version": "3"}
     assert promotion_metrics(promotion, "cured-yapp") == {
         "action": "would_reject", "version": None, "champion": "3", "challenger": None, "experiment": "cured-yapp",
+        "recompared_vs": None, "recompared_decision": None,
     }  # fmt: skip
+    moved = {"action": "rejected_on_recompare", "recompared": {"champion": {"version": "4"}, "decision": "reject"}}
+    metrics = promotion_metrics(moved, None)
+    assert (metrics["recompared_vs"], metrics["recompared_decision"]) == ("4", "reject"), metrics

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
-from adapters.mlflow_pyfunc import load_serving_model
 from retrain.models.calibrator import fit_calibrator
 from retrain.models.estimators import (
     SERVE_ONE_THREAD_ROWS,
@@ -28,6 +27,7 @@ from retrain.models.estimators import (
     save_stacking,
 )
 from retrain.models.families import FAMILIES
+from retrain.serving.flavor import load_serving_model
 from retrain.serving.predict import ServingModel
 from tests.unit.test_models import CATEGORICAL, NUMERIC, frame, task_target
 
@@ -187,16 +187,16 @@ def test_large_batches_use_every_core_only_where_scores_stay_identical(probes: d
 
 def test_the_pyfunc_serves_through_the_probed_serving_model(model_dirs: dict[str, Path]) -> None:
     pyfunc = load_serving_model(model_dirs["stacking"])  # what the latency gate times (tasks/evaluate.py)
-    assert type(pyfunc.model) is ServingModel, "the probe loads what the pyfunc serves"
+    assert type(pyfunc) is ServingModel, "the probe loads what the pyfunc serves"
     row = frame(5, seed=2)[0].head(1)
-    assert np.array_equal(pyfunc.predict(None, row), ServingModel(model_dirs["stacking"]).predict(row))
+    assert np.array_equal(pyfunc.predict(row), ServingModel(model_dirs["stacking"]).predict(row))
 
 
 @pytest.mark.parametrize("name", ["lightgbm", "hgb", "stacking", "calibrated_hgb"])
 def test_batch_on_every_core_equals_one_thread_requests(model_dirs: dict[str, Path], name: str) -> None:
     served = load_serving_model(model_dirs[name])
     X = frame(3 * SERVE_ONE_THREAD_ROWS + 7, seed=11)[0]
-    batch = served.predict(None, X)  # more than SERVE_ONE_THREAD_ROWS rows: every core (2 on CI)
+    batch = served.predict(X)  # more than SERVE_ONE_THREAD_ROWS rows: every core (2 on CI)
     chunks = [X.iloc[i : i + SERVE_ONE_THREAD_ROWS] for i in range(0, len(X), SERVE_ONE_THREAD_ROWS)]
-    requests = np.concatenate([served.predict(None, chunk) for chunk in chunks])  # each on one thread
+    requests = np.concatenate([served.predict(chunk) for chunk in chunks])  # each on one thread
     assert np.array_equal(batch, requests), f"{name}: {available_cores()} threads changed the batch scores"

@@ -258,3 +258,19 @@ def test_failed_ingest_leaves_no_snapshot(tmp_path: Path) -> None:
         run(StageContext(find_stage(DAG, "ingest"), params("ingest.source=bad.csv"), root, tracking))
     leftovers = sorted(str(p.relative_to(root)) for p in (root / "data/raw").iterdir())
     assert leftovers == [], f"a failed ingest must leave no snapshot, schema or temp file: {leftovers}"
+
+
+def test_a_directory_is_not_a_source_and_the_message_says_what_to_write(tmp_path: Path) -> None:
+    from retrain.data.sources import file_problem
+
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.csv").write_text("x\n1\n")
+    assert file_problem(tmp_path, "flat").endswith("such as 'flat/*.csv'"), file_problem(tmp_path, "flat")
+    part = tmp_path / "lake" / "year=2024"
+    part.mkdir(parents=True)
+    (part / "p0.parquet").write_bytes(b"")
+    (tmp_path / "lake" / "_SUCCESS").touch()
+    message = file_problem(tmp_path, "lake") or ""
+    assert "'lake/**/*.parquet'" in message and "Hive partition columns ['year']" in message, message
+    assert file_problem(tmp_path, "flat/a.csv") is None
+    assert "does not exist (relative to the project root" in (file_problem(tmp_path, "nope.csv") or "")

@@ -9,14 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.pyfunc import PythonModelContext
 from sklearn.linear_model import LogisticRegression
 
-from adapters.mlflow_pyfunc import RetrainModel
 from retrain.config import CandidatesConfig, DatasetConfig, FamilyConfig, ParamRange
 from retrain.metrics import score
 from retrain.models.estimators import MANIFEST, STACKING, StackingPredictor, fit_meta, load_predictor, stack_features
-from retrain.serving.predict import ARTIFACT_KEY
+from retrain.serving.flavor import _load_pyfunc
 from tasks.candidates import Design, fit_family, fit_stacking
 from tests.unit.test_models import LABELS, frame, task_target
 
@@ -88,9 +86,7 @@ def test_stacking_round_trip_and_pyfunc(tmp_path: Path, task: str) -> None:
     assert (tmp_path / "stacking" / STACKING).exists() and (tmp_path / "stacking" / "lightgbm" / MANIFEST).exists()
     files = [p.name for p in (tmp_path / "stacking").rglob("*") if p.is_file()]
     assert not any(f.endswith((".pkl", ".pickle", ".joblib")) for f in files), files
-    model = RetrainModel()
-    model.load_context(PythonModelContext(artifacts={ARTIFACT_KEY: str(tmp_path / "stacking")}, model_config={}))
-    served = model.predict(None, d.X_valid)  # type: ignore[arg-type]
+    served = _load_pyfunc(str(tmp_path / "stacking")).predict(d.X_valid)  # what MLflow's loader module returns
     served = served.to_numpy() if isinstance(served, pd.DataFrame) else served
     assert np.allclose(served, reloaded), "the pyfunc serves the stacking model's scores"
     assert score(d.metric, d.y_valid, reloaded) > 0.6, "the stacked model (refit on train + valid) learnt the target"

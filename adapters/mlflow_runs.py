@@ -1,0 +1,99 @@
+"""The one way the pipeline opens an MLflow run: tagged with its owner process, ended with a status that says why.
+
+Every run carries `retrain.pid`, `retrain.host` and `retrain.process_started`, so engine/recovery.py can close
+it if its process dies without ending it (SIGKILL, the OOM killer, a reboot). A run ends FINISHED when its block
+completes, FAILED when the code raised an error (`Exception`), and KILLED when the process was stopped from
+outside (a signal turned into KeyboardInterrupt / `TerminationSignal`, a cancel, an exit: any other
+`BaseException`). Nothing else in the project calls `mlflow.start_run` or `MlflowClient.create_run`
+(tests/unit/test_mlflow_runs.py checks that). See docs/concurrency.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterator, Mapping
+
+import mlflow
+import psutil
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+PID_TAG, HOST_TAG, STARTED_TAG = "retrain.pid", "retrain.host", "retrain.process_started"
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+
+
+def process_tags() -> dict[str, str]:
+    """Whose run this is: pid, host and process start time (so a reused pid is not mistaken for the owner)."""
+    return {
+        PID_TAG: str(os.getpid()),
+        HOST_TAG: socket.gethostname(),
+        STARTED_TAG: f"{psutil.Process().create_time():.2f}",
+    }
+
+
+def end_status(exc: BaseException | None) -> str:
+    """FINISHED without an exception, FAILED for an error of the code, KILLED when the process is being stopped."""
+    if exc is None:
+        return FINISHED
+    return FAILED if isinstance(exc, Exception) else KILLED
+
+
+def owned(tags: Mapping[str, str]) -> dict[str, str]:
+    """`tags` with this process's owner tags added (owner tags already in `tags` win: the dvc parent's)."""
+    return {**process_tags(), **tags}
+
+
+def create_run(
+    client: MlflowClient, experiment_id: str, name: str, tags: Mapping[str, str], start_time: int | None = None
+) -> Run:
+    """A RUNNING run made through the client (parent runs, cached-stage and audit runs), owner-tagged."""
+    return client.create_run(
+        experiment_id, start_time=start_time, run_name=name, tags=owned({**tags, "mlflow.runName": name})
+    )
+
+
+@contextlib.contextmanager
+def open_run(
+    experiment_id: str,
+    name: str,
+    tags: Mapping[str, str],
+    *,
+    parent_run_id: str | None = None,
+    nested: bool = False,
+    log_system_metrics: bool | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """The active (fluent) run of a block: owner-tagged, ended by this block with `end_status` of how it left."""
+    active = mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=name,
+        parent_run_id=parent_run_id,
+        nested=nested,
+        tags=owned(tags),
+        log_system_metrics=log_system_metrics,
+    )
+    try:
+        yield active
+    except BaseException as exc:
+        status = end_status(exc)
+        try:
+            close(active.info.run_id, status)
+        except Exception:  # never raise over the exception that is unwinding
+            logger.warning("MLflow run %s could not be ended %s (recovery closes it later)", active.info.run_id, status)
+        raise
+    close(active.info.run_id, FINISHED)
+
+
+def close(run_id: str, status: str) -> None:
+    """End run `run_id`: the active run, or through the client when a block inside left another run active."""
+    current = mlflow.active_run()
+    if current is not None and current.info.run_id == run_id:
+        mlflow.end_run(status)
+    else:
+        MlflowClient().set_terminated(run_id, status=status)
+    if status != FINISHED:
+        logger.info("MLflow run %s ended %s", run_id, status)
