@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell (cat requirements.lock pyproject.toml 2>/dev
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint format lock repro dvc-yaml clean
+.PHONY: help install run test test-deps test-fast lint format lock repro dvc-yaml clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,8 +24,12 @@ install: $(STAMP) ## create .venv from requirements.lock (hash-checked)
 run: install ## run the full training flow on params.yaml (UCI Adult): ends with a champion
 	$(BIN)/retrain run
 
-test: install ## run the test suite (unit, tasks, end-to-end flow and dvc repro) on 2 xdist workers, a module per worker
+test: install test-deps ## run the test suite (unit, tasks, end-to-end flow and dvc repro) on 2 xdist workers, a module per worker
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+test-deps: ## Debian packages the suite needs: libcap2-bin (capsh drops root's override for the read-only-store case)
+	@[ "$$(id -u)" != 0 ] || command -v capsh >/dev/null || { echo "installing Debian libcap2-bin (capsh)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libcap2-bin; }
 
 test-fast: install ## unit and task tests on tiny fixtures (no e2e, no full-size data, no servers): under 2 minutes
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not e2e and not slow" tests/unit tests/tasks

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,7 +219,8 @@ def test_with_a_prefect_server_and_a_tracking_server_the_lock_is_a_global_concur
 
     server = "http://127.0.0.1:5999"  # an MLflow tracking server's URI: the lock itself only talks to Prefect
     assert resolve_kind("auto", server) == "prefect", "an http tracking URI with a Prefect server: Prefect's limit"
-    assert resolve_kind("auto", "sqlite:////tmp/x.db") == "file", "SQLite keeps the file lock"
+    sqlite = f"sqlite:///{Path(tempfile.gettempdir()) / 'x.db'}"
+    assert resolve_kind("auto", sqlite) == "file", "SQLite keeps the file lock"
     outcome: dict[str, str] = {}
 
     def second() -> None:  # another promotion while the first holds the slot
