@@ -67,25 +67,48 @@ def open_run(
     nested: bool = False,
     log_system_metrics: bool | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """The active (fluent) run of a block: owner-tagged, ended by this block with `end_status` of how it left."""
-    active = mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=name,
-        parent_run_id=parent_run_id,
-        nested=nested,
-        tags=owned(tags),
-        log_system_metrics=log_system_metrics,
-    )
+    """The active (fluent) run of a block: owner-tagged, ended by this block with `end_status` of how it left.
+
+    The run is created first, then made active: `mlflow.start_run` alone creates the run and only then starts the
+    system-metrics sampler (slow on a busy machine), so a SIGTERM in between would leave a RUNNING run nobody
+    ends. Here any stop from the moment the run exists ends it.
+    """
+    run_id = None
+    try:
+        run_id = _new_run(experiment_id, name, tags, parent_run_id=parent_run_id, nested=nested)
+        active = mlflow.start_run(
+            run_id=run_id, nested=mlflow.active_run() is not None, log_system_metrics=log_system_metrics
+        )
+    except BaseException as exc:
+        if run_id is not None:
+            _end_quietly(run_id, end_status(exc))
+        raise
     try:
         yield active
     except BaseException as exc:
-        status = end_status(exc)
-        try:
-            close(active.info.run_id, status)
-        except Exception:  # never raise over the exception that is unwinding
-            logger.warning("MLflow run %s could not be ended %s (recovery closes it later)", active.info.run_id, status)
+        _end_quietly(active.info.run_id, end_status(exc))
         raise
     close(active.info.run_id, FINISHED)
+
+
+def _new_run(experiment_id: str, name: str, tags: Mapping[str, str], *, parent_run_id: str | None, nested: bool) -> str:
+    """Create the run as `mlflow.start_run` would (its context tags: user, source, git), owner-tagged; its id."""
+    from mlflow.tracking.context import registry as context_registry
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    active = mlflow.active_run()
+    parent = parent_run_id or (active.info.run_id if nested and active is not None else None)
+    user = owned(tags) | {MLFLOW_RUN_NAME: name} | ({MLFLOW_PARENT_RUN_ID: parent} if parent else {})
+    run = MlflowClient().create_run(experiment_id, tags=context_registry.resolve_tags(user), run_name=name)
+    return run.info.run_id
+
+
+def _end_quietly(run_id: str, status: str) -> None:
+    """End a run while an exception unwinds: never raise over it (recovery closes the run later if this fails)."""
+    try:
+        close(run_id, status)
+    except Exception:
+        logger.warning("MLflow run %s could not be ended %s (recovery closes it later)", run_id, status)
 
 
 def close(run_id: str, status: str) -> None:

@@ -94,3 +94,32 @@ def test_sigterm_in_a_run_block_ends_it_killed_and_a_second_signal_does_not_cut_
     assert MlflowClient(uri).get_run(run.info.run_id).info.status == "KILLED"
     assert signal.getsignal(signal.SIGTERM) == before, "the previous SIGTERM handler is restored"
     mlflow.set_tracking_uri(None)
+
+
+def test_a_stop_while_mlflow_starts_the_run_still_ends_it_killed(tmp_path: Path, monkeypatch) -> None:
+    """A SIGTERM landing inside `mlflow.start_run` (after the run exists, while the system-metrics sampler starts:
+    the slow part on a busy machine) must not leave a RUNNING run: the block that asked for it ends it KILLED."""
+    import mlflow
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    from adapters.mlflow_runs import open_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("stop-while-starting")
+
+    def stopped(self: SystemMetricsMonitor) -> None:  # where the signal lands, as Prefect or flows.signals raise it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SystemMetricsMonitor, "start", stopped)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        with pytest.raises(KeyboardInterrupt), open_run(experiment, "candidates/lightgbm", {}, log_system_metrics=True):
+            pytest.fail("the block must not be entered")
+    finally:
+        mlflow.set_tracking_uri(None)
+    (run,) = client.search_runs([experiment])
+    assert run.info.status == "KILLED", f"a stop inside start_run left the run {run.info.status}"
+    assert run.data.tags["retrain.pid"] and run.data.tags["mlflow.runName"] == "candidates/lightgbm", run.data.tags
+    assert "mlflow.user" in run.data.tags, "the run keeps MLflow's context tags (user, source)"
