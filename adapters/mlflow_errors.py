@@ -13,6 +13,7 @@ import os
 import stat
 from pathlib import Path
 
+from adapters.mlflow_store import sqlite_path
 from retrain.data.sources import display
 from retrain.errors import ConfigError
 
@@ -22,22 +23,6 @@ READONLY_MARKERS = ("attempt to write a readonly database", "readonly database",
 
 class ReadOnlyRegistryError(ConfigError):
     """The MLflow tracking / registry store cannot be written: nothing was recorded (exit 2)."""
-
-
-def default_tracking_uri(root: Path) -> str:
-    """The SQLite file at the project root (engine.context's default, repeated here so preflight stays MLflow-free)."""
-    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
-
-
-def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a `sqlite:///` tracking URI (relative paths from the cwd, as SQLAlchemy opens them)."""
-    scheme, _, rest = tracking_uri.partition("://")
-    if scheme.split("+")[0] != "sqlite" or not rest.startswith("/"):
-        return None
-    name = rest[1:].split("?", 1)[0]
-    if not name or name == ":memory:":
-        return None
-    return Path(name.removeprefix("file:"))
 
 
 def _read_only_fs(path: Path) -> bool:

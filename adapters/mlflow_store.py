@@ -46,10 +46,15 @@ def sqlite_path(uri: str) -> Path | None:
         return None
     raw = uri.split("://", 1)[1]
     path = raw[1:] if raw.startswith("/") else raw  # sqlite:///rel.db -> rel.db; sqlite:////abs.db -> /abs.db
-    path = path.split("?", 1)[0]
+    path = path.split("?", 1)[0].removeprefix("file:")  # sqlite:///file:x.db?mode=ro&uri=true is SQLite's URI form
     if not path or path == ":memory:":
         return None
     return Path(path).expanduser().resolve()
+
+
+def default_tracking_uri(root: Path) -> str:
+    """The SQLite file at the project root, whatever the current directory (no MLflow import: preflight uses it)."""
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
 def user_lock_dir() -> Path:

@@ -199,11 +199,6 @@ def git_commit(root: Path) -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
-def default_tracking_uri(root: Path) -> str:
-    """The SQLite file at the project root, whatever the current directory."""
-    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
-
-
 def ensure_experiment(tracking_uri: str, name: str, root: Path) -> str:
     """Experiment id, creating it with artifacts under the root (not the cwd) when new.
 

@@ -17,12 +17,12 @@ from filelock import FileLock
 from adapters import dvc_store as dvcstore
 from adapters.jsonfile import read_json, write_json
 from adapters.mlflow_parent import key_params
+from adapters.mlflow_store import default_tracking_uri
 from engine import recovery
 from engine.context import (
     StageContext,
     Tracking,
     base_tags,
-    default_tracking_uri,
     ensure_experiment,
 )
 from engine.runner import (

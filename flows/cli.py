@@ -317,7 +317,8 @@ def preflight_or_raise(params_file: str, overrides: list[str]) -> Any:
     A tracking database this process cannot write is one of them (adapters/mlflow_errors.py): MLflow would
     otherwise fail at the run's first write with a message naming neither the file nor the cause.
     """
-    from adapters.mlflow_errors import default_tracking_uri, registry_problem
+    from adapters.mlflow_errors import registry_problem
+    from adapters.mlflow_store import default_tracking_uri
     from retrain.data.preflight import Problem, preflight
     from retrain.errors import ConfigError
     from retrain.paths import project_root, resolve
@@ -702,7 +703,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     from adapters.dvc_store import HashMismatchError
     from adapters.lineage import parse_model_ref, restore, summary_lines
-    from engine.context import default_tracking_uri
+    from adapters.mlflow_store import default_tracking_uri
     from retrain.config import load_params
     from retrain.paths import project_root, resolve
 
@@ -732,7 +733,7 @@ def entry_line(entry: dict[str, Any]) -> str:
 
 def _registry_args(args: argparse.Namespace) -> tuple[Any, str, str, str]:
     """Project root, tracking URI, model name and alias for history/rollback."""
-    from engine.context import default_tracking_uri
+    from adapters.mlflow_store import default_tracking_uri
     from retrain.config import load_params
     from retrain.paths import project_root, resolve
 
@@ -817,7 +818,7 @@ def cmd_serve_model(args: argparse.Namespace) -> int:
     ref = parse_model_ref(args.model) if args.model else None
     uri = args.tracking_uri
     if ref is None or uri is None:
-        from engine.context import default_tracking_uri
+        from adapters.mlflow_store import default_tracking_uri
         from retrain.config import load_params
         from retrain.paths import project_root, resolve
 

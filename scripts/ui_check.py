@@ -161,7 +161,7 @@ def verify(root: Path, api_url: str, runs: list[dict[str, Any]]) -> list[dict[st
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from engine.context import default_tracking_uri
+    from adapters.mlflow_store import default_tracking_uri
     from flows.training import RunRequest
     from retrain.config import load_params, stable_hash
     from retrain.config import params_dict as as_dict
