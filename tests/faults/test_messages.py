@@ -96,6 +96,17 @@ def cli(root: Path, caplog: pytest.LogCaptureFixture, *args: str) -> Done:
     return Done(code, caplog.text)
 
 
+@contextlib.contextmanager
+def mode(path: Path, bits: int) -> Iterator[None]:
+    """`path` with permission bits `bits` inside the block, its own mode restored after."""
+    saved = path.stat().st_mode & 0o7777
+    path.chmod(bits)
+    try:
+        yield
+    finally:
+        path.chmod(saved)
+
+
 def unprivileged_cli(root: Path, *args: str) -> Done:
     """`retrain ARGS` as a subprocess in which file permissions hold even for root (CAP_DAC_OVERRIDE dropped)."""
     cmd = [RETRAIN, *args]
@@ -198,19 +209,13 @@ def test_a_read_only_tracking_database_is_named_before_anything_runs(tmp_path: P
     with sqlite3.connect(db) as conn:  # any SQLite file: the check is on the file, before MLflow opens it
         conn.execute("CREATE TABLE t (a)")
     before = listing(root)
-    db.chmod(0o444)
-    try:
+    with mode(db, 0o444):
         done = unprivileged_cli(root, "run")
-    finally:
-        db.chmod(0o644)
     assert done.returncode == 2, done.stderr
     assert f"tracking.tracking_uri: MLflow tracking database {db} is read-only (-r--r--r--" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-    root.chmod(0o555)  # the folder: SQLite cannot write its journal there
-    try:
+    with mode(root, 0o555):  # the folder: SQLite cannot write its journal there
         done = unprivileged_cli(root, "check")
-    finally:
-        root.chmod(0o755)
     assert done.returncode == 2, done.stderr
     assert f"the folder {root} of MLflow tracking database {db} is read-only" in done.stderr, done.stderr
     assert listing(root) == before, "nothing may be written, the database least of all"

@@ -19,21 +19,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from engine.context import StageContext, Tracking, ensure_experiment, tree_md5
-from engine.stage import find_stage
-from flows.dag import DAG
-from retrain.catalog import SPLITS
-from retrain.config import load_params
-from retrain.metrics import encode_target
-from retrain.models.estimators import build_model, save_model
 from retrain.serving.predict import ServingModel
-from tasks.promote import log_and_register
+from tests.faults.tiny_registry import register_tiny
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "adult-income"
@@ -54,43 +46,9 @@ class Registered:
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory: pytest.TempPathFactory) -> Registered:
     """Version 1 (alias champion) of a tiny Adult LightGBM, logged, sealed and registered by promote's own code."""
-    root = tmp_path_factory.mktemp("serve-model")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    params = load_params(REPO / "params.yaml")
-    experiment = ensure_experiment(uri, "serve-model", root)
-    ctx = StageContext(find_stage(DAG, "promote"), params, root, Tracking(uri, experiment, None))
-    dataset = ctx.dataset
-    frame = pd.read_csv(REPO / "data/source/adult_train.csv.gz", na_values=["?"]).sample(1000, random_state=3)
-    frame = frame.reset_index(drop=True)
-    valid = ctx.path(SPLITS["valid"])
-    valid.parent.mkdir(parents=True)
-    frame.to_parquet(valid)
-    X, y = frame[dataset.features], encode_target(frame[dataset.target], dataset)
+    tiny = register_tiny(tmp_path_factory.mktemp("serve-model"), "serve-model", {"1": 10}, rows=1000, seed=3)
+    uri, X, model_dirs, stores = tiny.uri, tiny.X, tiny.model_dirs, tiny.stores
     client = MlflowClient(uri)
-    model_dirs, stores = {}, {}
-    mlflow.set_tracking_uri(uri)
-    try:
-        with mlflow.start_run(experiment_id=experiment, run_name="promote"):
-            for version in ("1",):
-                hyper = {"n_estimators": 10, "num_leaves": 7, "verbose": -1, "n_jobs": 1}
-                model = build_model("lightgbm", hyper, dataset.numeric, dataset.categorical).fit(X, y)
-                rel = f"models/candidates/v{version}/lightgbm"
-                save_model(model, "lightgbm", dataset.features, ctx.path(rel), labels=dataset.labels)
-                record = {
-                    "candidate": {"family": "lightgbm", "model_dir": rel, "model_hash": tree_md5(ctx.path(rel))},
-                    "data_hash": "0" * 32,
-                    "git_commit": "test",
-                    "params_hash": "test",
-                    "metric": "roc_auc",
-                    "decision": "promote",
-                    "gates": [],
-                }
-                got = log_and_register(ctx, record, client, {"retrain.gate_record": "none"})
-                assert got == version, f"registered as version {got}, expected {version}"
-                model_dirs[version] = ctx.path(rel)
-                stores[version] = Path(client.get_model_version_download_uri(MODEL, version).removeprefix("file://"))
-    finally:
-        mlflow.set_tracking_uri(None)
     client.set_registered_model_alias(MODEL, "champion", "1")
     return Registered(uri, X.head(40).reset_index(drop=True), model_dirs, stores)
 

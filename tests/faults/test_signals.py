@@ -27,7 +27,7 @@ from prefect.client.orchestration import get_client
 from engine import recovery
 from engine.recovery import PID_TAG, RECOVERED_TAG
 from tests.conftest import make_project, small_params
-from tests.flows.ops_project import RETRAIN, env_for, kill_group, output
+from tests.flows.ops_project import kill_group, output, start
 
 pytestmark = pytest.mark.e2e
 
@@ -68,17 +68,8 @@ def project(prepared: Path, tmp_path: Path, prefect_backend: None) -> Path:
 
 
 def launch(root: Path, *args: str, log: str, trials: tuple[str, ...] = STOPPED) -> subprocess.Popen[str]:
-    """`retrain run --json ARGS` as a real process in its own session, stdout/stderr to files beside the project."""
-    with (root.parent / f"{log}.out").open("w") as out, (root.parent / f"{log}.err").open("w") as err:
-        return subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, RETRAIN, "run", "--json", *trials, *args],
-            cwd=root,
-            env=env_for(root),
-            stdout=out,
-            stderr=err,
-            text=True,
-            start_new_session=True,
-        )
+    """`retrain run --json ARGS` as a real process in its own session (SIGINT not ignored: see LAUNCHER)."""
+    return start(root, *trials, *args, log=log, prefix=(sys.executable, "-c", LAUNCHER))
 
 
 def runs_of(uri: str, pid: int) -> list[Run]:

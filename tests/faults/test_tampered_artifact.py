@@ -36,17 +36,10 @@ from adapters.model_store import (
     load_verified_predictor,
     verified_version,
 )
-from engine.context import StageContext, Tracking, ensure_experiment, tree_md5
-from engine.stage import find_stage
 from flows import env
-from flows.dag import DAG
-from retrain.catalog import SPLITS
-from retrain.config import load_params
-from retrain.metrics import encode_target
-from retrain.models.estimators import build_model, save_model
 from retrain.serving.flavor import load_serving_model
 from retrain.serving.manifest import MANIFEST_NAME, manifest_bytes, sha256_bytes
-from tasks.promote import log_and_register
+from tests.faults.tiny_registry import register_tiny
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "adult-income"
@@ -82,56 +75,19 @@ class Registry:
         return str(self.client().get_model_version_by_alias(MODEL, ALIAS).version)
 
 
-def _record(ctx: StageContext, model_dir: str) -> dict:
-    """The gate-record fields log_and_register reads (what evaluate writes for a promoted candidate)."""
-    return {
-        "candidate": {"family": "lightgbm", "model_dir": model_dir, "model_hash": tree_md5(ctx.path(model_dir))},
-        "data_hash": "0" * 32,
-        "git_commit": "test",
-        "params_hash": "test",
-        "metric": "roc_auc",
-        "decision": "promote",
-        "gates": [],
-        "failed_gates": [],
-    }
-
-
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """Versions 1 and 2 of two tiny LightGBM models registered by promote's own code; champion 1 -> 2 in the audit."""
     root = tmp_path_factory.mktemp("tamper") / "proj"
     root.mkdir()
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    params = load_params(REPO / "params.yaml")
-    experiment = ensure_experiment(uri, "tamper", root)
-    ctx = StageContext(find_stage(DAG, "promote"), params, root, Tracking(uri, experiment, None))
-    dataset = ctx.dataset
-    frame = pd.read_csv(REPO / "data/source/adult_train.csv.gz", na_values=["?"]).sample(1200, random_state=5)
-    frame = frame.reset_index(drop=True)
-    valid = ctx.path(SPLITS["valid"])
-    valid.parent.mkdir(parents=True)
-    frame.to_parquet(valid)
-    X, y = frame[dataset.features], encode_target(frame[dataset.target], dataset)
-    model_dirs = {}
-    mlflow.set_tracking_uri(uri)
-    try:
-        with mlflow.start_run(experiment_id=experiment, run_name="promote"):
-            for version, trees in (("1", 8), ("2", 12)):
-                hyper = {"n_estimators": trees, "num_leaves": 7, "verbose": -1, "n_jobs": 1}
-                model = build_model("lightgbm", hyper, dataset.numeric, dataset.categorical).fit(X, y)
-                rel = f"models/candidates/v{version}/lightgbm"
-                save_model(model, "lightgbm", dataset.features, ctx.path(rel), labels=dataset.labels)
-                got = log_and_register(ctx, _record(ctx, rel), MlflowClient(uri), {"retrain.gate_record": "none"})
-                assert got == version, f"registered as version {got}, expected {version}"
-                model_dirs[version] = ctx.path(rel)
-    finally:
-        mlflow.set_tracking_uri(None)
+    tiny = register_tiny(root, "tamper", {"1": 8, "2": 12}, rows=1200, seed=5)
+    uri, dataset, X = tiny.uri, tiny.ctx.dataset, tiny.X
     client = MlflowClient(uri)
     for before, after in ((None, "1"), ("1", "2")):
         client.set_registered_model_alias(MODEL, ALIAS, after)
         audit.append(uri, MODEL, ALIAS, before, after, gate_record=None, decision="promote", trigger="cli", run_id=None)
     stores = {v: lineage_store(client, v) for v in ("1", "2")}
-    yield Registry(root, uri, X.head(40), [str(v) for v in dataset.labels or []], stores, model_dirs)
+    yield Registry(root, uri, X.head(40), [str(v) for v in dataset.labels or []], stores, tiny.model_dirs)
 
 
 def lineage_store(client: MlflowClient, version: str) -> Path:

@@ -49,19 +49,20 @@ def env_for(root: Path) -> dict[str, str]:
     return env
 
 
-def start(root: Path, *args: str, log: str) -> subprocess.Popen[str]:
-    """`retrain run --json ARGS` in its own session (so a kill can reach the ephemeral server it starts)."""
-    out = (root.parent / f"{log}.out").open("w")
-    err = (root.parent / f"{log}.err").open("w")
-    return subprocess.Popen(
-        [RETRAIN, "run", "--json", *args],
-        cwd=root,
-        env=env_for(root),
-        stdout=out,
-        stderr=err,
-        text=True,
-        start_new_session=True,
-    )
+def start(root: Path, *args: str, log: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    """`retrain run --json ARGS` in its own session (so a kill can reach the ephemeral server it starts).
+
+    stdout/stderr go to `<log>.out` / `<log>.err` beside the project; `prefix` runs it through a launcher."""
+    with (root.parent / f"{log}.out").open("w") as out, (root.parent / f"{log}.err").open("w") as err:
+        return subprocess.Popen(
+            [*prefix, RETRAIN, "run", "--json", *args],
+            cwd=root,
+            env=env_for(root),
+            stdout=out,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
 
 
 def output(root: Path, log: str) -> tuple[str, str]:
