@@ -87,6 +87,16 @@ ui-check: install $(UI_STAMP) ## submit the UI form twice in headless Chromium: 
 	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium chromium-driver; }
 	$(BIN)/python scripts/ui_check.py --ui-python $(UI_VENV)/bin/python
 
-.PHONY: bench
-bench: install ## run the benchmarks (issue 7) into benchmarks/RESULTS.md; BENCH_ARGS="--quick" or "--only stages,caching"
+.PHONY: bench bench-peers-env
+# AutoGluon needs pandas < 2.4 (.venv has pandas 3): the tuning benchmark runs it in its own hash-checked venv
+PEERS_VENV := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed-$(shell cat requirements-peers.lock 2>/dev/null | md5sum | cut -c1-12)
+$(PEERS_STAMP): requirements-peers.lock
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements-peers.lock
+	@rm -f $(PEERS_VENV)/.installed-*; touch $@
+
+bench: install $(PEERS_STAMP) ## run the benchmarks (issue 7) into benchmarks/RESULTS.md; BENCH_ARGS="--quick" or "--only stages,caching"
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+bench-peers-env: $(PEERS_STAMP) ## .venv-peers from requirements-peers.lock (AutoGluon 1.6.3, GBMs, no torch; ~1.1 GB) for the tuning benchmark

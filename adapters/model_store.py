@@ -193,11 +193,14 @@ def verified_version(tracking_uri: str, model_name: str, ref: str) -> Iterator[V
         yield VerifiedVersion(model_name, number, root, root / manifest["model_dir"], tags)
 
 
-def load_verified_predictor(verified: VerifiedVersion) -> ServingModel:
-    """The verified version's model, loaded by the installed retrain code (never by mlflow.pyfunc)."""
+def load_verified_predictor(verified: VerifiedVersion, compiled: str = "off") -> ServingModel:
+    """The verified version's model, loaded by the installed retrain code (never by mlflow.pyfunc).
+
+    `compiled`: the compiled-forest mode (`retrain.serving.compiled.MODES`; `retrain serve-model` passes its flag).
+    """
     from retrain.serving.flavor import load_serving_model  # LightGBM and sklearn only when a model is loaded
 
-    return load_serving_model(verified.model_dir)
+    return load_serving_model(verified.model_dir, compiled=compiled)
 
 
 def integrity(tracking_uri: str, model_name: str, versions: list[str]) -> dict[str, str]:

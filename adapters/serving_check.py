@@ -100,8 +100,11 @@ def serving_gate(
 
 
 def child_env() -> dict[str, str]:
-    """This process's environment with pickle deserialization forced off (as in every retrain process)."""
-    return {**os.environ, PICKLE_ENV: "false"}
+    """This process's environment with pickle deserialization forced off (as in every retrain process).
+
+    The compiled forest is off too: the check loads, predicts once and exits (a compile would only burn a core).
+    """
+    return {**os.environ, PICKLE_ENV: "false", "RETRAIN_COMPILED": "off"}
 
 
 def _compare(served: np.ndarray, expected: np.ndarray | pd.DataFrame, details: dict) -> GateResult:

@@ -10,6 +10,11 @@ rows (the test set repeated), each layer below the pyfunc (to see whose cost it 
 thread policy against one thread on the same batch (outputs asserted bit-identical). Then `mlflow models
 serve --env-manager local` on 127.0.0.1: single-row request latency (keep-alive HTTP/1.1, JSON bodies
 built before the clock) and one batch request; the server is stopped at the end.
+
+The in-process pyfunc loads with `RETRAIN_COMPILED=wait` (unless set otherwise): its LightGBM parts are compiled
+forests (retrain/serving/compiled.py) from the first call, as a long-running server has them once built
+(`RETRAIN_COMPILED=off` measures the booster); the server child runs the default `background` mode, which loads the
+forest from the cache the in-process load filled. benchmarks/serve_model.py puts booster and forest side by side.
 """
 
 from __future__ import annotations
@@ -446,6 +451,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Get a champion, measure it in process and over HTTP, write the results."""
     args = parse_args(argv)
     setup_logging()
+    os.environ.setdefault("RETRAIN_COMPILED", "wait")  # the pyfunc loader's and the server child's mode
     import mlflow
 
     info = machine_info()

@@ -204,11 +204,9 @@ def plain_fit_family(family: str, d: dict[str, Any], cfg: Any, directory: Path) 
     """tasks/candidates.py fit_family: search, refit on train (valid score), refit on train + valid, save."""
     import numpy as np
     import pandas as pd
-    from threadpoolctl import threadpool_limits
 
-    from retrain.metrics import score
-    from retrain.models.estimators import monotone_params, pipeline_scores, save_model
-    from retrain.models.tuning import fit_model, plan_threads, tune
+    from retrain.models.estimators import monotone_params, save_model
+    from retrain.models.tuning import choose_refit, fit_model, plan_threads, tune
 
     dataset = d["dataset"]
     family_cfg = getattr(cfg, family)
@@ -236,20 +234,27 @@ def plain_fit_family(family: str, d: dict[str, Any], cfg: Any, directory: Path) 
     )
     _, threads = plan_threads(result.threads, 1)
     fit = dict(numeric=dataset.numeric, categorical=dataset.categorical, task=dataset.task, threads=threads)
-    started = time.perf_counter()
-    train_model = fit_model(family, result.refit_params(len(d["X_train"])), d["X_train"], d["y_train"], **fit)
-    fit_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    with threadpool_limits(limits=threads):
-        valid_scores = pipeline_scores(train_model, d["X_valid"], dataset.task, d["n_classes"])
-    rate = len(d["X_valid"]) / max(time.perf_counter() - started, 1e-9)
+    kept = choose_refit(
+        family,
+        result,
+        d["X_train"],
+        d["y_train"],
+        d["X_valid"],
+        d["y_valid"],
+        metric=d["metric"],
+        n_classes=d["n_classes"],
+        divisors=family_cfg.refit_learning_rate_divisors,
+        tolerance=family_cfg.refit_tolerance,
+        **fit,
+    )
+    train_model, valid_scores, fit_seconds = kept.model, kept.valid_scores, kept.fit_seconds
+    rate = len(d["X_valid"]) / max(kept.predict_seconds, 1e-9)
     X_full = pd.concat([d["X_train"], d["X_valid"]], ignore_index=True)
     y_full = np.concatenate([d["y_train"], d["y_valid"]])
     final_params = result.refit_params(len(X_full))
     final_model = fit_model(family, final_params, X_full, y_full, **fit)
     save_model(final_model, family, dataset.features, directory, task=dataset.task, labels=d["labels"])
-    valid_score = score(d["metric"], d["y_valid"], valid_scores)
-    return Family(result, train_model, final_model, valid_scores, valid_score, fit_seconds, rate, final_params)
+    return Family(result, train_model, final_model, valid_scores, kept.valid_score, fit_seconds, rate, final_params)
 
 
 def plain_fit_stacking(bases: dict[str, Family], d: dict[str, Any], cfg: Any, directory: Path) -> Family:

@@ -10,9 +10,15 @@ rows and features. Per budget B and repeat r (seed = params seed + r, the same f
   (params' space, fixed params, monotone constraints, CV folds, early stopping, pruning) with
   `timeout_seconds = B` and no trial cap, then the candidates stage's final refit on train + valid;
 - FLAML: `AutoML.fit` on train + valid with `estimator_list=["lgbm"]`, `time_budget=B`, the same metric,
-  seed and thread count (FLAML picks its own holdout / CV and retrains on all rows, its default).
+  seed and thread count (FLAML picks its own holdout / CV and retrains on all rows, its default);
+- AutoGluon 1.6.3 (when .venv-peers exists: `make bench-peers-env`), in a subprocess of .venv-peers
+  (benchmarks/peers_autogluon.py: AutoGluon needs pandas < 2.4): `TabularPredictor.fit` on train + valid
+  (its own holdout) with `presets="medium_quality"`, `time_limit=B`, the same metric, thread count and seed
+  (its holdout split), twice: its default model list (no torch in that env, so GBMs, RF, XT + ensemble;
+  "AG medium") and its LightGBM entries only ("AG GBM").
 
-Both final models score the same test rows. Cells run interleaved (tool order alternates) in one process.
+Budgets: --budgets plus --cold-budget (default 90 s: the wall of our cold default `retrain run`). All final
+models score the same test rows. Cells run interleaved (tool order rotates) in one process.
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ import importlib
 import importlib.util
 import json
 import logging
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +66,19 @@ DATASETS = {"adult": "params.yaml", "california": "params.california.yaml"}
 """Benchmark dataset -> the params file that configures it in the project."""
 NO_TRIAL_CAP = 100_000
 """n_trials for our search: the wall budget, not a trial count, ends it."""
+PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
+"""The peers env's interpreter (`make bench-peers-env`, from requirements-peers.lock)."""
+PEERS_SCRIPT = ROOT / "benchmarks" / "peers_autogluon.py"
+AUTOGLUON = {"ag_medium": "all", "ag_gbm": "gbm"}
+"""AutoGluon tool -> its runner's --models: the preset's default model list, or its LightGBM entries only."""
+LABELS = {
+    "ours": "ours",
+    "ours_cold": "ours, no warm start",
+    "flaml": "FLAML",
+    "ag_medium": "AG medium",
+    "ag_gbm": "AG GBM",
+}
+"""Tool -> its column; ours_cold (only with --tools) is ours without the params' warm_start (not a peer)."""
 
 
 @dataclass
@@ -94,7 +116,8 @@ def prepare(name: str, params_file: str, sample_rows: int | None) -> Data:
         text = params_path.read_text().replace("sample_rows: null", f"sample_rows: {sample_rows}")
         params_path.write_text(text)
     retrain_stages(project, ["ingest", "validate", "split"], *extra)
-    params = load_params(project / params_file)
+    # the checkout's params: "ours" runs the checkout's code, whose config model may be newer than the clone's
+    params = load_params(ROOT / params_file)
     dataset = params.dataset
     schema = project / "data" / "raw" / "schema.json"
     if dataset.columns is None or (dataset.is_classification and dataset.labels is None):
@@ -119,10 +142,17 @@ def prepare(name: str, params_file: str, sample_rows: int | None) -> Data:
     return Data(name, params, dataset, params.evaluate.metric, X_train, y_train, X_valid, y_valid, X_test, y_test)
 
 
-def run_ours(data: Data, budget: float, seed: int) -> dict[str, Any]:
-    """The candidates stage's lightgbm search with a `budget`-second clock, then its train + valid refit."""
+def run_ours(data: Data, budget: float, seed: int, warm: bool = True) -> dict[str, Any]:
+    """The candidates stage's lightgbm search with a `budget`-second clock, then its train + valid refit.
+
+    warm=False drops the params file's `warm_start` configs (found by earlier searches on the same rows), so
+    the search starts from nothing, as FLAML and AutoGluon do.
+    """
     cfg = data.params.candidates
-    family = cfg.lightgbm.model_copy(update={"timeout_seconds": budget, "n_trials": NO_TRIAL_CAP})
+    update: dict[str, Any] = {"timeout_seconds": budget, "n_trials": NO_TRIAL_CAP}
+    if not warm:
+        update["warm_start"] = ()
+    family = cfg.lightgbm.model_copy(update=update)
     constraints = monotone_params("lightgbm", cfg.monotone, data.dataset.numeric, data.dataset.categorical)
     if constraints:
         family = family.model_copy(update={"fixed": {**family.fixed, **constraints}})
@@ -257,45 +287,124 @@ def run_flaml(data: Data, budget: float, seed: int, threads: int) -> dict[str, A
     }
 
 
+def run_autogluon(data: Data, budget: float, seed: int, threads: int, models: str, python: Path) -> dict[str, Any]:
+    """AutoGluon in .venv-peers on train + valid (its own holdout); its test scores scored with our metric code."""
+    X_full, y_full = data.full
+    label = data.dataset.target
+    with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
+        folder = Path(tmp)
+        X_full.assign(**{label: y_full}).to_parquet(folder / "train.parquet")
+        data.X_test.to_parquet(folder / "test.parquet")
+        command = [
+            str(python),
+            str(PEERS_SCRIPT),
+            *("--train", str(folder / "train.parquet"), "--test", str(folder / "test.parquet"), "--label", label),
+            *("--problem-type", "regression" if data.dataset.task == "regression" else "binary"),
+            *("--metric", data.metric, "--time-limit", f"{budget:g}", "--seed", str(seed)),
+            *("--num-cpus", str(threads), "--models", models, "--out", str(folder / "scores.parquet")),
+            *("--workdir", str(folder)),
+        ]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"{PEERS_SCRIPT.name} exited {done.returncode}: {done.stderr[-2000:]}")
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if not lines:
+            raise RuntimeError(f"{PEERS_SCRIPT.name} printed no JSON line; stdout: {done.stdout[-2000:]}")
+        summary = json.loads(lines[-1])
+        scores = pd.read_parquet(folder / "scores.parquet")["score"].to_numpy(dtype=float)
+    return {
+        "test": score(data.metric, data.y_test, scores),
+        "wall_seconds": summary["fit_seconds"] + summary["predict_seconds"],
+        "process_seconds": wall,
+        "trials": len(summary["models"]),
+        "models": summary["models"],
+        "best": summary["best"],
+        "cv": summary["val_score"],
+        "threads": threads,
+        "autogluon": summary["autogluon"],
+    }
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """--quick (tiny budgets on sampled rows: a smoke test), --repeats, --budgets, --datasets."""
+    """--quick (tiny budgets on sampled rows: a smoke test), --repeats, --budgets, --cold-budget, --datasets."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 s budget, 3,000 sampled rows, 1 repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budgets", type=float, nargs="+", default=[15.0, 30.0, 60.0])
+    parser.add_argument(
+        "--cold-budget",
+        type=float,
+        default=90.0,
+        help="one more budget: the wall of our cold default `retrain run` (default 90 s; 0: none)",
+    )
+    parser.add_argument(
+        "--peers-python",
+        type=Path,
+        default=PEERS_PYTHON,
+        help="the peers env's python for AutoGluon (`make bench-peers-env`); missing: no AutoGluon columns",
+    )
+    parser.add_argument("--no-autogluon", action="store_true", help="ours and FLAML only")
+    parser.add_argument("--results-name", default=NAME, help="write benchmarks/results/NAME.json/.md instead")
+    parser.add_argument(
+        "--tools", nargs="+", choices=sorted(LABELS), help="run only these (default: ours, FLAML, AutoGluon x2)"
+    )
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS))
     parser.add_argument("--from-json", type=Path, help="re-summarise a results JSON (no measurement)")
     return parser.parse_args(argv)
+
+
+def _median(cells: list[dict[str, Any]], tool: str, key: str) -> float | None:
+    """Median of `key` over the cells where `tool` ran and succeeded (None when it never did)."""
+    values = [c[tool][key] for c in cells if tool in c and "error" not in c[tool]]
+    return statistics.median(values) if values else None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    """A number in `spec`, or '-' when the tool did not run."""
+    return "-" if value is None else format(value, spec)
 
 
 def summarise(cells: list[dict[str, Any]], metric_of: dict[str, str]) -> tuple[list[dict[str, Any]], str]:
     """Medians per (dataset, budget) and the Markdown section (both metrics here are higher-is-better)."""
     rows: list[dict[str, Any]] = []
     table: list[list[Any]] = []
+    peers = [t for t in LABELS if t not in ("ours", "ours_cold") and any(t in c for c in cells)]
+    ours_cols = [t for t in ("ours", "ours_cold") if any(t in c for c in cells)]
     for name, budget in sorted({(c["dataset"], c["budget"]) for c in cells}):
         same = [c for c in cells if c["dataset"] == name and c["budget"] == budget]
-        ours = statistics.median(c["ours"]["test"] for c in same)
-        flaml = statistics.median(c["flaml"]["test"] for c in same)
+        test = {t: _median(same, t, "test") for t in [*ours_cols, *peers]}
+        wall = {t: _median(same, t, "wall_seconds") for t in [*ours_cols, *peers]}
+        trials = {t: _median(same, t, "trials") for t in [*ours_cols, *peers]}
         # FLAML's best result at any budget of the same repeat: a check that does not depend on walls matching
-        flaml_any = statistics.median(
-            max(o["flaml"]["test"] for o in cells if o["dataset"] == name and o["repeat"] == c["repeat"]) for c in same
+        flaml_any = (
+            statistics.median(
+                max(
+                    o["flaml"]["test"]
+                    for o in cells
+                    if o["dataset"] == name and o["repeat"] == c["repeat"] and "flaml" in o
+                )
+                for c in same
+                if "flaml" in c
+            )
+            if any("flaml" in c for c in same)
+            else None
         )
-        ours_wall = statistics.median(c["ours"]["wall_seconds"] for c in same)
-        flaml_wall = statistics.median(c["flaml"]["wall_seconds"] for c in same)
-        ours_trials = statistics.median(c["ours"]["trials"] for c in same)
-        counted = all("improvements" in c["flaml"] for c in same)  # early runs stored improvements as trials
-        flaml_trials = f"{statistics.median(c['flaml']['trials'] for c in same):g}" if counted else "-"
-        passed = ours >= flaml
+        loads = [v for c in same for v in c.get("load", [])]
+        ours = test.get("ours")
+        beaten = [t for t in peers if test[t] is not None and ours is not None and test[t] > ours]
+        passed = ours is not None and not beaten
         rows.append(
             {
                 "dataset": name,
                 "budget": budget,
-                "ours": ours,
-                "flaml": flaml,
+                **{t: test[t] for t in [*ours_cols, *peers]},
+                **{f"{t}_wall": wall[t] for t in [*ours_cols, *peers]},
                 "flaml_best_any_budget": flaml_any,
                 "repeats": len(same),
-                "ours_wall": ours_wall,
-                "flaml_wall": flaml_wall,
+                "load": [min(loads), max(loads)] if loads else None,
+                "beaten_by": beaten,
                 "passed": passed,
             }
         )
@@ -304,34 +413,61 @@ def summarise(cells: list[dict[str, Any]], metric_of: dict[str, str]) -> tuple[l
                 name,
                 f"{budget:g} s",
                 f"test {metric_of[name]}",
-                f"{ours:.4f}",
-                f"{flaml:.4f}",
-                f"{ours - flaml:+.4f}",
-                f"{flaml_any:.4f}",
-                f"{ours_wall:.0f} / {flaml_wall:.0f}",
-                f"{ours_trials:g} / {flaml_trials}",
+                *(_fmt(test[t], ".4f") for t in [*ours_cols, *peers]),
+                *(_fmt(None if test[t] is None or ours is None else ours - test[t], "+.4f") for t in peers),
+                " / ".join(_fmt(wall[t], ".0f") for t in [*ours_cols, *peers]),
+                " / ".join(_fmt(trials[t], "g") for t in [*ours_cols, *peers]),
+                f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-",
                 len(same),
-                "ours >= FLAML",
-                "PASS" if passed else "MISS",
+                ("PASS" if passed else "MISS (" + ", ".join(LABELS[t] for t in beaten) + ")") if peers else "-",
             ]
         )
+    names = [LABELS[t] for t in [*ours_cols, *peers]]
     header = [
         "dataset",
         "budget",
         "metric",
-        "ours (median)",
-        "FLAML (median)",
-        "ours - FLAML",
-        "FLAML, best of its budgets",
-        "wall s ours / FLAML",
-        "trials ours / FLAML",
+        *names,
+        *(f"ours - {LABELS[t]}" for t in peers),
+        "wall s " + " / ".join(names),
+        "trials (AG: models) " + " / ".join(names),
+        "load (1 min)",
         "repeats",
-        "target",
-        "result",
+        "ours >= every peer",
     ]
-    text = "## Tuning quality vs time: the pipeline's tuned LightGBM vs FLAML\n\n"
+    text = "## Tuning quality vs time: the pipeline's tuned LightGBM vs FLAML and AutoGluon\n\n"
     text += markdown_table(header, table) + "\n"
     return rows, text
+
+
+def tools_to_run(args: argparse.Namespace) -> list[str]:
+    """ours and FLAML always; the AutoGluon pair when the peers env exists (else a warning says how to make it)."""
+    if args.tools:
+        missing = [t for t in args.tools if t in AUTOGLUON and not args.peers_python.exists()]
+        if missing:
+            raise SystemExit(f"--tools {' '.join(missing)} needs {args.peers_python} (make bench-peers-env)")
+        return list(args.tools)
+    tools = ["ours", "flaml"]
+    if args.no_autogluon:
+        return tools
+    if not args.peers_python.exists():
+        logger.warning("%s does not exist: no AutoGluon columns (make bench-peers-env)", args.peers_python)
+        return tools
+    return [*tools, *AUTOGLUON]
+
+
+def run_tool(tool: str, d: Data, budget: float, seed: int, python: Path) -> dict[str, Any]:
+    """One tool on one dataset and budget; an AutoGluon failure is recorded, not raised (the others still run)."""
+    threads = ours_threads(d)
+    if tool in ("ours", "ours_cold"):
+        return run_ours(d, budget, seed, warm=tool == "ours")
+    if tool == "flaml":
+        return run_flaml(d, budget, seed, threads)
+    try:
+        return run_autogluon(d, budget, seed, threads, AUTOGLUON[tool], python)
+    except RuntimeError as exc:
+        logger.error("%s %s %gs failed: %s", d.name, tool, budget, exc)
+        return {"error": str(exc)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -340,9 +476,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup_logging()
     if args.from_json is not None:
         return write(json.loads(args.from_json.read_text()))
-    budgets = [3.0] if args.quick else args.budgets
+    budgets = [3.0] if args.quick else args.budgets + ([args.cold_budget] if args.cold_budget > 0 else [])
     repeats = 1 if args.quick else args.repeats
     sample = 3000 if args.quick else None
+    tools = tools_to_run(args)
     info = machine_info()
     data = {name: prepare(name, DATASETS[name], sample) for name in args.datasets}
     cells: list[dict[str, Any]] = []
@@ -351,27 +488,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for b, budget in enumerate(budgets):
             for k, (name, d) in enumerate(data.items()):
                 seed = d.params.seed + repeat
-                threads = ours_threads(d)
                 cell: dict[str, Any] = {"dataset": name, "budget": budget, "repeat": repeat, "seed": seed}
-                # who goes first alternates across datasets, budgets and repeats (a checkerboard)
-                order = ["ours", "flaml"] if (repeat + b + k) % 2 == 0 else ["flaml", "ours"]
+                # who goes first rotates across datasets, budgets and repeats
+                shift = (repeat + b + k) % len(tools)
+                order = tools[shift:] + tools[:shift]
+                load = [os.getloadavg()[0]]
                 for tool in order:
-                    cell[tool] = run_ours(d, budget, seed) if tool == "ours" else run_flaml(d, budget, seed, threads)
-                    logger.info(
-                        "%s %gs repeat %d %s: test %s %.4f in %.1fs (%d trials)",
-                        name,
-                        budget,
-                        repeat,
-                        tool,
-                        d.metric,
-                        cell[tool]["test"],
-                        cell[tool]["wall_seconds"],
-                        cell[tool]["trials"],
-                    )
+                    cell[tool] = run_tool(tool, d, budget, seed, args.peers_python)
+                    load.append(os.getloadavg()[0])
+                    if "error" not in cell[tool]:
+                        logger.info(
+                            "%s %gs repeat %d %s: test %s %.4f in %.1fs (%d trials), load %.1f",
+                            name,
+                            budget,
+                            repeat,
+                            tool,
+                            d.metric,
+                            cell[tool]["test"],
+                            cell[tool]["wall_seconds"],
+                            cell[tool]["trials"],
+                            load[-1],
+                        )
                 cell["order"] = order
+                cell["load"] = load
                 cells.append(cell)
                 complete = len(cells) == repeats * len(budgets) * len(data)
-                results = report(cells, data, info, args.quick, budgets, repeats, sample, complete)
+                results = report(cells, data, info, args.quick, budgets, repeats, sample, complete, args.results_name)
     return results
 
 
@@ -384,10 +526,11 @@ def report(
     repeats: int,
     sample: int | None,
     complete: bool,
+    name: str = NAME,
 ) -> dict[str, Any]:
     """Write the results of the cells so far (after every cell: a long run cut short keeps what it measured)."""
     results = {
-        "benchmark": NAME,
+        "benchmark": name,
         "settings": {
             "budgets": budgets,
             "repeats": repeats,
@@ -397,6 +540,7 @@ def report(
         },
         "complete": complete,
         "machine": info,
+        "load_average_now": list(os.getloadavg()),
         "metrics": {n: d.metric for n, d in data.items()},
         "rows": {n: {"train": len(d.X_train), "valid": len(d.X_valid), "test": len(d.X_test)} for n, d in data.items()},
         "cells": cells,
@@ -413,16 +557,26 @@ def write(results: dict[str, Any]) -> dict[str, Any]:
     rows, text = summarise(cells, metrics)
     results["medians"] = rows
     text += (
-        "\nSame train / valid / test rows (the pipeline's split stage, in a temp clone) for both tools. Ours: "
+        "\nSame train / valid / test rows (the pipeline's split stage, in a temp clone) for every tool. Ours: "
         "`retrain.models.tuning.tune` for lightgbm as the candidates stage configures it, `timeout_seconds` = budget, "
         "no trial cap, then the stage's refit on train + valid. FLAML 2.7 `AutoML.fit` on train + valid, "
         "`estimator_list=['lgbm']`, `time_budget` = budget, same metric, seed (params seed + repeat) and threads "
-        "(its own holdout, then a retrain on all rows). Wall = search + final fit. Our search stops a trial at "
-        "the budget only once one trial has completed, so when the first trial (3 CV folds, early-stopped) "
-        "takes longer than the budget, ours overruns it; 'FLAML, best of its budgets' is FLAML's best test score "
-        "at any budget of the same repeat, for comparing at matching walls. Medians of the repeats, cells "
-        "interleaved with alternating tool order; "
-        f"{load_note(info['load_average'][0], info['cpu_count'])} (at the start).\n"
+        "(its own holdout, then a retrain on all rows). AutoGluon 1.6.3 (in .venv-peers, `make bench-peers-env`: "
+        "it needs pandas < 2.4) `TabularPredictor.fit` on train + valid (its own holdout: medium_quality does not "
+        "bag or refit on all rows), `presets='medium_quality'`, `time_limit` = budget, same metric, threads "
+        "(`num_cpus`) and seed (its holdout split; its models keep their own seed 0): 'AG medium' is the preset's "
+        "default model list as installed (no torch: LightGBM x3, CatBoost, XGBoost, RandomForest x2, ExtraTrees x2 "
+        "+ weighted ensemble, as many as the budget allows), 'AG GBM' its LightGBM entries only (+ ensemble). "
+        "Wall = search + final fit (AutoGluon: fit + predict, not its process start, import and data load: "
+        "10-17 s more under load; in the JSON). "
+        "Our search stops a trial at the budget only once one trial has completed, so when the first trial "
+        "(3 CV folds, early-stopped) takes longer than the budget, ours overruns it; AutoGluon also overruns "
+        "its time_limit under load. 'trials' for AutoGluon counts the models it trained. 'load' is the "
+        "1-minute load average before and after each tool in the cells (min-max). The last budget is our cold "
+        "default run's wall (--cold-budget). Medians of the repeats, cells interleaved with rotating tool "
+        f"order; {load_note(info['load_average'][0], info['cpu_count'])} (at the start)"
+        + (f", {results['load_average_now'][0]:.1f} at the end" if results.get("load_average_now") else "")
+        + ".\n"
     )
     for note in results.get("notes") or []:
         text += f"\n- {note}"
@@ -433,7 +587,7 @@ def write(results: dict[str, Any]) -> dict[str, Any]:
         text += f"\n_Incomplete: {len(cells)} of {expected} cells measured._\n"
     if settings["quick"]:
         text = text.replace("## Tuning", "## (quick smoke run, not a measurement) Tuning", 1)
-    write_results(NAME, results, text)
+    write_results(results.get("benchmark", NAME), results, text)
     return results
 
 

@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run every stage and gate, then report what promote would do without registering or moving aliases",
     )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="run the flow even when nothing changed since the last run (skip the no-op check, engine/noop.py)",
+    )
     from flows import init
 
     init.add_parser(sub)
@@ -230,6 +235,13 @@ def serve_model_args(sub: Any) -> None:
     serve_model.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the params file's)")
     serve_model.add_argument(
         "--json", action="store_true", help="once listening, print {url, host, port, model_name, version} on stdout"
+    )
+    serve_model.add_argument(
+        "--compiled",
+        choices=("background", "wait", "off"),
+        default=None,
+        help="LightGBM compiled to native code (lleaves, built on this host, cached by model hash): background "
+        "(default, or $RETRAIN_COMPILED: serve with the booster until it is ready), wait (before listening), off",
     )
 
 
@@ -370,6 +382,14 @@ def _run_flow(args: argparse.Namespace) -> int:
     """`cmd_run` up to the outcome: the flow's final state as an exit code and the summary."""
     from typing import get_args
 
+    if noop_applies(args):  # before Prefect and MLflow are imported: "nothing changed" in well under a second
+        from engine import noop
+        from retrain.paths import project_root
+
+        verdict = noop.decide(project_root(), args.params)
+        if verdict.unchanged:
+            return report_noop(args, verdict)
+        logger.info("running the flow: %s", verdict.reason)
     preflight_or_raise(args.params, args.overrides)  # before Prefect starts (~seconds), every problem at once
     from flows.outcome import REFUSED
     from flows.training import RunRequest, Trigger, retrain_flow
@@ -392,6 +412,27 @@ def _run_flow(args: argparse.Namespace) -> int:
     if args.json:
         _emit({"status": "completed", **summary})
     return exit_code_for_promotion(summary["promotion"], summary["decision"])
+
+
+def noop_applies(args: argparse.Namespace) -> bool:
+    """Whether the no-op check may answer: a plain `retrain run` from the command line (no --force, --set, --dry-run).
+
+    A run with overrides or another params file never records lineage (dvc.lock), so it always runs the flow.
+    """
+    trigger = os.environ.get("RETRAIN_TRIGGER", "cli")
+    return not (args.force or args.overrides or args.dry_run) and trigger == "cli"
+
+
+def report_noop(args: argparse.Namespace, verdict: Any) -> int:
+    """Nothing changed: one line saying what was checked, the --json summary (`noop: true`), exit 0."""
+    logger.info(
+        "nothing changed, no run started (%.2fs): %s; `retrain run --force` runs the flow anyway",
+        verdict.seconds,
+        verdict.reason,
+    )
+    if args.json:
+        _emit({"status": "completed", **verdict.summary})
+    return EXIT_OK
 
 
 def stopped(args: argparse.Namespace, signum: int) -> int:
@@ -584,7 +625,7 @@ def link_lines(summary: dict[str, Any]) -> list[str]:
     if not base:
         base, known = ui_base(uri)
     hint = "" if known else f"  (store {uri}; no MLflow UI known to serve it: make servers)"
-    lines = [f"mlflow run:   {run_url(base, str(experiment), str(run_id))}{hint}"]
+    lines = [f"mlflow run:   {run_url(base, str(experiment), str(run_id))}{hint}"] if run_id else []  # a no-op: none
     version = summary.get("model_version")
     if version is not None and summary.get("model_name"):
         lines.append(f"mlflow model: {model_version_url(base, summary['model_name'], version)}")
@@ -814,7 +855,9 @@ def cmd_serve_model(args: argparse.Namespace) -> int:
     from adapters import model_store
     from adapters.lineage import ModelRef, parse_model_ref
     from retrain.serving import http
+    from retrain.serving.compiled import compile_mode
 
+    compiled = compile_mode(args.compiled)  # an unknown $RETRAIN_COMPILED fails before the download (exit 2)
     ref = parse_model_ref(args.model) if args.model else None
     uri = args.tracking_uri
     if ref is None or uri is None:
@@ -835,7 +878,7 @@ def cmd_serve_model(args: argparse.Namespace) -> int:
     which = ref.alias or str(ref.version)
     try:
         with http.interrupt_on_signals(), model_store.verified_version(uri, ref.name, which) as v:
-            model = model_store.load_verified_predictor(v)
+            model = model_store.load_verified_predictor(v, compiled=compiled)
             app = http.ScoringApp(model, numeric=http.numeric_columns(v.model_dir), version=pkg_version("mlflow"))
 
             def ready(server: http.ScoringServer) -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapters.mlflow_links import artifact_url, model_version_url, run_url, ui_base
-from flows.summary import run_summary
 
 if TYPE_CHECKING:
     import jinja2
@@ -35,7 +34,10 @@ MODEL_CARD = "model_card.html"
 """The model card's artifact path in the promote (and evaluate) stage run (tasks/promote.py log_record)."""
 
 PROMOTED, KEPT, REJECTED, REFUSED, DRY_RUN = "Promoted", "Kept", "Rejected", "Refused", "DryRun"
+UNCHANGED = "Unchanged"
+"""A scheduled run that found nothing changed (engine/noop.py): no stage ran, no MLflow run was opened."""
 STATE_NAMES: dict[str, str] = {
+    "unchanged": UNCHANGED,
     "promoted": PROMOTED,
     "already_champion": KEPT,
     "rejected": REJECTED,
@@ -81,6 +83,8 @@ def state_message(summary: Mapping[str, Any]) -> str:
         what = f"{model} version {version} is champion now (was {before})"
     elif action == "already_champion":
         what = f"{model} version {version} is already champion: nothing moved"
+    elif action == "unchanged":
+        what = f"nothing changed since the last run, no stage ran: {model} version {champion} stays champion"
     elif action == "rejected_on_recompare":
         what = (
             f"champion moved since evaluation to version {champion} and the candidate lost the re-comparison "
@@ -193,8 +197,26 @@ def publish(run: PipelineRun, summary: dict[str, Any], error: BaseException | No
         logger.warning("the run's outcome artifact could not be written", exc_info=True)
 
 
+def publish_unchanged(summary: dict[str, Any], checked: str) -> State:
+    """A recorded no-op: the `retrain-outcome` artifact (the last run's gates, what was checked) and state Unchanged.
+
+    No MLflow access: the links come from the summary the last run recorded. Never raises over the state.
+    """
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        links, note = mlflow_links(summary, {}, None, None)
+        markdown = render_report(summary, links, note) + f"\n\nNo stage ran. Checked: {checked}.\n"
+        create_markdown_artifact(markdown=markdown, key=ARTIFACT_KEY, description=f"retrain outcome: {UNCHANGED}")
+    except Exception:
+        logger.warning("the no-op's outcome artifact could not be written", exc_info=True)
+    return final_state(summary)
+
+
 def publish_failure(run: PipelineRun, error: Exception) -> None:
     """The artifact of a failed run: what is known (stages so far, gates if evaluate ran, links); never raises."""
+    from flows.summary import run_summary  # engine.pipeline and MLflow: not for a no-op (publish_unchanged)
+
     try:
         summary = run_summary(run)
     except Exception:

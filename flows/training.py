@@ -5,23 +5,22 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.mlflow_runs import end_status
-from engine.pipeline import PipelineRun
+from engine import noop
 from flows import env, outcome
-from flows.dag import DAG, sync_dvc_yaml
-from flows.summary import run_summary, summary_tags
 from retrain.config import Params
 from retrain.data.preflight import preflight
 from retrain.errors import ConfigError
 from retrain.paths import project_root, resolve
-from tasks import baselines, candidates, evaluate, ingest, promote, split, validate, version
+
+if TYPE_CHECKING:  # MLflow, the stages and their libraries load inside the flow, after the no-op check: a
+    from engine.pipeline import PipelineRun  # recorded no-op (a scheduled run, nothing changed) never pays for them
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +81,8 @@ was in: `retrain run --json` prints it (flows/cli.py); the flow's exception carr
 
 def reached(run: PipelineRun) -> str | None:
     """The stage a stopped run was in: the first of the DAG it had not finished (None once all had)."""
+    from flows.dag import DAG
+
     done = {s.name for s in run.stages}
     return next((stage.name for stage in DAG if stage.name not in done), None)
 
@@ -108,8 +109,21 @@ def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli"
     root = project_root()
     overrides = request.to_overrides()
     dry_run = request.dry_run
-    params = checked_params(root, request.params_file, overrides)
     is_default = not overrides and resolve(root, request.params_file) == root / DEFAULT_PARAMS
+    if trigger == "schedule" and is_default and not dry_run:  # a recorded no-op: no stage, no MLflow run
+        verdict = noop.decide(root, DEFAULT_PARAMS)
+        if verdict.unchanged:
+            logger.info("nothing changed since the last run (%.2fs): %s", verdict.seconds, verdict.reason)
+            summary = verdict.summary | {"prefect_flow_run_id": flow_run.get_id()}
+            return outcome.publish_unchanged(summary, verdict.reason)
+        logger.info("running: %s", verdict.reason)
+    from adapters.mlflow_runs import end_status
+    from engine.pipeline import PipelineRun
+    from flows.dag import DAG, sync_dvc_yaml
+    from flows.summary import run_summary, summary_tags
+    from tasks import baselines, candidates, evaluate, ingest, promote, split, validate, version
+
+    params = checked_params(root, request.params_file, overrides)
     logger.info("run requested by %s with overrides %s", trigger, overrides or "(none)")
     run = PipelineRun.start(
         root,
@@ -148,6 +162,8 @@ def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli"
             STOPPED[:] = [partial | {"stage": reached(run)}]  # what `retrain run --json` prints on a signal
         raise
     summary = run_summary(run)
+    if run.commit_lineage:
+        noop.write_stamp(root, summary)  # what the next run's no-op check compares with (engine/noop.py)
     run.finish("FINISHED", summary_tags(summary))
     outcome.publish(run, summary)
     return outcome.final_state(summary)

@@ -254,6 +254,18 @@ class ParamRange(Strict):
     int: bool = False
     choices: tuple[Any, ...] | None = None
 
+    def outside(self, value: Any) -> str | None:
+        """Why `value` is not a point of this range (None when it is one)."""
+        if self.choices is not None:
+            return None if value in self.choices else f"is not one of the choices {list(self.choices)}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"is not a number (range [{self.low}, {self.high}])"
+        if self.int and value != int(value):
+            return f"is not an integer (range [{self.low}, {self.high}])"
+        if not self.low <= value <= self.high:  # type: ignore[operator]
+            return f"is outside the search space [{self.low}, {self.high}]"
+        return None
+
     @model_validator(mode="after")
     def _check(self) -> ParamRange:
         if self.choices is None and (self.low is None or self.high is None):
@@ -271,9 +283,14 @@ class FamilyConfig(Strict):
     of `fixed`). `n_trials` (None: `candidates.n_trials`) and `timeout_seconds` (None: no limit; a run cut
     by the clock is not reproducible) bound the search; `early_stopping_rounds` (families with boosting
     rounds: LightGBM) stops boosting inside each CV fold when the fold's validation loss stops improving;
-    the refit then boosts the folds' mean best round count x sqrt(refit rows / fold rows), and
-    `refit_learning_rate_divisor` d refits with learning_rate / d and d times the rounds (slower learning,
-    usually a little better). `pruning_warmup_rounds` (boosting rounds only; None: prune between folds
+    the refit then boosts the folds' mean best round count x sqrt(refit rows / fold rows). Each divisor d of
+    `refit_learning_rate_divisors` is a train-only refit with learning_rate / d and d times the rounds, scored
+    on valid; the one with the fewest trees whose valid score is within `refit_tolerance` (relative to the
+    best of them) wins and is the saved model's setting (fewer trees: faster predictions, smaller file).
+    `warm_start`: hyperparameter sets (each inside `space`; keys left out are sampled) enqueued as the
+    search's first trials, before the champion's own (see `CandidatesConfig.warm_start_from_champion`);
+    `warm_n_trials` (None: `n_trials`) is the budget of a search that starts from the champion's params.
+    `pruning_warmup_rounds` (boosting rounds only; None: prune between folds
     only) reports each fold's validation loss to the pruner every few boosting rounds and lets it stop a
     trial mid-fold once this many rounds are done (not earlier: a high learning rate always looks better
     at first).
@@ -284,8 +301,33 @@ class FamilyConfig(Strict):
     n_trials: int | None = Field(default=None, ge=1)
     timeout_seconds: float | None = Field(default=None, gt=0)
     early_stopping_rounds: int | None = Field(default=None, ge=1)
-    refit_learning_rate_divisor: float = Field(default=1.0, ge=1.0)
+    refit_learning_rate_divisors: tuple[float, ...] = Field(default=(1.0,), min_length=1)
+    refit_tolerance: float = Field(default=0.0002, ge=0.0)
     pruning_warmup_rounds: int | None = Field(default=None, ge=1)
+    warm_start: tuple[dict[str, Any], ...] = ()
+    warm_n_trials: int | None = Field(default=None, ge=1)
+
+    @field_validator("refit_learning_rate_divisors")
+    @classmethod
+    def _divisors(cls, divisors: tuple[float, ...]) -> tuple[float, ...]:
+        """Positive and distinct, sorted: the refit tries the fewest trees first."""
+        if any(d <= 0 for d in divisors) or len(set(divisors)) != len(divisors):
+            raise ValueError(f"refit_learning_rate_divisors must be distinct numbers > 0, got {list(divisors)}")
+        return tuple(sorted(divisors))
+
+    @model_validator(mode="after")
+    def _warm_start_in_space(self) -> FamilyConfig:
+        """Every warm-start value names a dimension of `space` and lies inside it (the key path says which)."""
+        for k, config in enumerate(self.warm_start):
+            for name, value in config.items():
+                where = f"warm_start[{k}].{name}"
+                if name not in self.space:
+                    dims = ", ".join(self.space) or "empty"
+                    raise ValueError(f"{where}: not a dimension of the search space ({dims})")
+                problem = self.space[name].outside(value)
+                if problem:
+                    raise ValueError(f"{where}: {value!r} {problem}")
+        return self
 
 
 def _default_space(record: Family) -> dict[str, dict[str, Any]]:
@@ -331,6 +373,10 @@ class CandidatesConfig(Strict):
     features to 1 (the score may only rise with it) or -1; families whose record has a `monotone_param`
     (LightGBM, HistGradientBoosting, random forest) are built with those constraints (logreg / ridge cannot
     be: the directional gate still checks whatever wins).
+
+    `warm_start_from_champion`: each family's search first tries the hyperparameters the current champion
+    (`promote.model_name@alias`) was tuned to when it is of that family (its dimensions inside the space),
+    after the family's own `warm_start` list; the champion then enters the stage's cache key.
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -342,6 +388,7 @@ class CandidatesConfig(Strict):
     parallel_trials: int = Field(default=1, ge=1)
     storage: str | None = None
     monotone: dict[str, Literal[-1, 1]] = {}
+    warm_start_from_champion: bool = False
 
     @model_validator(mode="before")
     @classmethod

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
-from threadpoolctl import threadpool_limits
 
-from adapters.jsonfile import write_json
+from adapters import mlflow_registry as registry
+from adapters.jsonfile import read_json, write_json
 from adapters.mlflow_runs import open_run
 from engine.context import StageContext, clear_outputs, finish, stage_run
 from engine.progress import Reporter, artifact_key
@@ -83,6 +83,7 @@ class FamilyOutcome:
     fit_seconds: float
     predict_rows_per_second: float
     final_params: dict[str, Any] | None = None
+    refits: list[dict[str, Any]] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The summary.json entry (timings are dropped from the file by `_stable`)."""
@@ -93,12 +94,84 @@ class FamilyOutcome:
             "final_fit": "train + valid",
             "best_params": self.result.best_params,
             "final_params": self.final_params,
+            "refits_on_train": self.refits,
             "n_trials": len(self.result.trials),
             "n_pruned": self.result.n_pruned,
             "tuning_seconds": round(self.result.seconds, 3),
             "fit_seconds": round(self.fit_seconds, 3),
             "predict_rows_per_second": round(self.predict_rows_per_second),
         }
+
+
+WARM_FROM = "warm_start_from"
+"""summary.json key: the champion model hash whose tuned params warm-started the searches (None: none did)."""
+
+
+def warm_source(ctx: StageContext) -> str | None:
+    """The champion (model hash) whose tuned params warm-start the searches, or None; also the cache input.
+
+    A champion trained on other data (a scheduled retrain on new rows) is the source. One trained on this very
+    data (typically this workspace's last run, promoted) is not a new input: the source recorded with the
+    current outputs is kept, so an unchanged rerun after a promotion stays a cache hit.
+    """
+    cfg, promote = ctx.params.candidates, ctx.params.promote
+    if not cfg.warm_start_from_champion:
+        return None
+    current = registry.champion(ctx.tracking.tracking_uri, promote.model_name, promote.alias)
+    if current is None or not current.get("model_hash"):
+        return None
+    if current.get("data_hash") != ctx.tracking.tags.get("retrain.data_hash"):
+        return str(current["model_hash"])
+    summary = ctx.path(f"{CANDIDATES}/summary.json")
+    return read_json(summary).get(WARM_FROM) if summary.is_file() else None
+
+
+def warm_input(ctx: StageContext) -> dict[str, str]:
+    """The stage's cache input from outside the workspace: the warm-start source (nothing when it is off)."""
+    if not ctx.params.candidates.warm_start_from_champion:
+        return {}
+    return {WARM_FROM: warm_source(ctx) or "none"}
+
+
+def logged_value(text: str) -> Any:
+    """A param MLflow holds as a string, read back as YAML (numbers, booleans, lists); the string if it is not YAML."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def champion_params(ctx: StageContext, model_hash: str, families: list[str]) -> dict[str, dict[str, Any]]:
+    """Each family's tuned params from the latest finished candidates run of the model version with this hash.
+
+    Found by the version's data and params hashes (the run that tuned it, or an identical earlier one when
+    the stage was cached); values are parsed back from MLflow's strings. Families without such a run are left out.
+    """
+    client = MlflowClient(ctx.tracking.tracking_uri)
+    name = ctx.params.promote.model_name
+    version = registry.find_version(client, name, model_hash)
+    if version is None:
+        logger.warning("candidates: no registered version of %s has model hash %s; no warm start", name, model_hash)
+        return {}
+    tags = client.get_model_version(name, version).tags
+    found: dict[str, dict[str, Any]] = {}
+    for family in families:
+        runs = client.search_runs(
+            [ctx.tracking.experiment_id],
+            filter_string=(
+                f"attributes.run_name = 'candidates/{family}' and attributes.status = 'FINISHED' "
+                f"and tags.`retrain.data_hash` = '{tags.get('retrain.data_hash')}' "
+                f"and tags.`retrain.params_hash` = '{tags.get('retrain.params_hash')}'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if runs:
+            found[family] = {k: logged_value(v) for k, v in runs[0].data.params.items()}
+    logger.info("candidates: warm start from champion v%s (%s): %s", version, model_hash[:12], sorted(found))
+    return found
 
 
 def cv_design(ctx: StageContext, train: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series | None, bool]:
@@ -120,11 +193,18 @@ def cv_design(ctx: StageContext, train: pd.DataFrame) -> tuple[pd.DataFrame, pd.
 
 
 def fit_family(
-    family: str, d: Design, cfg: CandidatesConfig, directory: Path, *, storage: Any = None, study: str | None = None
+    family: str,
+    d: Design,
+    cfg: CandidatesConfig,
+    directory: Path,
+    *,
+    storage: Any = None,
+    study: str | None = None,
+    warm_start: tuple[dict[str, Any], ...] = (),
 ) -> FamilyOutcome:
-    """Search, refit on train (valid score), refit on train + valid and save the final model."""
-    from retrain.models.estimators import monotone_params, pipeline_scores, save_model
-    from retrain.models.tuning import fit_model, plan_threads, trial_budget
+    """Search (warm-started), refit on train (valid score, refit rounds chosen), refit on train + valid, save."""
+    from retrain.models.estimators import monotone_params, save_model
+    from retrain.models.tuning import choose_refit, fit_model, plan_threads, trial_budget
 
     dataset = d.dataset
     family_cfg = cfg.family(family)
@@ -133,22 +213,32 @@ def fit_family(
         family_cfg = family_cfg.model_copy(update={"fixed": {**family_cfg.fixed, **constraints}})
     elif cfg.monotone:
         logger.warning("candidates: %s cannot be built with monotone constraints %s", family, dict(cfg.monotone))
+    if warm_start and family_cfg.warm_n_trials is not None:
+        family_cfg = family_cfg.model_copy(update={"n_trials": family_cfg.warm_n_trials})
     progress = Reporter(artifact_key=artifact_key("retrain-tuning", family), log=logger)
     progress.start("candidates", trial_budget(family_cfg, cfg.n_trials), f"tuning {family}")
     try:
-        result = tune_family(family, family_cfg, d, cfg, storage, study, progress)
+        result = tune_family(family, family_cfg, d, cfg, storage, study, progress, warm_start)
     finally:
         progress.finish(log=False)  # tuning's own line closes the search (best CV, trials, pruned, seconds)
     _, threads = plan_threads(result.threads, 1)
     fit = dict(numeric=dataset.numeric, categorical=dataset.categorical, task=dataset.task, threads=threads)
-    started = time.perf_counter()
-    train_model = fit_model(family, result.refit_params(len(d.X_train)), d.X_train, d.y_train, **fit)
-    fit_seconds = time.perf_counter() - started
+    kept = choose_refit(
+        family,
+        result,
+        d.X_train,
+        d.y_train,
+        d.X_valid,
+        d.y_valid,
+        metric=d.metric,
+        n_classes=d.n_classes,
+        divisors=family_cfg.refit_learning_rate_divisors,
+        tolerance=family_cfg.refit_tolerance,
+        **fit,
+    )
+    train_model, valid_scores, fit_seconds = kept.model, kept.valid_scores, kept.fit_seconds
     logger.info("candidates: %s refit on train (%d rows) in %.1f s", family, len(d.X_train), fit_seconds)
-    started = time.perf_counter()
-    with threadpool_limits(limits=threads):
-        valid_scores = pipeline_scores(train_model, d.X_valid, dataset.task, d.n_classes)
-    rate = len(d.X_valid) / max(time.perf_counter() - started, 1e-9)
+    rate = len(d.X_valid) / max(kept.predict_seconds, 1e-9)
     X_full = pd.concat([d.X_train, d.X_valid], ignore_index=True)
     y_full = np.concatenate([d.y_train, d.y_valid])
     final_params = result.refit_params(len(X_full))
@@ -159,8 +249,9 @@ def fit_family(
     started = time.perf_counter()
     save_model(final_model, family, dataset.features, directory, task=dataset.task, labels=d.labels)
     logger.info("candidates: %s saved in %.1f s", family, time.perf_counter() - started)
-    valid_score = score(d.metric, d.y_valid, valid_scores)
-    return FamilyOutcome(result, train_model, final_model, valid_scores, valid_score, fit_seconds, rate, final_params)
+    outcome = FamilyOutcome(result, train_model, final_model, valid_scores, kept.valid_score, fit_seconds, rate)
+    outcome.final_params, outcome.refits = final_params, kept.tried
+    return outcome
 
 
 def tune_family(
@@ -171,8 +262,9 @@ def tune_family(
     storage: Any,
     study: str | None,
     progress: Reporter,
+    warm_start: tuple[dict[str, Any], ...] = (),
 ) -> TuningResult:
-    """The family's Optuna search on train, each finished trial moving `progress` (bar, artifact)."""
+    """The family's Optuna search on train (warm-started), each finished trial moving `progress` (bar, artifact)."""
     from retrain.models.tuning import tune
 
     dataset = d.dataset
@@ -195,16 +287,25 @@ def tune_family(
         storage=storage,
         study_name=study,
         on_trial=lambda _family, done, _budget: progress.advance(done=done),
+        warm_start=warm_start,
     )
 
 
 def fit_family_at(
-    family: str, d: Design, cfg: CandidatesConfig, directory: Path, storage_spec: str | None, root: Path, study: str
+    family: str,
+    d: Design,
+    cfg: CandidatesConfig,
+    directory: Path,
+    storage_spec: str | None,
+    root: Path,
+    study: str,
+    warm_start: tuple[dict[str, Any], ...] = (),
 ) -> FamilyOutcome:
     """`fit_family` wherever it runs: the Optuna storage is opened there (a storage object does not travel)."""
     from retrain.models.tuning import optuna_storage
 
-    return fit_family(family, d, cfg, directory, storage=optuna_storage(storage_spec, root), study=study)
+    storage = optuna_storage(storage_spec, root)
+    return fit_family(family, d, cfg, directory, storage=storage, study=study, warm_start=warm_start)
 
 
 def fit_stacking(bases: dict[str, FamilyOutcome], d: Design, cfg: CandidatesConfig, directory: Path) -> FamilyOutcome:
@@ -283,6 +384,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         logger.info("candidates: %s task, %s CV folds, metric %s", dataset.task, folds, metric)
         if "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL" not in os.environ:
             mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL)
+        source = ctx.external.get(WARM_FROM, "none") if WARM_FROM in ctx.external else warm_source(ctx)
+        source = None if source in (None, "none") else source
+        warm = champion_params(ctx, source, bases) if source else {}
         calls = {
             family: dict(
                 family=family,
@@ -292,6 +396,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 storage_spec=cfg.storage,
                 root=ctx.root,
                 study=f"{family}-{active.info.run_id}",
+                warm_start=(warm[family],) if family in warm else (),
             )
             for family in bases
         }
@@ -323,6 +428,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 "metric": metric,
                 "direction": get_metric(metric).direction,
                 "task": dataset.task,
+                WARM_FROM: source,
                 "families": _stable(summary),
             },
         )
@@ -396,4 +502,5 @@ STAGE = Stage(
     deps=(SPLITS["train"], SPLITS["valid"]),
     outs=(CANDIDATES,),
     params=("candidates", *DATASET_KEYS, "split.group_column", "split.time_column", "evaluate.metric", "seed"),
+    key_inputs=warm_input,
 )

@@ -94,6 +94,7 @@ def _environment() -> Iterator[None]:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")  # `dvc init` would fork an analytics daemon per project
     os.environ.setdefault("GIT_AUTHOR_NAME", "test")
+    os.environ.setdefault("RETRAIN_COMPILED", "off")  # no compile child per pyfunc load; tests/unit/test_compiled.py
     yield
     os.environ.clear()
     os.environ.update(saved)

@@ -14,6 +14,10 @@ its own budget (`n_trials`, `timeout_seconds`); once one trial has completed, a 
 timeout is stopped there (pruned: inside the boosting loop, else between folds) instead of running past
 it. Parallel trials never oversubscribe the cores: threads per model x parallel trials <= os.cpu_count();
 how a family takes its thread count is its record's `threads` (retrain/models/families.py).
+
+A search can be warm-started: declared configs (`warm_start`) and the caller's (the champion's params) are
+enqueued as its first trials. After it, `choose_refit` refits the best params on train at each learning-rate
+divisor and keeps the fewest trees whose valid score is within a tolerance of the best (deterministic).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,20 +86,43 @@ class TuningResult:
     fold_rows: float = 0.0
     refit_divisor: float = 1.0
 
-    def refit_params(self, n_rows: int) -> dict[str, Any]:
+    @property
+    def rounds_tuned(self) -> bool:
+        """True when the search early-stopped boosting rounds (the refit's rounds and learning rate can move)."""
+        return (
+            "n_estimators" in self.best_params
+            and bool(self.fold_rows)
+            and any("n_estimators" in t for t in self.trials)
+        )
+
+    def refit_params(self, n_rows: int, divisor: float | None = None) -> dict[str, Any]:
         """Best params for a refit on n_rows: early-stopped rounds scaled to the data, learning rate divided.
 
         The folds' mean best round count was found on `fold_rows` rows; more rows support more rounds,
-        scaled by sqrt(n_rows / fold_rows) (checked on valid, never on test). With a divisor d > 1 the
-        refit learns d times slower for d times more rounds.
+        scaled by sqrt(n_rows / fold_rows) (checked on valid, never on test). With a divisor d (default
+        `refit_divisor`, the one `choose_refit` kept) the refit learns d times slower for d times the rounds.
         """
+        divisor = self.refit_divisor if divisor is None else divisor
         params = dict(self.best_params)
-        if "n_estimators" in params and self.fold_rows and any("n_estimators" in t for t in self.trials):
-            scale = math.sqrt(max(n_rows / self.fold_rows, 1.0)) * self.refit_divisor
+        if self.rounds_tuned:
+            scale = math.sqrt(max(n_rows / self.fold_rows, 1.0)) * divisor
             params["n_estimators"] = max(1, round(params["n_estimators"] * scale))
-            if self.refit_divisor != 1.0 and "learning_rate" in params:
-                params["learning_rate"] = params["learning_rate"] / self.refit_divisor
+            if divisor != 1.0 and "learning_rate" in params:
+                params["learning_rate"] = params["learning_rate"] / divisor
         return params
+
+
+@dataclass
+class RefitChoice:
+    """The train-only refit that was kept: its divisor, model, valid scores, and every refit tried."""
+
+    divisor: float
+    model: Pipeline
+    valid_scores: np.ndarray
+    valid_score: float
+    fit_seconds: float
+    predict_seconds: float
+    tried: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -329,6 +356,80 @@ def cv_evaluate(
     return float(np.mean(scores)), oof, rounds
 
 
+def within(value: float, best: float, tolerance: float, maximize: bool) -> bool:
+    """True when `value` is no worse than `best` by more than `tolerance` x |best| (a relative tolerance)."""
+    margin = tolerance * abs(best)
+    return value >= best - margin if maximize else value <= best + margin
+
+
+def choose_refit(
+    family: str,
+    result: TuningResult,
+    X_train: pd.DataFrame,
+    y_train: np.ndarray,
+    X_valid: pd.DataFrame,
+    y_valid: np.ndarray,
+    *,
+    metric: str,
+    numeric: list[str],
+    categorical: list[str],
+    task: str,
+    n_classes: int,
+    threads: int,
+    divisors: Sequence[float] = (1.0,),
+    tolerance: float = 0.0,
+) -> RefitChoice:
+    """Refit the best params on train once per learning-rate divisor; keep the fewest trees that score as well.
+
+    Each divisor d refits with learning_rate / d and d x the rounds; the refit with the fewest trees whose
+    valid score is within `tolerance` (relative) of the best refit's is kept, and `result.refit_divisor` is set
+    to its d (the train + valid refit uses it). Deterministic: the same fits in the same order, ties go to
+    fewer trees. A family without tuned boosting rounds is refitted once, as tuned.
+    """
+    maximize = get_metric(metric).optuna_direction == "maximize"
+    fits: list[RefitChoice] = []
+    for divisor in sorted(divisors) if result.rounds_tuned else [1.0]:
+        params = result.refit_params(len(X_train), divisor)
+        started = time.perf_counter()
+        model = fit_model(
+            family, params, X_train, y_train, numeric=numeric, categorical=categorical, task=task, threads=threads
+        )
+        fitted = time.perf_counter() - started
+        started = time.perf_counter()
+        with threadpool_limits(limits=threads):
+            scores = pipeline_scores(model, X_valid, task, n_classes)
+        predicted = time.perf_counter() - started
+        value = score(metric, y_valid, scores)
+        fits.append(RefitChoice(divisor, model, scores, value, fitted, predicted))
+        logger.info(
+            "%s: refit on train with learning_rate / %g (%s trees) in %.1f s: valid %s %.5f",
+            family, divisor, params.get("n_estimators", "-"), fitted, metric, value,
+        )  # fmt: skip
+    finite = [f.valid_score for f in fits if math.isfinite(f.valid_score)]
+    best = (max(finite) if maximize else min(finite)) if finite else math.nan
+    kept = next((f for f in fits if finite and within(f.valid_score, best, tolerance, maximize)), fits[0])
+    kept.tried = [
+        {
+            "learning_rate_divisor": f.divisor,
+            "n_estimators": result.refit_params(len(X_train), f.divisor).get("n_estimators"),
+            f"valid_{metric}": f.valid_score,
+        }
+        for f in fits
+    ]
+    if len(fits) > 1:
+        logger.info(
+            "%s: kept the refit with learning_rate / %g (fewest trees within %g (relative) of the best valid %s %.5f)",
+            family, kept.divisor, tolerance, metric, best,
+        )  # fmt: skip
+    result.refit_divisor = kept.divisor
+    return kept
+
+
+def in_space(params: Mapping[str, Any], space: Mapping[str, ParamRange]) -> dict[str, Any]:
+    """The params that are points of the search space (a champion tuned over another space keeps the rest out)."""
+    return {k: v for k, v in params.items() if k in space and space[k].outside(v) is None}
+
+
 def make_folds(
     y: np.ndarray,
     n_folds: int,
@@ -381,6 +482,21 @@ def make_folds(
     return [(a, b) for a, b in splitter.split(placeholder, y)]
 
 
+def enqueue_warm_start(
+    study: optuna.Study, configs: Sequence[Mapping[str, Any]], space: Mapping[str, ParamRange], family: str
+) -> None:
+    """Enqueue each warm-start config (cut to the space; duplicates once) as the study's next trials."""
+    seen: list[dict[str, Any]] = []
+    for config in configs:
+        params = in_space(config, space)
+        if not params or params in seen:
+            continue
+        seen.append(params)
+        study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+    if seen:
+        logger.info("%s: %d warm-start trial(s) first: %s", family, len(seen), seen)
+
+
 def tune(
     family: str,
     cfg: FamilyConfig,
@@ -401,6 +517,7 @@ def tune(
     storage: BaseStorage | str | None = None,
     study_name: str | None = None,
     on_trial: TrialCallback | None = None,
+    warm_start: Sequence[Mapping[str, Any]] = (),
 ) -> TuningResult:
     """TPE search over the family's space, each trial scored by k-fold CV on the training split.
 
@@ -408,6 +525,8 @@ def tune(
     so trial values and the CV score are real metric values. The budget is `cfg.n_trials` (default
     `n_trials`) and `cfg.timeout_seconds`. With `parallel_trials` 1 (the default) and no timeout the
     search is reproducible; parallel TPE trials are not. `on_trial` hears of every finished trial.
+    The first trials are `cfg.warm_start` then `warm_start` (e.g. the champion's params, from the caller),
+    each cut to the space and enqueued once; they count towards the budget.
     """
     started = time.perf_counter()
     folds = make_folds(y, n_folds, seed, task=task, groups=groups, ordered=ordered, labels=labels)
@@ -454,6 +573,7 @@ def tune(
         storage=storage,
         study_name=study_name,
     )
+    enqueue_warm_start(study, [*cfg.warm_start, *warm_start], cfg.space, family)
     budget = trial_budget(cfg, n_trials)
     progress = Progress(family, metric, budget, cfg.timeout_seconds, started, on_trial)
     study.optimize(objective, n_trials=budget, timeout=cfg.timeout_seconds, n_jobs=parallel, callbacks=[progress])
@@ -505,5 +625,5 @@ def tune(
         n_pruned=pruned,
         threads=threads,
         fold_rows=float(np.mean([len(train_idx) for train_idx, _ in folds])),
-        refit_divisor=cfg.refit_learning_rate_divisor if early else 1.0,
+        refit_divisor=cfg.refit_learning_rate_divisors[0] if early else 1.0,
     )

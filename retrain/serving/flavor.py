@@ -20,12 +20,20 @@ MODULE = __name__
 
 
 def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> ServingModel:
-    """What `mlflow.pyfunc.load_model` calls with the model directory (MLmodel `data`); model_config is unused."""
-    return load_serving_model(Path(data_path))
+    """What `mlflow.pyfunc.load_model` calls with the model directory (MLmodel `data`); model_config is unused.
+
+    The compiled forest follows `RETRAIN_COMPILED` (default `background`: the booster serves until it is ready).
+    """
+    from retrain.serving.compiled import compile_mode
+
+    return load_serving_model(Path(data_path), compiled=compile_mode())
 
 
-def load_serving_model(model_dir: Path) -> ServingModel:
-    """The object the registered pyfunc predicts with, loaded in this process (latency gate, benchmarks, tests)."""
+def load_serving_model(model_dir: Path, compiled: str = "off") -> ServingModel:
+    """The object the registered pyfunc predicts with, loaded in this process (latency gate, benchmarks, tests).
+
+    `compiled` defaults to `off`: the evaluate stage's latency gate times the booster path, with no compile competing.
+    """
     from retrain.serving.predict import ServingModel  # here: naming this module (packaging) must not load LightGBM
 
-    return ServingModel(Path(model_dir))
+    return ServingModel(Path(model_dir), compiled=compiled)

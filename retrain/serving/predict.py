@@ -12,8 +12,12 @@ probable label), `confidence` (its probability) and `decision` (the label, or "a
 confidence is under the threshold stored in the model directory's `confidence.json`).
 
 LightGBM models are served by `FastLightGBM`: the same encoding as `retrain.models.estimators.encode_frame` written
-straight into a float array (no pandas Categorical per call), so a single row costs a fraction of a
-millisecond; its scores equal `LightGBMPredictor.predict_scores` exactly (tests/unit/test_latency.py).
+straight into a float array (no pandas Categorical per call; a batch's Arrow string columns are looked up with
+`pyarrow.compute.index_in`, ~30x faster than object arrays), so a single row costs a fraction of a millisecond; its
+scores equal `LightGBMPredictor.predict_scores` exactly (tests/tasks/test_serving.py). With a compiled mode
+(`retrain.serving.compiled`: `background` in the MLflow pyfunc loader and `retrain serve-model`, `off` for the
+evaluate stage's gates) the booster is swapped for its lleaves-compiled forest once that is built and checked (equal
+within 1e-12). `ServingModel.predict_rows` scores parsed JSON rows without building a DataFrame (serve-model).
 
 Threads follow each family's serving rule (`Threads` in retrain/models/families.py, applied by the loader
 `load_predictor` through `ServeThreads`): a request of at most `SERVE_ONE_THREAD_ROWS` rows on one thread, a larger
@@ -42,6 +46,7 @@ from retrain.models.estimators import (
     serve_output,
     task_scores,
 )
+from retrain.serving.compiled import CompiledBooster
 
 CONFIDENCE_FILE = "confidence.json"
 """The confidence threshold stored with the model: {"threshold": float, "labels": [...]}."""
@@ -73,8 +78,22 @@ class FastLightGBM:
         self.codes = {c: {v: float(i) for i, v in enumerate(cats)} for c, cats in predictor.categories.items()}
         self.indexes = {c: pd.Index(cats, dtype=object) for c, cats in predictor.categories.items()}
         self.n_classes = len(predictor.labels or ()) or 2
+        self.raw_is_score = predictor.task == "regression" or (
+            predictor.task == "binary" and list(predictor.classes) == [0, 1]
+        )  # the booster's output is already the score: `task_scores` would copy it unchanged
         self.serve = predictor.serve
+        self.compiled: CompiledBooster | None = None
+        self._value_sets: dict[str, Any] = {}
+        self._last_columns: tuple[pd.Index, tuple[Any, ...]] | None = None
         self._positions: dict[tuple[Any, ...], tuple[list[int], list[tuple[int, dict[str, float]]]]] = {}
+
+    def start_compiled(self, mode: str) -> CompiledBooster | None:
+        """Build the compiled forest (`wait`), start building it (`background`), or not (`off`)."""
+        if mode == "off":
+            return None
+        sizes = [len(cats) for cats in self.predictor.categories.values()]
+        self.compiled = CompiledBooster(self.booster, sizes).start(mode)
+        return self.compiled
 
     @property
     def threads(self) -> int:
@@ -97,16 +116,31 @@ class FastLightGBM:
             else:
                 out[:, j] = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         for j, column in enumerate(self.categorical, start=len(self.numeric)):
-            raw = X[column].to_numpy(dtype=object)
-            missing = pd.isna(raw)
-            found = self.indexes[column].get_indexer(np.where(missing, None, raw).astype(str)).astype(np.float64)
-            found[(found < 0) | missing] = np.nan
-            out[:, j] = found
+            out[:, j] = self._category_codes(column, X[column])
         return out
 
-    def _encode_rows(self, X: pd.DataFrame) -> np.ndarray:
-        """Few rows (online requests): one object array and plain Python per value beat per-column pandas calls."""
-        columns = tuple(X.columns)
+    def _category_codes(self, column: str, values: pd.Series) -> np.ndarray:
+        """Category index per value as float (NaN: missing or unseen); Arrow strings by hash lookup, no Python loop."""
+        dtype = values.dtype
+        if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+            import pyarrow as pa  # pandas' own string storage
+            import pyarrow.compute as pc
+
+            array = pa.array(values.array)
+            value_set = self._value_sets.get(column)
+            if value_set is None or value_set.type != array.type:
+                value_set = self._value_sets[column] = pa.array(self.predictor.categories[column], type=array.type)
+            found = np.asarray(pc.index_in(array, value_set=value_set).fill_null(-1), dtype=np.float64)
+        else:
+            raw = values.to_numpy(dtype=object)
+            missing = pd.isna(raw)
+            found = self.indexes[column].get_indexer(np.where(missing, None, raw).astype(str)).astype(np.float64)
+            found[missing] = np.nan
+        found[found < 0] = np.nan
+        return found
+
+    def layout(self, columns: tuple[Any, ...]) -> tuple[list[int], list[tuple[int, dict[str, float]]]]:
+        """Positions of the numeric and categorical features in a column layout (remembered per layout)."""
         positions = self._positions.get(columns)
         if positions is None:
             where = {c: i for i, c in enumerate(columns)}
@@ -116,8 +150,11 @@ class FastLightGBM:
             )
             if len(self._positions) < LAYOUT_CACHE:
                 self._positions[columns] = positions
-        numeric, categorical = positions
-        rows = X.to_numpy(dtype=object)
+        return positions
+
+    def encode_lists(self, columns: tuple[Any, ...], rows: Sequence[Sequence[Any]]) -> np.ndarray:
+        """Rows as Python sequences (parsed JSON, an object array) straight into the float array, no pandas."""
+        numeric, categorical = self.layout(columns)
         return np.array(
             [
                 [_number(row[i]) for i in numeric]
@@ -127,10 +164,40 @@ class FastLightGBM:
             dtype=np.float64,
         ).reshape(len(rows), len(self.numeric) + len(self.categorical))
 
+    def _encode_rows(self, X: pd.DataFrame) -> np.ndarray:
+        """Few rows (online requests): plain Python per value beats per-column pandas calls.
+
+        The values come from pandas' column iterator (a view per column, ~4x cheaper than `to_numpy(dtype=object)` on
+        a mixed-dtype row); a pandas without it gets `to_numpy`.
+        """
+        columns = self.columns_key(X.columns)
+        arrays = getattr(X, "_iter_column_arrays", None)
+        rows = list(zip(*arrays(), strict=True)) if arrays is not None else X.to_numpy(dtype=object)
+        return self.encode_lists(columns, rows)
+
+    def columns_key(self, columns: pd.Index) -> tuple[Any, ...]:
+        """A frame's column names as a tuple; the last Index is remembered by identity (no tuple per request)."""
+        last = self._last_columns
+        if last is not None and last[0] is columns:
+            return last[1]
+        key = tuple(columns)
+        self._last_columns = (columns, key)
+        return key
+
     def predict_scores(self, X: pd.DataFrame) -> np.ndarray:
         """Scores in the task's shape, equal to `LightGBMPredictor.predict_scores`; large batches use every core."""
-        encoded = self.encode(X)
-        raw = self.booster.predict(encoded, num_threads=self.serve.threads(len(encoded)))
+        return self.scores_of(self.encode(X))
+
+    def scores_of(self, encoded: np.ndarray) -> np.ndarray:
+        """Scores of encoded rows: the compiled forest once it is ready, else the booster (same thread rule)."""
+        threads = self.serve.threads(len(encoded))
+        forest = self.compiled.forest if self.compiled is not None else None
+        if forest is not None:
+            raw = forest.predict(encoded, threads)
+        else:
+            raw = self.booster.predict(encoded, num_threads=threads)
+        if self.raw_is_score:
+            return np.asarray(raw, dtype=float).reshape(-1)
         return task_scores(np.asarray(raw), self.predictor.task, self.predictor.classes, self.n_classes)
 
 
@@ -210,12 +277,17 @@ class ServingModel:
     `predict(model_input, params=...)`.
     """
 
-    def __init__(self, model_dir: Path) -> None:
-        """Load the LightGBM text or the trusted-types skops file named by the manifest, and the threshold."""
+    def __init__(self, model_dir: Path, compiled: str = "off") -> None:
+        """Load the LightGBM text or the trusted-types skops file named by the manifest, and the threshold.
+
+        `compiled` (`retrain.serving.compiled.MODES`): whether each LightGBM part swaps to its compiled forest.
+        """
         self.predictor: Predictor = with_fast_bases(load_predictor(model_dir))
         self.fast: FastLightGBM | None = (
             FastLightGBM(self.predictor) if type(self.predictor) is LightGBMPredictor else None
         )
+        parts = fast_parts(self.fast or self.predictor)
+        self.compiled = [c for part in parts if (c := part.start_compiled(compiled)) is not None]
         self.features = list(self.predictor.features)
         self._checked: set[tuple[Any, ...]] = set()
         self.confidence = read_confidence(model_dir)
@@ -241,13 +313,33 @@ class ServingModel:
                 return _as_output(scores, self.predictor, model_input.index)
         return self._decide(scores, model_input.index)
 
+    def predict_rows(
+        self, columns: Sequence[str], rows: Sequence[Sequence[Any]], params: dict[str, Any] | None = None
+    ) -> np.ndarray | pd.DataFrame:
+        """`predict` of parsed JSON rows (lists in `columns` order) with no DataFrame built (a LightGBM model only)."""
+        if self.fast is None:
+            return self.predict(pd.DataFrame(list(rows), columns=list(columns)), params)
+        output = (params or {}).get("output") or "scores"
+        if output not in OUTPUTS:
+            raise ValueError(f"params.output must be one of {list(OUTPUTS)}, got {output!r}")
+        layout = tuple(columns)
+        self._check_layout(layout)
+        scores = self.fast.scores_of(self.fast.encode_lists(layout, rows))
+        index = pd.RangeIndex(len(rows))
+        if output == "scores":
+            return _as_output(scores, self.predictor, index)
+        return self._decide(scores, index)
+
     def get_raw_model(self) -> ServingModel:
         """This object, for `mlflow.pyfunc.load_model(uri).get_raw_model()` (the pyfunc's own fast path)."""
         return self
 
     def _check_columns(self, X: pd.DataFrame) -> None:
         """Missing feature columns fail with their names; a column layout seen before is not checked again."""
-        columns = tuple(X.columns)
+        self._check_layout(self.fast.columns_key(X.columns) if self.fast is not None else tuple(X.columns))
+
+    def _check_layout(self, columns: tuple[Any, ...]) -> None:
+        """`_check_columns` of a layout (the column names in order)."""
         if columns in self._checked:
             return
         present = set(columns)
@@ -266,6 +358,17 @@ class ServingModel:
             )
         labels = self.predictor.labels or self.confidence["labels"]
         return decisions(scores, self.predictor.task, labels, self.confidence["threshold"], index)
+
+
+def fast_parts(predictor: Predictor | FastLightGBM) -> list[FastLightGBM]:
+    """The FastLightGBM parts of a served model (itself, a calibrated model's inner model, stacking bases)."""
+    if isinstance(predictor, FastLightGBM):
+        return [predictor]
+    if type(predictor) is CalibratedPredictor:
+        return fast_parts(predictor.inner)
+    if type(predictor) is StackingPredictor:
+        return [part for base in predictor.bases for part in fast_parts(base)]
+    return []
 
 
 def _as_output(scores: np.ndarray, predictor: Predictor, index: pd.Index) -> np.ndarray | pd.DataFrame:

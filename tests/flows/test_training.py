@@ -36,7 +36,8 @@ def client(root: Path) -> MlflowClient:
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
-    code = main(["run", "--json", *args])
+    """`retrain run --json --force ARGS` (--force: the flow even when nothing changed; the no-op has its own tests)."""
+    code = main(["run", "--json", "--force", *args])
     out = capsys.readouterr().out
     assert out.strip(), f"no --json output (exit {code})"
     try:
@@ -124,10 +125,29 @@ def test_rerun_is_all_cache_hits_and_registers_nothing(project: Path, use_root, 
     assert outcome_markdown(summary["prefect_flow_run_id"]).startswith(f"## Kept: {MODEL}"), "the run's own artifact"
 
 
+def test_an_unchanged_rerun_is_a_no_op_and_a_scheduled_one_is_recorded(project, use_root, capsys, monkeypatch) -> None:
+    """Nothing changed since the (forced) rerun above: `retrain run` stops before the flow (engine/noop.py); a
+    scheduled run still appears in Prefect, in state Unchanged with its artifact, and opens no MLflow run."""
+    use_root(project)
+    experiment = client(project).get_experiment_by_name("retrain-adult").experiment_id
+    runs_before = len(client(project).search_runs([experiment]))
+    code = main(["run", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["noop"] is True and summary["promotion"] == "unchanged", summary
+    assert summary["prefect_flow_run_id"] is None and summary["mlflow_run_id"] is None, "a CLI no-op starts no run"
+    monkeypatch.setenv("RETRAIN_TRIGGER", "schedule")
+    code, summary = run_cli([], capsys)
+    assert code == 0 and summary["noop"] is True, summary
+    kind, name, message = state_history(summary["prefect_flow_run_id"])[-1]
+    assert (kind, name) == ("COMPLETED", "Unchanged") and "nothing changed" in message, (kind, name, message)
+    assert outcome_markdown(summary["prefect_flow_run_id"]).startswith("## Unchanged"), "the no-op's artifact"
+    assert len(client(project).search_runs([experiment])) == runs_before, "a no-op opens no MLflow run"
+
+
 CACHED_RUN_PROBE = """
 import json, sys
 from flows.cli import main
-code = main(["run", "--json"])
+code = main(["run", "--json", "--force"])
 loaded = sorted(m for m in sys.modules if m.startswith("retrain.") or m.split(".")[0] in LIBRARIES)
 print(json.dumps({"code": code, "loaded": loaded}), file=sys.stderr)
 """

@@ -56,6 +56,10 @@ MODELS = {
 
 PROBE = r"""
 import json, os, sys, threading, time
+import numpy  # its OpenBLAS starts a worker thread per extra core
+NUMPY_THREADS = os.listdir("/proc/self/task")
+import scipy.linalg  # scipy's own OpenBLAS, a second worker (imported by scikit-learn anyway)
+SCIPY_THREADS = os.listdir("/proc/self/task")
 import pandas as pd
 from pathlib import Path
 from retrain.serving.predict import ServingModel  # what the pyfunc loads (test_the_pyfunc_serves_...)
@@ -85,35 +89,79 @@ def others_ran(before, after):
 def count():
     return len(os.listdir("/proc/self/task"))
 
-def settle(timeout=10.0):
-    # wait until no other thread is on a CPU for 0.2 s (OpenMP workers finishing a region, on a loaded machine
-    # only scheduled late), so what runs during a measurement was woken by it
+def asleep():
+    # the other threads' scheduler states: "R" is running or runnable (woken, e.g. an OpenMP worker leaving a
+    # region the caller already left, but not yet given a CPU), "S"/"D" is blocked until something wakes it
+    me, out = threading.get_native_id(), {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as handle:
+                out[int(tid)] = handle.read().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            pass
+    return all(state != "R" for tid, state in out.items() if tid != me)
+
+def settle(timeout=60.0):
+    # wait until every other thread is blocked and stays off the CPU for 0.2 s, so whatever runs during a
+    # measurement was woken by it. Quiet alone is not enough on a loaded machine: the OpenMP worker of the last
+    # LightGBM load still has to run to park itself after the caller returned (2-46 ms at load 17, probed), and
+    # a runnable worker denied a CPU for 0.2 s looks quiet, then runs inside the next window (the hgb flake).
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         start = cpu_by_thread()
-        time.sleep(0.2)
-        if not others_ran(start, cpu_by_thread()):
-            return
+        if asleep():
+            time.sleep(0.2)
+            if not others_ran(start, cpu_by_thread()) and asleep():
+                return True
+        else:
+            time.sleep(0.01)
+    return False
+
+def names(tids):
+    # "tid name (created by: step)" of the threads, for a failure message to name the library
+    census("measuring")  # a thread reads its name only once it runs (jemalloc's names itself jemalloc_bg_thd)
+    return [f"{tid} {COMMS.get(tid, '?')} (created by: {BORN.get(tid, '?')})" for tid in tids]
+
+BORN, COMMS = {}, {}
+def census(step, tids=None):
+    # remember which step created each thread (OpenBLAS at numpy import, the LightGBM OpenMP worker at a load...)
+    for tid in tids if tids is not None else os.listdir("/proc/self/task"):
+        BORN.setdefault(int(tid), step)
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as handle:
+                COMMS[int(tid)] = handle.read().strip()
+        except FileNotFoundError:
+            pass
 
 rows_file, singles, dirs = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+census("importing numpy (OpenBLAS)", NUMPY_THREADS)
+census("importing scipy (OpenBLAS)", SCIPY_THREADS)
+census("imports")
 X = pd.read_parquet(rows_file)
+census("read_parquet")
 rows = [X.iloc[[i]] for i in range(singles)]
-served = {name: ServingModel(Path(path)) for name, path in dirs.items()}
+served = {}
+for name, path in dirs.items():
+    served[name] = ServingModel(Path(path))
+    census(f"loading {name}")
 found = {name: {} for name in served}
 loaded = count()
 for name, model in served.items():  # every model's single rows before any batch: no pool exists yet
-    settle()  # OpenMP workers spin briefly after a region (loading LightGBM runs one)
+    settled = settle()  # the OpenMP worker of a LightGBM load parks itself after the load returned
     before, start = count(), cpu_by_thread()
     for row in rows:
         model.predict(row)
     end = cpu_by_thread()
+    census(f"{name} single rows")
     found[name].update(threads_loaded=loaded, threads_before=before, threads_after_singles=count(),
-                       others_ran_singles=others_ran(start, end))
+                       settled_singles=settled, others_ran_singles=names(others_ran(start, end)))
 for name, model in served.items():
-    settle()
+    settled = settle()
     start = cpu_by_thread()
     model.predict(X)
-    found[name].update(others_ran_batch=others_ran(start, cpu_by_thread()), threads_after_batch=count())
+    census(f"{name} batch")
+    found[name].update(others_ran_batch=names(others_ran(start, cpu_by_thread())), threads_after_batch=count(),
+                       settled_batch=settled)
 print(json.dumps(found))
 """
 """Load every model in one fresh interpreter as the pyfunc does (its `ServingModel`, without importing MLflow), then
@@ -121,8 +169,10 @@ run each model's single rows, then each model's batch, watching the process's OS
 
 Single rows come before any batch, so no prediction has started a thread pool when they run: a pool started by
 one model's single rows makes that model's thread count grow, and any other thread woken during them is seen.
-(Loading LightGBM does start its OpenMP pool, as it would in a process of its own.) One interpreter for all the
-models instead of one each: the imports cost ~2-4 s an interpreter."""
+(Loading LightGBM does start its OpenMP pool, as it would in a process of its own.) Before each measurement every
+other thread must be blocked (not runnable) and off the CPU for 0.2 s (`settle`); a thread that runs anyway is
+named with the step that created it. One interpreter for all the models instead of one each: the imports cost
+~2-4 s an interpreter."""
 
 
 def _fit(name: str, X: pd.DataFrame, y: np.ndarray) -> tuple[str, object]:
@@ -169,6 +219,7 @@ def probes(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 @pytest.mark.parametrize("name", list(MODELS))
 def test_single_rows_run_on_one_thread(probes: dict[str, dict], name: str) -> None:
     found = probes[name]
+    assert found["settled_singles"], f"{name}: the other threads never all went to sleep in 60 s before: {found}"
     assert found["threads_after_singles"] <= found["threads_before"], (
         f"{name}: {SINGLE_ROWS} single-row predictions started threads (a pool spawned): {found}"
     )
@@ -182,6 +233,7 @@ def test_large_batches_use_every_core_only_where_scores_stay_identical(probes: d
     if parallel:
         assert found["others_ran_batch"], f"{name}: a {BATCH_ROWS}-row batch ran on one of {available_cores()} cores"
     else:
+        assert found["settled_batch"], f"{name}: the other threads never all went to sleep in 60 s before: {found}"
         assert not found["others_ran_batch"], f"{name}: its batches must stay on one thread: {found}"
 
 

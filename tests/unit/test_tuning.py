@@ -224,11 +224,11 @@ def test_journal_storage_keeps_the_study(tmp_path: Path) -> None:
 
 def test_refit_scales_early_stopped_rounds_and_divides_the_learning_rate() -> None:
     X, y = lgbm_data(300)
-    cfg = LGBM.model_copy(update={"n_trials": 2, "refit_learning_rate_divisor": 2.0})
+    cfg = LGBM.model_copy(update={"n_trials": 2})
     result = tune("lightgbm", cfg, X, y, numeric=["a"], categorical=["c"], metric="roc_auc", n_trials=2,
                   n_folds=2, seed=0)  # fmt: skip
     best = result.best_params
-    refit = result.refit_params(round(result.fold_rows * 4))
+    refit = result.refit_params(round(result.fold_rows * 4), 2.0)
     assert refit["n_estimators"] == round(best["n_estimators"] * 2 * 2), "x sqrt(4) for 4x rows, x 2 for the divisor"
     assert refit["learning_rate"] == best["learning_rate"] / 2, "half the learning rate"
     plain = tune("logreg", FamilyConfig(fixed={"max_iter": 300}), X, y, numeric=["a"], categorical=["c"],
