@@ -484,6 +484,16 @@ def section(result: dict[str, Any]) -> str:
         load_note(result["load_start"][0], result["machine"]["cpu_count"]) + f" (start {result['load_start']}, "
         f"end {result['load_end']}).",
         "",
+        *(
+            [
+                "Parts run side by side, 1-minute load at start -> end: "
+                + "; ".join(f"{p['load_start'][0]:.1f} -> {p['load_end'][0]:.1f}" for p in result["parts"])
+                + ".",
+                "",
+            ]
+            if result.get("parts")
+            else []
+        ),
         verdict(result)[1],
         "",
         markdown_table(["model (test ROC AUC)", *(f"seed {s['seed']}" for s in seeds), "mean"], rows),

@@ -306,9 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=2000, help="timed single-row calls per layer")
     parser.add_argument("--batch-rows", type=int, default=100_000, help="rows of the batch (Adult rows repeated)")
     parser.add_argument("--fresh-cache", action="store_true", help="compile into an empty cache (times the compile)")
+    parser.add_argument("--quick", action="store_true", help="100 trees, 200 calls, 5,000 batch rows: a smoke test")
+    parser.add_argument("--repeats", type=int, default=None, help="accepted for `make bench`; one interleaved run")
     parser.add_argument("--serve", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--compiled", default="off", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.trees, args.calls, args.batch_rows = 100, 200, 5_000
     if args.serve is not None:
         serve_child(args.serve, args.compiled)
         return 0
