@@ -78,7 +78,7 @@ def sqlite_registry(uri: str, name: str, alias: str, model_hash: str) -> Registe
 
 
 def http_get(base: str, endpoint: str, query: Mapping[str, str]) -> dict[str, Any] | None:
-    """GET an MLflow REST endpoint; None for RESOURCE_DOES_NOT_EXIST, Changed for anything unexpected."""
+    """GET an MLflow REST endpoint; None for a missing model or alias, UnreadableError for anything unexpected."""
     import urllib.error
     import urllib.parse
     import urllib.request
@@ -91,6 +91,8 @@ def http_get(base: str, endpoint: str, query: Mapping[str, str]) -> dict[str, An
         body = exc.read().decode(errors="replace")
         if exc.code == 404 and "RESOURCE_DOES_NOT_EXIST" in body:
             return None
+        if exc.code == 400 and "INVALID_PARAMETER_VALUE" in body and " alias " in body and "not found" in body:
+            return None  # MLflow 3's answer for an alias that is not set ("Registered model alias X not found.")
         raise UnreadableError(f"registry {base}: {endpoint} answered {exc.code}") from None
     except (OSError, ValueError) as exc:
         raise UnreadableError(f"registry {base} not reachable by the fast path: {exc}") from None

@@ -184,3 +184,47 @@ def test_cli_no_op_imports_neither_prefect_nor_mlflow(promo: Path) -> None:
     summary = json.loads(done.stdout)
     assert summary["status"] == "completed" and summary["noop"] is True, summary
     assert "nothing changed, no run started" in done.stderr, done.stderr[-2000:]
+
+
+def test_http_registry_reader_agrees_with_sqlite(promo: Path) -> None:
+    """The REST reader (a real `mlflow server` on the project's store) sees what the read-only SQLite reader sees."""
+    import socket
+    import time
+    import urllib.request
+
+    from adapters.registry_readonly import read_registry
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = f"sqlite:///{promo / 'mlflow.db'}"
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store]
+    server = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=promo,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, f"mlflow server exited: {server.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "mlflow server not healthy within 120 s"
+            time.sleep(0.3)
+        model_hash = MlflowClient(store).get_model_version_by_alias(MODEL, "champion").tags["retrain.model_hash"]
+        local = read_registry(store, MODEL, "champion", model_hash)
+        remote = read_registry(base, MODEL, "champion", model_hash)
+        assert local.champion == "1", f"the promotion project's first run made version 1 champion: {local}"
+        assert remote == local, f"REST reader {remote} differs from the SQLite reader {local}"
+        move_champion(promo)
+        assert read_registry(base, MODEL, "champion", model_hash).champion is None, "a moved alias is seen over REST"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
