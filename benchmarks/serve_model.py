@@ -263,7 +263,7 @@ def measure(model_dir: Path, calls: int, batch_rows: int, work: Path) -> dict[st
     }
 
 
-def section(what: str, result: dict[str, Any], calls: int, loads: tuple[float, float]) -> str:
+def section(what: str, result: dict[str, Any], calls: int, loads: tuple[float, float], results_name: str = NAME) -> str:
     """The Markdown section: single-row table, batch table, build times, verdicts against issue 18's targets."""
     single = result["single_row_ms"]
     rows = [[name, f"{p50:.3f}", f"{p99:.3f}"] for name, (p50, p99) in single.items()]
@@ -286,7 +286,7 @@ def section(what: str, result: dict[str, Any], calls: int, loads: tuple[float, f
     batch_header = f"batch of {result['batch_rows']:,} rows (encode + score)"
     verdicts.append(f"- max |dp| vs Booster.predict: {dp:.2e} (<= 1e-12): {'MET' if dp <= 1e-12 else 'NOT MET'}")
     return (
-        f"## serve_model: booster vs compiled forest\n\n{what}; {calls} single-row calls per layer in interleaved "
+        f"## {results_name}: booster vs compiled forest\n\n{what}; {calls} single-row calls per layer in interleaved "
         f"blocks; load average {loads[0]:.1f} at start, {loads[1]:.1f} at end ({os.cpu_count()} CPUs).\n\n"
         f"{markdown_table(['single row', 'p50 ms', 'p99 ms'], rows)}\n\n"
         f"{markdown_table([batch_header, 'rows/s'], batch)}\n\n"
@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=2000, help="timed single-row calls per layer")
     parser.add_argument("--batch-rows", type=int, default=100_000, help="rows of the batch (Adult rows repeated)")
     parser.add_argument("--fresh-cache", action="store_true", help="compile into an empty cache (times the compile)")
+    parser.add_argument("--results-name", default=NAME, help="benchmarks/results/<name>.md/.json to write")
     parser.add_argument("--quick", action="store_true", help="100 trees, 200 calls, 5,000 batch rows: a smoke test")
     parser.add_argument("--repeats", type=int, default=None, help="accepted for `make bench`; one interleaved run")
     parser.add_argument("--serve", type=Path, default=None, help=argparse.SUPPRESS)
@@ -331,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
             ref = parse_model_ref(args.model)
             with verified_version(args.tracking_uri, ref.name, ref.alias or str(ref.version)) as verified:
                 model_dir = Path(shutil.copytree(verified.model_dir, Path(work) / "model"))
-            what = f"{args.model} ({args.tracking_uri})"
+            boosters = sorted(model_dir.rglob("booster.txt"))
+            trees = boosters[0].read_text().count("\nTree=") if boosters else "?"
+            what = f"registered {args.model} (verified download; {trees} trees)"
         elif args.model_dir:
             model_dir, what = args.model_dir, str(args.model_dir)
         else:
@@ -340,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(model_dir, args.calls, args.batch_rows, Path(work))
     loads = (load_start, os.getloadavg()[0])
     data = {"what": what, "calls": args.calls, "load_average": loads, "machine": machine_info(), **result}
-    write_results(NAME, data, section(what, result, args.calls, loads))
+    write_results(args.results_name, data, section(what, result, args.calls, loads, args.results_name))
     return 0
 
 
