@@ -74,12 +74,18 @@ deploy: install ## work pool retrain-process (if missing) + `prefect deploy --al
 	PREFECT_CLI_PROMPT=false $(BIN)/prefect --no-prompt deploy --all
 
 .PHONY: ui-check
+# A side venv of its own hash-checked lock ($(1) venv dir, $(2) lock file): its stamp names the lock's md5, so a
+# changed lock rebuilds it; used by the UI check (.venv-ui) and the benchmark peers (.venv-peers).
+locked_stamp = $(1)/.installed-$(shell cat $(2) 2>/dev/null | md5sum | cut -c1-12)
+define locked_venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --require-hashes --no-deps -r $(2)
+	@rm -f $(1)/.installed-*; touch $@
+endef
 UI_VENV := .venv-ui
-UI_STAMP := $(UI_VENV)/.installed-$(shell cat requirements-ui.lock 2>/dev/null | md5sum | cut -c1-12)
+UI_STAMP := $(call locked_stamp,$(UI_VENV),requirements-ui.lock)
 $(UI_STAMP): requirements-ui.lock
-	$(PYTHON) -m venv $(UI_VENV)
-	$(UI_VENV)/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements-ui.lock
-	@rm -f $(UI_VENV)/.installed-*; touch $@
+	$(call locked_venv,$(UI_VENV),requirements-ui.lock)
 
 ui-check: install $(UI_STAMP) ## submit the UI form twice in headless Chromium: a Promoted and a Rejected run, with artifacts
 	@test -x /usr/bin/chromium || { echo "installing Debian chromium (apt-get)"; \
@@ -90,11 +96,9 @@ ui-check: install $(UI_STAMP) ## submit the UI form twice in headless Chromium: 
 .PHONY: bench bench-peers-env
 # AutoGluon needs pandas < 2.4 (.venv has pandas 3): the tuning benchmark runs it in its own hash-checked venv
 PEERS_VENV := .venv-peers
-PEERS_STAMP := $(PEERS_VENV)/.installed-$(shell cat requirements-peers.lock 2>/dev/null | md5sum | cut -c1-12)
+PEERS_STAMP := $(call locked_stamp,$(PEERS_VENV),requirements-peers.lock)
 $(PEERS_STAMP): requirements-peers.lock
-	$(PYTHON) -m venv $(PEERS_VENV)
-	$(PEERS_VENV)/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements-peers.lock
-	@rm -f $(PEERS_VENV)/.installed-*; touch $@
+	$(call locked_venv,$(PEERS_VENV),requirements-peers.lock)
 
 bench: install $(PEERS_STAMP) ## run the benchmarks (issue 7) into benchmarks/RESULTS.md; BENCH_ARGS="--quick" or "--only stages,caching"
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)

@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from adapters.dvc_store import file_md5  # stdlib-only at import, like this module
+from adapters.mlflow_store import default_tracking_uri  # no MLflow import
 from adapters.registry_readonly import CHALLENGER, MODEL_HASH_TAG, UnreadableError, read_registry
 from retrain.catalog import LOCK_FILE, PROMOTION, SNAPSHOT
 
@@ -85,12 +87,6 @@ class Verdict:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def file_md5(path: Path) -> str:
-    """DVC 3's hash of a file: the plain md5 of its bytes."""
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "md5").hexdigest()
-
-
 def dir_md5(path: Path) -> tuple[str, int, int]:
     """DVC 3's hash of a directory (`<md5>.dir`), its size and file count.
 
@@ -114,11 +110,6 @@ def values_hash(values: Any) -> str:
 def python_version() -> str:
     """The interpreter the stamp was written under (a new one is a new environment)."""
     return ".".join(str(part) for part in sys.version_info[:3])
-
-
-def default_tracking_uri(root: Path) -> str:
-    """adapters/mlflow_store.py `default_tracking_uri`, without its import: the SQLite file at the root."""
-    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
 def load_yaml(path: Path) -> Any:

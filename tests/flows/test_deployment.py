@@ -9,12 +9,9 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from flows.training import RunRequest, retrain_flow
 from retrain.config import load_params, lookup, stable_hash
 from retrain.config import params_dict as as_dict
 from tests.conftest import REPO, make_project, small_params
+from tests.servers import free_port, wait_healthy
 
 logger = logging.getLogger(__name__)
 BIN = Path(sys.executable).parent
@@ -176,28 +174,6 @@ def test_the_pull_step_enters_the_workers_own_checkout(tmp_path: Path, monkeypat
     monkeypatch.setenv("RETRAIN_ROOT", str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="RETRAIN_ROOT"):
         step(**inputs)
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (127.0.0.1)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
-    """Poll a health URL until it answers 200; fail with the server's log if it dies or never answers."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"server exited {process.returncode}:\n{log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{url} not healthy after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 def spawn(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.cli import main
 from tests.conftest import make_project, small_params
+from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
 logger = logging.getLogger(__name__)
@@ -65,13 +65,6 @@ def server_binaries() -> tuple[Path, Path] | str:
             "/usr/lib/postgresql/*/bin; Debian: apt-get install postgresql)"
         )
     return found["initdb"], found["pg_ctl"]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,8 @@ import os
 import pickle
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -47,6 +45,7 @@ from retrain.serving.predict import (
     ServingModel,
     decisions,
 )
+from tests.servers import free_port, wait_healthy
 from tests.unit.test_models import CATEGORICAL, NUMERIC, PARAMS, frame, task_target
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,13 +252,6 @@ def test_serving_gate_compares_outputs() -> None:
     assert not shape.passed and "shape" in shape.reason, shape.reason
 
 
-def free_port() -> int:
-    """A port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def post(url: str, payload: dict) -> dict:
     """POST JSON, return JSON (raise with the body on HTTP errors)."""
     request = urllib.request.Request(
@@ -309,17 +301,7 @@ def test_mlflow_models_serve_answers_invocations(lgbm_dir: Path, tmp_path: Path)
             command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, f"mlflow models serve exited: {log.read_text()[-1500:]}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"no /ping answer in 90 s: {log.read_text()[-1500:]}"
-            time.sleep(0.5)
+        wait_healthy(f"http://127.0.0.1:{port}/ping", server, log, timeout=90)
         split = json.loads(X.to_json(orient="split", index=False))
         scores = post(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": split})["predictions"]
         assert np.allclose(scores, local.predict(X), rtol=1e-9), "served scores equal the local pyfunc's"

@@ -188,15 +188,10 @@ def test_cli_no_op_imports_neither_prefect_nor_mlflow(promo: Path) -> None:
 
 def test_http_registry_reader_agrees_with_sqlite(promo: Path) -> None:
     """The REST reader (a real `mlflow server` on the project's store) sees what the read-only SQLite reader sees."""
-    import socket
-    import time
-    import urllib.request
-
     from adapters.registry_readonly import read_registry
+    from tests.servers import free_port, wait_healthy
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     store = f"sqlite:///{promo / 'mlflow.db'}"
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store]
     server = subprocess.Popen(
@@ -207,17 +202,7 @@ def test_http_registry_reader_agrees_with_sqlite(promo: Path) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, f"mlflow server exited: {server.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "mlflow server not healthy within 120 s"
-            time.sleep(0.3)
+        wait_healthy(f"{base}/health", server, None, timeout=120)
         model_hash = MlflowClient(store).get_model_version_by_alias(MODEL, "champion").tags["retrain.model_hash"]
         local = read_registry(store, MODEL, "champion", model_hash)
         remote = read_registry(base, MODEL, "champion", model_hash)
