@@ -7,10 +7,13 @@ STAMP := $(VENV)/.installed-$(shell (cat requirements.lock pyproject.toml 2>/dev
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-deps test-fast lint format lock repro dvc-yaml clean
+.PHONY: help install run test test-deps postgres-deps test-fast lint format lock repro dvc-yaml clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  servers: SERVERS=$(SERVERS) (any of postgres,mlflow,prefect,worker,dask, or all; MLflow is on PostgreSQL"
+	@echo "    with proxied artifacts when postgres is in, else the UI of mlflow.db), PREFECT_PORT=$(PREFECT_PORT)"
+	@echo "    MLFLOW_PORT=$(MLFLOW_PORT) PG_PORT=$(PG_PORT) DASK_PORT=$(DASK_PORT) DASK_WORKERS=$(DASK_WORKERS); docs/operations.md"
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version'
@@ -27,9 +30,23 @@ run: install ## run the full training flow on params.yaml (UCI Adult): ends with
 test: install test-deps ## run the test suite (unit, tasks, end-to-end flow and dvc repro) on 2 xdist workers, a module per worker
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
-test-deps: ## Debian packages the suite needs: libcap2-bin (capsh drops root's override for the read-only-store case)
+test-deps: postgres-deps ## Debian packages the suite needs: libcap2-bin (capsh, read-only-store case) and postgresql
 	@[ "$$(id -u)" != 0 ] || command -v capsh >/dev/null || { echo "installing Debian libcap2-bin (capsh)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libcap2-bin; }
+
+# PostgreSQL server binaries (initdb + pg_ctl) on PATH or in /usr/lib/postgresql/<major>/bin, and as root the
+# `postgres` OS user the server runs as: both come with Debian's `postgresql` package
+pg_found = { { command -v initdb && command -v pg_ctl; } >/dev/null || \
+  for d in /usr/lib/postgresql/*/bin; do [ -x "$$d/initdb" ] && [ -x "$$d/pg_ctl" ] && break; done; } && \
+  { [ "$$(id -u)" != 0 ] || id postgres >/dev/null 2>&1; }
+
+postgres-deps: ## Debian postgresql (initdb, pg_ctl) for `make servers` and the suite: apt-get as root when missing
+	@$(pg_found) && exit 0; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "ERROR: PostgreSQL server binaries (initdb, pg_ctl) not found and not root: run 'sudo apt-get install -y postgresql' (Debian package postgresql), then retry" >&2; exit 1; fi; \
+	echo "installing Debian postgresql (apt-get)"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql && $(pg_found) || \
+	  { echo "ERROR: apt-get install postgresql did not provide initdb and pg_ctl" >&2; exit 1; }
 
 test-fast: install ## unit and task tests on tiny fixtures (no e2e, no full-size data, no servers): under 2 minutes
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not e2e and not slow" tests/unit tests/tasks
@@ -57,14 +74,26 @@ clean: ## remove pipeline outputs and local stores (keeps .venv and the DVC remo
 	rm -rf data/raw data/processed models/*/ .retrain mlflow.db mlartifacts
 
 .PHONY: servers servers-stop servers-status serve deploy
-servers: install ## start the Prefect server (:4200) and MLflow UI (:5000) on 127.0.0.1, wait until healthy
-	$(BIN)/python scripts/servers.py start
+# `make servers SERVERS=all PG_PORT=5434`: which servers (postgres,mlflow,prefect,worker,dask or all) and their ports
+SERVERS ?= prefect,mlflow
+PREFECT_PORT ?= 4200
+MLFLOW_PORT ?= 5000
+PG_PORT ?= 5433
+DASK_PORT ?= 8786
+DASK_WORKERS ?= 2
+SERVERS_FLAGS = --prefect-port $(PREFECT_PORT) --mlflow-port $(MLFLOW_PORT) --postgres-port $(PG_PORT) \
+  --dask-port $(DASK_PORT) --dask-workers $(DASK_WORKERS)
+comma := ,
+servers_need_pg = $(filter postgres all,$(subst $(comma), ,$(SERVERS)))
 
-servers-stop: ## stop the servers started by `make servers` (SIGTERM, then SIGKILL)
+servers: install $(if $(servers_need_pg),postgres-deps) ## start the servers in SERVERS on 127.0.0.1, health-checked, and print the exports (defaults below)
+	$(BIN)/python scripts/servers.py start --only $(SERVERS) $(SERVERS_FLAGS)
+
+servers-stop: ## stop everything `make servers` started (SIGTERM the process groups, then SIGKILL; pg_ctl stop)
 	$(BIN)/python scripts/servers.py stop
 
-servers-status: ## pid and health of the local servers
-	$(BIN)/python scripts/servers.py status
+servers-status: ## pid and health of each server (exit 1 if one in SERVERS is down)
+	$(BIN)/python scripts/servers.py status --only $(SERVERS)
 
 serve: install ## serve prefect.yaml's deployments from this process, no worker needed (needs PREFECT_API_URL)
 	$(BIN)/retrain serve

@@ -1,8 +1,9 @@
 """End to end on PostgreSQL: MLflow tracking + registry and the Optuna studies in a real PostgreSQL 15 server.
 
 The server is the Debian one (initdb + pg_ctl), started once for this module in a temp dir on 127.0.0.1 and
-a free port, and stopped at the end even on failure. Without the binaries the module is skipped, saying what
-is missing. See docs/tracking.md ("PostgreSQL").
+a free port, and stopped at the end even on failure. Nothing here skips: `make test` installs the Debian package
+first (`make test-deps` -> `postgres-deps`), and anything still missing fails the module, naming the package and
+the command that installs it. See docs/tracking.md ("PostgreSQL").
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ FAMILIES = ["logreg"]  # one family and the cheap gates: this module is about wh
 OFF = ("slices", "perturbation", "invariance", "directional", "calibration", "confidence", "fairness", "latency")
 TRIALS = 2
 USER = "retrain"
+INSTALL = "Install Debian's `postgresql` package: `make test-deps` as root, or `sudo apt-get install -y postgresql`."
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def server_binaries() -> tuple[Path, Path] | str:
     if missing:
         return (
             f"PostgreSQL server binaries not found: {', '.join(missing)} (looked on PATH and in "
-            "/usr/lib/postgresql/*/bin; Debian: apt-get install postgresql)"
+            f"/usr/lib/postgresql/*/bin). {INSTALL}"
         )
     return found["initdb"], found["pg_ctl"]
 
@@ -72,14 +74,21 @@ def postgres() -> Iterator[Postgres]:
     """PostgreSQL on 127.0.0.1 with databases `mlflow` and `optuna` (one each: both keep an `alembic_version`)."""
     binaries = server_binaries()
     if isinstance(binaries, str):
-        pytest.skip(binaries)
-    psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 missing: install the `postgres` extra")
+        pytest.fail(binaries, pytrace=False)
+    try:
+        import psycopg2
+    except ImportError:
+        pytest.fail("psycopg2 is missing: install the project's `postgres` extra (`make install`)", pytrace=False)
     initdb, pg_ctl = binaries
     # initdb and postgres refuse to run as root: run them as the `postgres` OS user, in a dir it can enter
     # (pytest's tmp dirs are 0700 root, so the cluster lives in its own mkdtemp under the system tmp)
     as_root = os.geteuid() == 0
     if as_root and shutil.which("runuser") is None:
-        pytest.skip("running as root, and `runuser` (needed to start PostgreSQL as the postgres user) is missing")
+        pytest.fail(
+            "running as root, and `runuser` (needed to start PostgreSQL as the postgres user) is missing: "
+            "install Debian's `util-linux` (`apt-get install -y util-linux`)",
+            pytrace=False,
+        )
     prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
     base = Path(tempfile.mkdtemp(prefix="retrain-pg-"))
     if as_root:
@@ -87,7 +96,7 @@ def postgres() -> Iterator[Postgres]:
             shutil.chown(base, "postgres", "postgres")
         except LookupError:
             shutil.rmtree(base)
-            pytest.skip("running as root and there is no `postgres` OS user to run the server as")
+            pytest.fail(f"running as root and there is no `postgres` OS user to run it as. {INSTALL}", pytrace=False)
     data, port = base / "data", free_port()
 
     def run(*cmd: str | Path) -> None:
@@ -120,6 +129,14 @@ def postgres() -> Iterator[Postgres]:
             run(pg_ctl, "-D", data, "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def test_missing_server_binaries_are_a_failure_naming_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(glob, "glob", lambda pattern: [])
+    message = server_binaries()
+    assert isinstance(message, str) and "initdb, pg_ctl" in message, message
+    assert "apt-get install -y postgresql" in message and "make test-deps" in message, message
 
 
 def test_flow_tracks_registers_and_tunes_in_postgres(
