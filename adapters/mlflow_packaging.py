@@ -9,6 +9,9 @@ temp dir and loads it in a fresh process, so the gate checks exactly what will b
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 from typing import Any
@@ -16,10 +19,29 @@ from typing import Any
 import pandas as pd
 
 from retrain.serving import flavor
+from retrain.serving.compiled import MODE_ENV
 
 DATA_DIR = "data"
 """Where MLflow copies `data_path` inside the logged model (`data/<model dir name>`)."""
 REQUIREMENTS = ("mlflow", "lightgbm", "scikit-learn", "skops", "pandas", "numpy", "pyarrow")
+
+
+@contextmanager
+def no_compile() -> Iterator[None]:
+    """Compiled forest off while MLflow saves or logs the pyfunc.
+
+    MLflow loads the model in this process to validate the input example. A background compile started there
+    (~30 s of a core for 1,000 trees) would compete with the gates and promote, and die with the process.
+    """
+    before = os.environ.get(MODE_ENV)
+    os.environ[MODE_ENV] = "off"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(MODE_ENV, None)
+        else:
+            os.environ[MODE_ENV] = before
 
 
 def pip_requirements() -> list[str]:
@@ -52,3 +74,15 @@ def pyfunc_kwargs(root: Path, model_dir: Path, example: pd.DataFrame) -> dict[st
         "signature": signature,
         "input_example": example,
     }
+
+
+def log_pyfunc(root: Path, model_dir: Path, example: pd.DataFrame) -> Any:
+    """`mlflow.pyfunc.log_model` of the model directory into the active run (promote), with no compile started.
+
+    MLflow validates the input example by loading the model in this process (`Model.log`); without `no_compile`
+    that load would start a background compile of the forest that dies with the process a second later.
+    """
+    import mlflow
+
+    with no_compile():
+        return mlflow.pyfunc.log_model(name="model", **pyfunc_kwargs(root, model_dir, example))

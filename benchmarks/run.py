@@ -23,9 +23,10 @@ from benchmarks._runs import RESULTS, ROOT, machine_info, machine_line, pinned_c
 logger = logging.getLogger("benchmarks.run")
 
 ORDER = ("stages", "caching", "tuning", "refit", "inference", "serve_model", "scale", "own_table")
-COLLECTED = ("serve_model_champion", "catboost")
+COLLECTED = ("serve_model_champion", "catboost", "monotone_cost")
 """Sections collected into RESULTS.md but run by hand: serve_model on a registered champion
-(`--model adult-income@champion --results-name serve_model_champion`), catboost (needs a package outside the lock)."""
+(`--model adult-income@champion --results-name serve_model_champion`), catboost (needs a package outside the lock),
+monotone_cost (what California's monotone constraint costs against the tuning peers)."""
 OUTPUT = ROOT / "benchmarks" / "RESULTS.md"
 
 

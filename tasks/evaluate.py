@@ -30,7 +30,8 @@ from mlflow.tracking import MlflowClient
 
 from adapters import mlflow_registry as registry
 from adapters.jsonfile import read_json, write_json
-from adapters.serving_check import serving_gate
+from adapters.serving_check import GATE as SERVING_GATE
+from adapters.serving_check import ServingCheck, serving_gate
 from engine.context import StageContext, clear_outputs, finish, stage_run, tree_md5
 from engine.progress import Reporter
 from engine.stage import Plot, Stage
@@ -53,6 +54,7 @@ from retrain.evaluation.gates import (
     GateResult,
     decide,
 )
+from retrain.evaluation.latency import GATE as LATENCY_GATE
 from retrain.evaluation.latency import directory_size_mb, latency_gate, single_row_latency_ms
 from retrain.evaluation.selection import (
     Ranked,
@@ -195,6 +197,9 @@ class Shippable:
     champion_latency: dict[str, Any] | None
     latency: dict[str, float] = field(default_factory=dict)
     _predictor: Any = None
+    _serving: ServingCheck | None = None
+    prestart: bool = False
+    """Start the serving check with the first scoring gate (never beside the latency gate's timing)."""
 
     @property
     def predictor(self) -> Predictor:
@@ -216,13 +221,30 @@ class Shippable:
         self.latency["size_mb"] = directory_size_mb(self.model_dir)
         return latency_gate(self.latency, self.latency["size_mb"], cfg=cfg, champion=self.champion_latency)
 
+    def start_serving(self) -> None:
+        """Start the fresh-process check now: its start-up (~4 s of imports) overlaps the gates run before it."""
+        cfg = self.ctx.params.evaluate.gates.serving
+        self.prestart = False
+        if cfg.enabled and self._serving is None:
+            self._serving = ServingCheck(self.ctx.root, self.model_dir, self.example, cfg=cfg).start()
+
+    def cancel_serving(self) -> None:
+        """Stop a started check nobody collected (screening stopped at an earlier gate, or an error)."""
+        if self._serving is not None:
+            self._serving.cancel()
+            self._serving = None
+
     def check_serving(self) -> GateResult:
         """The packaged model must load and predict the example exactly in a fresh Python process."""
         from retrain.models.estimators import serve_output
 
         cfg = self.ctx.params.evaluate.gates.serving
         expected = serve_output(self.predictor, self.example)
-        return serving_gate(self.ctx.root, self.model_dir, self.example, expected, cfg=cfg)
+        self.prestart = False  # decided now: a later gate must not start another check
+        if self._serving is None:
+            return serving_gate(self.ctx.root, self.model_dir, self.example, expected, cfg=cfg)
+        check, self._serving = self._serving, None
+        return check.result(expected)
 
     def label_free(self, y_std: float | None) -> dict[str, tuple[bool, Any]]:
         """The policy's label-free gates on this candidate (the very callables `gate_policy` runs)."""
@@ -238,6 +260,8 @@ class Shippable:
         """The gate, with a progress line when it is decided (screening a candidate takes seconds per gate)."""
 
         def run() -> GateResult:
+            if self.prestart and name not in (LATENCY_GATE, SERVING_GATE):
+                self.start_serving()
             started = time.perf_counter()
             result = gate()
             seconds = time.perf_counter() - started
@@ -285,6 +309,7 @@ def run_gates(
             on_gate=on_gate,
         )
     finally:
+        shippable.cancel_serving()
         progress.finish(log=False)  # each gate's own line said it all
     return gates, {**extra, "latency": dict(shippable.latency)}
 
@@ -326,7 +351,12 @@ def choose(
 
     def screen_one(entry: Ranked) -> Screening:
         logger.info("evaluate: screening %s (%s)", entry.family, ", ".join(cfg.selection.screen) or "no gates")
-        return screen(entry.family, cfg.selection.screen, shippable[entry.family].label_free(y_std))
+        candidate = shippable[entry.family]
+        candidate.prestart = SERVING_GATE in cfg.selection.screen
+        try:
+            return screen(entry.family, cfg.selection.screen, candidate.label_free(y_std))
+        finally:
+            candidate.cancel_serving()  # a no-op once the serving gate collected it
 
     selection = select(ranking, screen_one)
     chosen = shippable[selection.chosen]

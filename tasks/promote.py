@@ -20,7 +20,7 @@ from adapters import mlflow_audit as audit
 from adapters import mlflow_registry as registry
 from adapters import model_store
 from adapters.jsonfile import read_json, write_json
-from adapters.mlflow_packaging import artifact_model_dir, pyfunc_kwargs
+from adapters.mlflow_packaging import artifact_model_dir, log_pyfunc
 from engine.context import StageContext, finish, stage_run
 from engine.stage import Stage
 from retrain.catalog import EVALUATE, GATE_RECORD, PROMOTE_METRICS, PROMOTION, SPLITS
@@ -58,7 +58,7 @@ def log_and_register(ctx: StageContext, record: dict[str, Any], client: MlflowCl
     dataset = ctx.dataset
     model_dir = ctx.path(record["candidate"]["model_dir"])
     example = pd.read_parquet(ctx.path(SPLITS["valid"]), columns=dataset.features).head(5)
-    info = mlflow.pyfunc.log_model(name="model", **pyfunc_kwargs(ctx.root, model_dir, example))
+    info = log_pyfunc(ctx.root, model_dir, example)
     sealed = model_store.seal(client, ctx.tracking.tracking_uri, info.model_id, artifact_model_dir(model_dir))
     tags = {
         model_store.MANIFEST_TAG: sealed,

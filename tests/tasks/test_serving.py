@@ -21,8 +21,8 @@ import pytest
 import skops.io as sio
 from threadpoolctl import threadpool_limits
 
-from adapters.mlflow_packaging import pyfunc_kwargs
-from adapters.serving_check import _compare, serving_gate
+from adapters.mlflow_packaging import log_pyfunc, no_compile, pyfunc_kwargs
+from adapters.serving_check import ServingCheck, _compare, serving_gate
 from retrain.config import ServingGate
 from retrain.models.calibrator import fit_calibrator
 from retrain.models.estimators import (
@@ -241,6 +241,61 @@ def test_serving_gate_passes_in_a_fresh_process_and_names_failures(lgbm_dir: Pat
     assert not timeout.passed and "timeout_seconds = 0.01" in timeout.reason, timeout.reason
     off = serving_gate(ROOT, lgbm_dir, example, expected, cfg=ServingGate(enabled=False))
     assert off.skipped and off.passed, "a disabled gate is skipped and blocks nothing"
+
+
+@pytest.mark.slow
+def test_serving_check_started_early_matches_the_gate_and_cancels_cleanly(
+    lgbm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retrain.serving.compiled import MODE_ENV, compile_mode
+
+    example = frame(n=5, seed=6)[0]
+    expected = load_predictor(lgbm_dir).predict_scores(example)
+    monkeypatch.delenv(MODE_ENV, raising=False)  # as in a user's shell: the pyfunc loader's default is background
+    moved = tmp_path / "moved"
+    shutil.copytree(lgbm_dir, moved)
+    check = ServingCheck(ROOT, moved, example, cfg=ServingGate()).start()
+    assert compile_mode() == "background", "no_compile restores the caller's mode after packaging"
+    shutil.rmtree(moved)  # the package was saved when the check started: a later move changes nothing
+    early = check.result(expected)
+    assert early.passed and early.details["max_abs_diff"] == 0.0, early.reason
+    assert check._tmp is None, "the temp package is removed once the result is read"
+    inline = serving_gate(ROOT, lgbm_dir, example, expected, cfg=ServingGate())
+    assert (early.passed, early.value) == (inline.passed, inline.value), "started early or inline: one verdict"
+    pending = ServingCheck(ROOT, lgbm_dir, example, cfg=ServingGate()).start()
+    child, work = pending.process, Path(pending._tmp.name)
+    pending.cancel()  # screening stopped at an earlier gate: the child must not outlive the decision
+    assert child is not None and child.poll() is not None, "a cancelled check's child is stopped"
+    assert not work.exists(), f"a cancelled check leaves no temp package behind: {work}"
+    with no_compile():
+        assert compile_mode() == "off"
+    assert MODE_ENV not in os.environ, "an unset mode stays unset after packaging"
+
+
+@pytest.mark.slow
+def test_logging_the_pyfunc_starts_no_compile(lgbm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from retrain.serving.compiled import MODE_ENV
+
+    def compiling() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "compile-forest"]
+
+    monkeypatch.delenv(MODE_ENV, raising=False)  # the pyfunc loader's default mode: background
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    example = frame(n=5, seed=6)[0]
+    try:
+        with mlflow.start_run():
+            log_pyfunc(ROOT, lgbm_dir, example)
+            assert not compiling(), "promote's log_model started a compile (MLflow loads the model to check it)"
+            mlflow.pyfunc.log_model(name="plain", **pyfunc_kwargs(ROOT, lgbm_dir, example))
+            started = compiling()
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert started, "premise: a plain log_model does load the model here and start a background compile"
+    for thread in started:
+        thread.join(120)  # a tiny forest: seconds; leaves no child behind for the next test
 
 
 def test_serving_gate_compares_outputs() -> None:

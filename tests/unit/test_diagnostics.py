@@ -71,6 +71,25 @@ def test_learning_curve_sizes_grow_and_end_at_full_train(family: str) -> None:
     assert again["valid"] == curve["valid"], "seeded: the same subsets give the same curve"
 
 
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_candidate_diagnostics_refits_beside_the_plots_give_the_curve_run_alone(task: str) -> None:
+    model, X_train, y_train, X_valid, y_valid = fitted("lightgbm", task)
+    k = 3 if task == "multiclass" else 2
+    labels = ["lo", "mid", "hi"][:k]
+    metric = "roc_auc" if task == "binary" else "log_loss"
+    alone = diag.learning_curve(
+        model, X_train, y_train, X_valid, y_valid, task=task, n_classes=k, metric=metric, seed=3
+    )
+    found = diag.candidate_diagnostics(
+        "lightgbm", model, X_train, y_train, X_valid, y_valid,
+        task=task, features=NUMERIC + CATEGORICAL, labels=labels, metric=metric, seed=3,
+    )  # fmt: skip
+    beside = found.documents["learning_curve"]
+    for key in ("sizes", "train", "valid"):
+        assert beside[key] == alone[key], f"{key}: the threaded refits must equal the sequential ones exactly"
+    assert {"loss_curve", "learning_curve"} <= set(found.figures), sorted(found.figures)
+
+
 @pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
 def test_sample_table_and_figures(task: str) -> None:
     model, _, _, X_valid, y_valid = fitted("lightgbm", task)
