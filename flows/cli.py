@@ -429,14 +429,12 @@ def _run_flow(args: argparse.Namespace) -> int:
 
 
 FLOW_IMPORTS = (
-    ("prefect.server.api.server", "adapters.mlflow_runs", "engine.pipeline", "flows.dag", "flows.summary",
-     *(f"tasks.{stage}" for stage in ("ingest", "version", "validate", "split", "baselines", "candidates",
-                                      "evaluate", "promote"))),
+    ("prefect.server.api.server", "adapters.mlflow_runs", "engine.pipeline", "flows.dag", "flows.summary"),
     ("dvc.repo", "great_expectations", "lightgbm", "optuna", "sklearn.linear_model", "retrain.evaluation.diagnostics",
      "skops.io"),
 )  # fmt: skip
-"""What a run imports: Prefect's server object (the hand-over), the flow's modules (flows/training.py), then the
-stages' own lazy imports in stage order."""
+"""What a run imports: Prefect's server object (the hand-over), the flow's modules (flows/training.py; flows.dag
+imports every stage module), then the stages' own lazy imports in stage order."""
 
 
 def flow_warmup(params: Any) -> list[tuple[str, Callable[[], object]]]:

@@ -76,9 +76,8 @@ class EarlyServer:
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
                 return False
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.api_url}/health", timeout=1) as answer:
-                if answer.status == 200:
-                    return True
+            if self.answering():
+                return True
             time.sleep(0.1)
         return False
 

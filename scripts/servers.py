@@ -274,8 +274,8 @@ def pg_binaries() -> tuple[Path, Path]:
     if missing:
         raise StartError(
             f"PostgreSQL server binaries not found: {', '.join(missing)} (looked on PATH and in "
-            f"/usr/lib/postgresql/*/bin). Install the Debian package: `make postgres-deps` as root, "
-            f"or `sudo apt-get install -y {PG_PACKAGE}`"
+            f"/usr/lib/postgresql/*/bin). Install the Debian package: `make postgres-deps` (also part of "
+            f"`make test-deps`) as root, or `sudo apt-get install -y {PG_PACKAGE}`"
         )
     return found["initdb"], found["pg_ctl"]
 

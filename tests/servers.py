@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+SERVERS_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "servers.py"
+
+
+@functools.cache
+def servers_script() -> ModuleType:
+    """`scripts/servers.py` (`make servers`; not a package) as a module, loaded once for the tests that use it."""
+    spec = importlib.util.spec_from_file_location("servers_script", SERVERS_SCRIPT)
+    assert spec is not None and spec.loader is not None, SERVERS_SCRIPT
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

@@ -141,63 +141,15 @@ def learning_curve(
     metric: str,
     seed: int,
     points: int = LEARNING_POINTS,
-    refits: Future[LearningRefits] | None = None,
 ) -> dict[str, Any]:
     """Train and valid score vs training-set size: the fitted pipeline refitted on seeded nested subsets.
 
     Sizes are log-spaced from MIN_LEARNING_ROWS to min(MAX_LEARNING_ROWS, half the training rows), prefixes
     of one seeded permutation (each contains the smaller ones), plus the full size, which reuses the fitted
     model. The refits are sklearn.model_selection.learning_curve with one predefined split (the permuted
-    train rows, then the valid rows), single-threaded. `refits`: the same refits already started in a thread
-    (`learning_refits`). Returns {"metric", "sizes", "train", "valid", "seconds"}.
+    train rows, then the valid rows), single-threaded, on a clone. Returns {"metric", "sizes", "train", "valid",
+    "seconds"}.
     """
-    started = time.perf_counter()
-    if refits is None:
-        found = learning_refits(model, X_train, y_train, X_valid, y_valid, task, n_classes, metric, seed, points)
-    else:
-        found = refits.result()
-        started = min(started, found.started)
-    sizes, train_scores, valid_scores = list(found.sizes), list(found.train), list(found.valid)
-    n_train = len(X_train)
-    order = np.random.default_rng(seed).permutation(n_train)
-    sizes.append(int(n_train))
-    # the full size is the fitted model itself (no refit), scored on the rows in the same permuted order as before
-    train_scores.append(
-        score(metric, np.asarray(y_train)[order], pipeline_scores(model, X_train.iloc[order], task, n_classes))
-    )
-    valid_scores.append(score(metric, y_valid, pipeline_scores(model, X_valid, task, n_classes)))
-    return {
-        "metric": metric,
-        "sizes": sizes,
-        "train": train_scores,
-        "valid": valid_scores,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-
-
-@dataclass(frozen=True)
-class LearningRefits:
-    """The learning curve's refitted points (sizes below the full training set) and when they started."""
-
-    sizes: tuple[int, ...]
-    train: tuple[float, ...]
-    valid: tuple[float, ...]
-    started: float
-
-
-def learning_refits(
-    model: Pipeline,
-    X_train: pd.DataFrame,
-    y_train: np.ndarray,
-    X_valid: pd.DataFrame,
-    y_valid: np.ndarray,
-    task: str,
-    n_classes: int,
-    metric: str,
-    seed: int,
-    points: int = LEARNING_POINTS,
-) -> LearningRefits:
-    """The refits of `learning_curve` on a clone of `model` (never `model` itself, so a thread can run them)."""
     started = time.perf_counter()
     n_train = len(X_train)
     order = np.random.default_rng(seed).permutation(n_train)
@@ -228,7 +180,19 @@ def learning_refits(
             train_scores.append(float(train_grid[0, 0]))
             valid_scores.append(float(valid_grid[0, 0]))
             logger.info("learning curve: refit on %d rows in %.1f s", sizes[-1], time.perf_counter() - began)
-    return LearningRefits(tuple(sizes), tuple(train_scores), tuple(valid_scores), started)
+    sizes.append(int(n_train))
+    # the full size is the fitted model itself (no refit), scored on the rows in the same permuted order as before
+    train_scores.append(
+        score(metric, np.asarray(y_train)[order], pipeline_scores(model, X_train.iloc[order], task, n_classes))
+    )
+    valid_scores.append(score(metric, y_valid, pipeline_scores(model, X_valid, task, n_classes)))
+    return {
+        "metric": metric,
+        "sizes": sizes,
+        "train": train_scores,
+        "valid": valid_scores,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def _metric_scorer(metric: str, task: str, n_classes: int) -> Callable[[Pipeline, pd.DataFrame, np.ndarray], float]:
@@ -453,7 +417,7 @@ def candidate_diagnostics(
     y_train, y_valid = np.asarray(y_train), np.asarray(y_valid)
     metrics: dict[str, float] = {}
     splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    refits: Future[LearningRefits] | None = None
+    curve_of_sizes: Future[dict[str, Any]] | None = None
     pool = ThreadPoolExecutor(1, thread_name_prefix="learning-curve")
     try:
         curve: dict[str, Any] | None = None
@@ -467,11 +431,11 @@ def candidate_diagnostics(
                 curve = boosting_curve(model, {"train": (X_train, y_train), "valid": (X_valid, y_valid)}, task,
                                        n_classes)  # fmt: skip
                 logger.info("diagnostics %s: loss per boosting round in %.1f s", family, _since(started))
-                # a boosted model's learning-curve refits (one thread, on a clone) run beside the metrics and plots
-                # below, which never call the model: LightGBM's thread count is process-wide, so no two of its calls
-                # overlap, and the refits give the same numbers as when run alone
-                refits = pool.submit(learning_refits, model, X_train, y_train, X_valid, y_valid, task, n_classes,
-                                     metric, seed)  # fmt: skip
+                # a boosted model's learning curve (one thread) runs beside the metrics and plots below, which never
+                # call the model: LightGBM's thread count is process-wide, so no two of its calls overlap, and the
+                # curve has the same numbers as when run alone
+                curve_of_sizes = pool.submit(learning_curve, model, X_train, y_train, X_valid, y_valid, task=task,
+                                             n_classes=n_classes, metric=metric, seed=seed)  # fmt: skip
         if valid_scores is None:
             raise ValueError("candidate diagnostics need a model or its valid scores")
         splits["valid"] = (y_valid, np.asarray(valid_scores))
@@ -499,10 +463,13 @@ def candidate_diagnostics(
         logger.info(
             "diagnostics %s: learning curve, up to %d refits on nested subsets of train", family, LEARNING_POINTS
         )
-        learning = learning_curve(
-            model, X_train, y_train, X_valid, y_valid, task=task, n_classes=n_classes, metric=metric, seed=seed,
-            refits=refits,
-        )  # fmt: skip
+        learning = (
+            curve_of_sizes.result()
+            if curve_of_sizes is not None
+            else learning_curve(
+                model, X_train, y_train, X_valid, y_valid, task=task, n_classes=n_classes, metric=metric, seed=seed
+            )
+        )
         logger.info("diagnostics %s: learning curve in %.1f s", family, learning["seconds"])
         started = time.perf_counter()
         out.documents["learning_curve"] = learning
@@ -528,8 +495,6 @@ def candidate_diagnostics(
         logger.info("diagnostics %s: %s feature importance in %.1f s", family, kind, _since(started))
         return out
     finally:
-        if refits is not None:
-            refits.cancel()
         pool.shutdown(wait=True)
 
 

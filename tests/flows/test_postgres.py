@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.cli import main
 from tests.conftest import make_project, small_params
-from tests.servers import free_port
+from tests.servers import free_port, servers_script
 
 pytestmark = pytest.mark.e2e
 logger = logging.getLogger(__name__)
@@ -53,20 +53,12 @@ class Postgres:
 
 
 def server_binaries() -> tuple[Path, Path] | str:
-    """initdb and pg_ctl from PATH or the newest /usr/lib/postgresql/<major>/bin, or why they are missing."""
-    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(Path(d).parent.name), reverse=True)
-    found = {}
-    for name in ("initdb", "pg_ctl"):
-        hit = shutil.which(name) or next((f"{d}/{name}" for d in dirs if os.access(f"{d}/{name}", os.X_OK)), None)
-        if hit:
-            found[name] = Path(hit)
-    missing = [n for n in ("initdb", "pg_ctl") if n not in found]
-    if missing:
-        return (
-            f"PostgreSQL server binaries not found: {', '.join(missing)} (looked on PATH and in "
-            f"/usr/lib/postgresql/*/bin). {INSTALL}"
-        )
-    return found["initdb"], found["pg_ctl"]
+    """initdb and pg_ctl as `make servers` finds them (scripts/servers.py `pg_binaries`), or why they are missing."""
+    script = servers_script()
+    try:
+        return script.pg_binaries()
+    except script.StartError as exc:
+        return str(exc)
 
 
 @pytest.fixture(scope="module")

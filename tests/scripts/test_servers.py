@@ -3,7 +3,6 @@ with a process worker, Dask; one full start/use/stop cycle on free ports in a te
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -17,16 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port
+from tests.servers import SERVERS_SCRIPT, free_port, servers_script
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "servers.py"
+SCRIPT = SERVERS_SCRIPT
 TIMEOUT = 240  # seconds per health check: MLflow's first start on PostgreSQL migrates its schema (~25 s at load 2)
 
-spec = importlib.util.spec_from_file_location("servers_script", SCRIPT)
-servers = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = servers  # dataclasses look their module up there
-spec.loader.exec_module(servers)
+servers = servers_script()
 
 
 def clean_env() -> dict[str, str]:
