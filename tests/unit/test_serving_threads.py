@@ -134,6 +134,7 @@ def census(step, tids=None):
             pass
 
 rows_file, singles, dirs = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+ATTEMPTS = 3
 census("importing numpy (OpenBLAS)", NUMPY_THREADS)
 census("importing scipy (OpenBLAS)", SCIPY_THREADS)
 census("imports")
@@ -147,21 +148,30 @@ for name, path in dirs.items():
 found = {name: {} for name in served}
 loaded = count()
 for name, model in served.items():  # every model's single rows before any batch: no pool exists yet
-    settled = settle()  # the OpenMP worker of a LightGBM load parks itself after the load returned
-    before, start = count(), cpu_by_thread()
-    for row in rows:
-        model.predict(row)
-    end = cpu_by_thread()
-    census(f"{name} single rows")
+    attempts, before = [], count()  # a pool spawned by the first attempt still counts
+    for _ in range(ATTEMPTS):  # a stray wake-up on a loaded machine hits one attempt; a woken pool hits each
+        settled = settle()  # the OpenMP worker of a LightGBM load parks itself after the load returned
+        start = cpu_by_thread()
+        for row in rows:
+            model.predict(row)
+        end = cpu_by_thread()
+        census(f"{name} single rows")
+        attempts.append(names(others_ran(start, end)))
+        if not attempts[-1]:
+            break
     found[name].update(threads_loaded=loaded, threads_before=before, threads_after_singles=count(),
-                       settled_singles=settled, others_ran_singles=names(others_ran(start, end)))
+                       settled_singles=settled, others_ran_singles=attempts)
 for name, model in served.items():
-    settled = settle()
-    start = cpu_by_thread()
-    model.predict(X)
-    census(f"{name} batch")
-    found[name].update(others_ran_batch=names(others_ran(start, cpu_by_thread())), threads_after_batch=count(),
-                       settled_batch=settled)
+    attempts = []
+    for _ in range(ATTEMPTS):
+        settled = settle()
+        start = cpu_by_thread()
+        model.predict(X)
+        census(f"{name} batch")
+        attempts.append(names(others_ran(start, cpu_by_thread())))
+        if not attempts[-1]:
+            break
+    found[name].update(others_ran_batch=attempts, threads_after_batch=count(), settled_batch=settled)
 print(json.dumps(found))
 """
 """Load every model in one fresh interpreter as the pyfunc does (its `ServingModel`, without importing MLflow), then
@@ -171,7 +181,9 @@ Single rows come before any batch, so no prediction has started a thread pool wh
 one model's single rows makes that model's thread count grow, and any other thread woken during them is seen.
 (Loading LightGBM does start its OpenMP pool, as it would in a process of its own.) Before each measurement every
 other thread must be blocked (not runnable) and off the CPU for 0.2 s (`settle`); a thread that runs anyway is
-named with the step that created it. One interpreter for all the models instead of one each: the imports cost
+named with the step that created it. A measurement that sees another thread run is repeated, up to ATTEMPTS
+times: what a prediction wakes runs in every attempt, a stray wake-up on a loaded machine (an OpenBLAS worker
+seen once in CI at load ~2) in one. One interpreter for all the models instead of one each: the imports cost
 ~2-4 s an interpreter."""
 
 
@@ -223,7 +235,9 @@ def test_single_rows_run_on_one_thread(probes: dict[str, dict], name: str) -> No
     assert found["threads_after_singles"] <= found["threads_before"], (
         f"{name}: {SINGLE_ROWS} single-row predictions started threads (a pool spawned): {found}"
     )
-    assert not found["others_ran_singles"], f"{name}: other threads ran during single-row predictions: {found}"
+    assert not found["others_ran_singles"][-1], (
+        f"{name}: other threads ran during single-row predictions in each of the probe's attempts: {found}"
+    )
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -231,10 +245,12 @@ def test_large_batches_use_every_core_only_where_scores_stay_identical(probes: d
     found = probes[name]
     parallel = any(FAMILIES[f].threads.parallel_batches for f in MODELS[name]) and available_cores() >= 2
     if parallel:
-        assert found["others_ran_batch"], f"{name}: a {BATCH_ROWS}-row batch ran on one of {available_cores()} cores"
+        assert all(found["others_ran_batch"]), (
+            f"{name}: a {BATCH_ROWS}-row batch ran on one of {available_cores()} cores: {found}"
+        )
     else:
         assert found["settled_batch"], f"{name}: the other threads never all went to sleep in 60 s before: {found}"
-        assert not found["others_ran_batch"], f"{name}: its batches must stay on one thread: {found}"
+        assert not found["others_ran_batch"][-1], f"{name}: its batches must stay on one thread: {found}"
 
 
 def test_the_pyfunc_serves_through_the_probed_serving_model(model_dirs: dict[str, Path]) -> None:
