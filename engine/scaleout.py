@@ -6,16 +6,23 @@ Dask runner gives the same models as the default one (TPE is only reproducible w
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import logging
+import socket
+import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
+from engine.codedeps import code_files
 from retrain.config import RunnerConfig
+from retrain.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -70,3 +77,81 @@ def family_runner(
             futures = {name: runner.client.submit(fn, pure=False, **kwargs) for name, kwargs in calls.items()}
         # leaving the runner closes its client (and LocalCluster), which drops any family still running
         yield lambda name: futures[name].result()
+
+
+class CodeMismatchError(RuntimeError):
+    """A Dask worker imported other code than the flow's: its models would differ, so it may not train them."""
+
+
+def code_root(module: str) -> Path:
+    """The checkout this process imports `module` from (wherever it is on this host: no shared path needed)."""
+    package = importlib.import_module(module.split(".")[0])
+    return Path(package.__file__ or "").resolve().parents[1]
+
+
+def code_identity(module: str) -> str:
+    """md5 of every project file `module` runs (engine/codedeps), by relative path: equal on two hosts when both
+    run the same commit, whatever directory each checkout is in."""
+    root = code_root(module)
+    digest = hashlib.md5()
+    for name in code_files(root, module):
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def check_code(module: str, expected: str | None) -> None:
+    """Refuse to run a family on a worker whose copy of the code is not the flow's (another commit, an edit)."""
+    if expected is None:
+        return
+    found = code_identity(module)
+    if found != expected:
+        raise CodeMismatchError(
+            f"Dask worker on {socket.gethostname()} imports {module} from {code_root(module)}, whose code (md5 "
+            f"{found}) is not the flow's ({expected}): deploy the flow's commit on every worker and restart them"
+        )
+
+
+def check_storage(cfg: RunnerConfig, storage: str | None) -> None:
+    """A journal file is on one host's disk: with a remote scheduler, trials need an RDB URL every worker reaches."""
+    if cfg.task_runner == "dask" and cfg.dask_address and storage is not None and storage.startswith("journal:"):
+        raise ConfigError(
+            f"candidates.storage {storage!r} is a file on this host, and runner.dask_address "
+            f"{cfg.dask_address} may run families elsewhere: use an RDB URL (postgresql://...) or null"
+        )
+
+
+def on_dask_worker() -> bool:
+    """Whether this code runs inside a Dask worker (distributed is only imported where Dask is in use)."""
+    if "distributed" not in sys.modules:
+        return False
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+@contextmanager
+def dask_trial_loops(
+    work: Callable[[int], dict[int, Any]], copies: int
+) -> Iterator[Callable[[], list[dict[int, Any]]]]:
+    """Run `work(1..copies)` as tasks on the cluster this worker belongs to (a TrialSpread, see tuning.tune).
+
+    The calling task leaves its worker's thread pool meanwhile (`worker_client` secedes), so a worker with one
+    thread can take a trial loop too; the join gathers the loops' results, and leaving cancels any still running.
+    """
+    from distributed import worker_client
+
+    with worker_client() as client:
+        futures = [client.submit(work, copy, pure=False) for copy in range(1, copies + 1)]
+        try:
+            yield lambda: client.gather(futures)
+        finally:
+            client.cancel([future for future in futures if not future.done()])
+
+
+def trial_spread() -> Callable[..., AbstractContextManager[Callable[[], list[dict[int, Any]]]]] | None:
+    """Where a family's extra trial loops go: other Dask workers when this is one, else nowhere (threads here)."""
+    return dask_trial_loops if on_dask_worker() else None

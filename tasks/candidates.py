@@ -27,7 +27,7 @@ from adapters.jsonfile import read_json, write_json
 from adapters.mlflow_runs import open_run
 from engine.context import StageContext, clear_outputs, finish, stage_run
 from engine.progress import Reporter, artifact_key
-from engine.scaleout import family_runner
+from engine.scaleout import check_code, check_storage, code_identity, family_runner, trial_spread
 from engine.stage import Stage
 from retrain.catalog import CANDIDATES, DATASET_KEYS, LEARNING_CURVES, SPLITS, VALID_SCORES
 from retrain.config import CandidatesConfig, DatasetConfig, FamilyConfig
@@ -196,14 +196,18 @@ def fit_family(
     family: str,
     d: Design,
     cfg: CandidatesConfig,
-    directory: Path,
     *,
     storage: Any = None,
     study: str | None = None,
     warm_start: tuple[dict[str, Any], ...] = (),
+    spread: Any = None,
 ) -> FamilyOutcome:
-    """Search (warm-started), refit on train (valid score, refit rounds chosen), refit on train + valid, save."""
-    from retrain.models.estimators import monotone_params, save_model
+    """Search (warm-started), refit on train (valid score, refit rounds chosen), refit on train + valid.
+
+    Nothing is written here: the outcome (models included) goes back to the flow process, which saves it
+    (`save_family`), so a family may run on a Dask worker that cannot see the project's directory at all.
+    """
+    from retrain.models.estimators import monotone_params
     from retrain.models.tuning import choose_refit, fit_model, plan_threads, trial_budget
 
     dataset = d.dataset
@@ -218,7 +222,7 @@ def fit_family(
     progress = Reporter(artifact_key=artifact_key("retrain-tuning", family), log=logger)
     progress.start("candidates", trial_budget(family_cfg, cfg.n_trials), f"tuning {family}")
     try:
-        result = tune_family(family, family_cfg, d, cfg, storage, study, progress, warm_start)
+        result = tune_family(family, family_cfg, d, cfg, storage, study, progress, warm_start, spread)
     finally:
         progress.finish(log=False)  # tuning's own line closes the search (best CV, trials, pruned, seconds)
     _, threads = plan_threads(result.threads, 1)
@@ -246,9 +250,6 @@ def fit_family(
     final_model = fit_model(family, final_params, X_full, y_full, **fit)
     seconds = time.perf_counter() - started
     logger.info("candidates: %s refit on train + valid (%d rows) in %.1f s", family, len(X_full), seconds)
-    started = time.perf_counter()
-    save_model(final_model, family, dataset.features, directory, task=dataset.task, labels=d.labels)
-    logger.info("candidates: %s saved in %.1f s", family, time.perf_counter() - started)
     outcome = FamilyOutcome(result, train_model, final_model, valid_scores, kept.valid_score, fit_seconds, rate)
     outcome.final_params, outcome.refits = final_params, kept.tried
     return outcome
@@ -263,6 +264,7 @@ def tune_family(
     study: str | None,
     progress: Reporter,
     warm_start: tuple[dict[str, Any], ...] = (),
+    spread: Any = None,
 ) -> TuningResult:
     """The family's Optuna search on train (warm-started), each finished trial moving `progress` (bar, artifact)."""
     from retrain.models.tuning import tune
@@ -288,24 +290,50 @@ def tune_family(
         study_name=study,
         on_trial=lambda _family, done, _budget: progress.advance(done=done),
         warm_start=warm_start,
+        spread=spread,
     )
+
+
+def absolute_storage(spec: str | None, root: Path) -> str | None:
+    """`journal:<file>` made absolute against the project root (a worker runs elsewhere); other specs as they are."""
+    if spec is None or not spec.startswith("journal:"):
+        return spec
+    path = Path(spec.removeprefix("journal:"))
+    return f"journal:{path if path.is_absolute() else root / path}"
 
 
 def fit_family_at(
     family: str,
     d: Design,
     cfg: CandidatesConfig,
-    directory: Path,
     storage_spec: str | None,
-    root: Path,
     study: str,
     warm_start: tuple[dict[str, Any], ...] = (),
+    code: str | None = None,
 ) -> FamilyOutcome:
-    """`fit_family` wherever it runs: the Optuna storage is opened there (a storage object does not travel)."""
-    from retrain.models.tuning import optuna_storage
+    """`fit_family` wherever it runs (this process or a Dask worker in any directory of any host).
 
-    storage = optuna_storage(storage_spec, root)
-    return fit_family(family, d, cfg, directory, storage=storage, study=study, warm_start=warm_start)
+    There it checks that it imports the flow's code (`code`, an md5 of the modules; None in the flow's own
+    process), opens the Optuna storage (a storage object does not travel), names a fresh study when an earlier
+    attempt left one (the family is re-run after its worker died), and on a Dask worker lets
+    `parallel_trials` > 1 spread trial loops over the other workers through that shared study.
+    """
+    from retrain.models.tuning import optuna_storage, unused_study_name
+
+    check_code(__name__, code)
+    storage = optuna_storage(storage_spec)
+    study = unused_study_name(storage, study)
+    return fit_family(family, d, cfg, storage=storage, study=study, warm_start=warm_start, spread=trial_spread())
+
+
+def save_family(outcome: FamilyOutcome, family: str, d: Design, directory: Path) -> None:
+    """Write a base family's train + valid refit (skops, hashed) where the flow runs, wherever it was fitted."""
+    from retrain.models.estimators import save_model
+
+    started = time.perf_counter()
+    dataset = d.dataset
+    save_model(outcome.final_model, family, dataset.features, directory, task=dataset.task, labels=d.labels)
+    logger.info("candidates: %s saved in %.1f s", family, time.perf_counter() - started)
 
 
 def fit_stacking(bases: dict[str, FamilyOutcome], d: Design, cfg: CandidatesConfig, directory: Path) -> FamilyOutcome:
@@ -387,22 +415,24 @@ def run(ctx: StageContext) -> dict[str, Any]:
         source = ctx.external.get(WARM_FROM, "none") if WARM_FROM in ctx.external else warm_source(ctx)
         source = None if source in (None, "none") else source
         warm = champion_params(ctx, source, bases) if source else {}
+        runner = ctx.params.runner
+        check_storage(runner, cfg.storage)
+        code = code_identity(__name__) if runner.task_runner == "dask" else None
         calls = {
             family: dict(
                 family=family,
                 d=d,
                 cfg=cfg,
-                directory=ctx.path(f"{CANDIDATES}/{family}"),
-                storage_spec=cfg.storage,
-                root=ctx.root,
+                storage_spec=absolute_storage(cfg.storage, ctx.root),
                 study=f"{family}-{active.info.run_id}",
                 warm_start=(warm[family],) if family in warm else (),
+                code=code,
             )
             for family in bases
         }
         outcomes: dict[str, FamilyOutcome] = {}
         learning: dict[str, Any] = {}
-        with family_runner(ctx.params.runner, fit_family_at, calls) as fitted:
+        with family_runner(runner, fit_family_at, calls) as fitted:
             for family in order:
                 family_tags = {**ctx.tracking.tags, "retrain.stage": ctx.stage, "retrain.family": family}
                 with open_run(
@@ -417,6 +447,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                         outcome = fit_stacking({b: outcomes[b] for b in bases}, d, cfg, directory)
                     else:
                         outcome = fitted(family)
+                        save_family(outcome, family, d, ctx.path(f"{CANDIDATES}/{family}"))
                     outcomes[family] = outcome
                     learning[family] = log_family(ctx, family, outcome, d, folds)
         summary = {family: outcome.summary() for family, outcome in outcomes.items()}

@@ -22,21 +22,25 @@ divisor and keeps the fewest trees whose valid score is within a tolerance of th
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import optuna
 import pandas as pd
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.study import MaxTrialsCallback
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold, TimeSeriesSplit
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
@@ -211,8 +215,8 @@ def with_threads(family: str, params: dict[str, Any], threads: int) -> dict[str,
     return {**rest, spec.param: threads} if spec.param is not None else rest
 
 
-def optuna_storage(spec: str | None, root: Path | None = None) -> BaseStorage | str | None:
-    """None (in memory), a JournalStorage on `journal:<file>` (relative to root), or the RDB URL itself."""
+def optuna_storage(spec: str | None, root: Path | None = None) -> BaseStorage | None:
+    """None (in memory), a JournalStorage on `journal:<file>` (relative to root), or an RDBStorage on the URL."""
     if spec is None:
         return None
     if spec.startswith("journal:"):
@@ -221,7 +225,38 @@ def optuna_storage(spec: str | None, root: Path | None = None) -> BaseStorage | 
             path = root / path
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    return spec
+    return rdb_storage(spec)
+
+
+def rdb_storage(url: str, attempts: int = 5) -> RDBStorage:
+    """Optuna's RDB storage, retried when another process is creating the schema of a fresh shared database at the
+    same moment (two hosts' first searches: PostgreSQL's CREATE TYPE races and one side gets a unique violation)."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return RDBStorage(url)
+        except (IntegrityError, ProgrammingError) as exc:
+            if attempt == attempts:
+                raise
+            logger.info("optuna storage: schema being created elsewhere (%s); retry %d", type(exc).__name__, attempt)
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
+def unused_study_name(storage: BaseStorage | str | None, name: str) -> str:
+    """`name`, or `name-retry<k>` when an earlier attempt of the same search left a study by that name (its worker
+    died mid-search): a re-run starts its own study, so it runs the same trials as the first attempt would."""
+    if storage is None:
+        return name
+    taken = set(optuna.get_all_study_names(storage))
+    attempt, candidate = 1, name
+    while candidate in taken:
+        attempt += 1
+        candidate = f"{name}-retry{attempt}"
+    if candidate != name:
+        logger.warning("study %s exists (an earlier attempt of this search): this attempt uses %s", name, candidate)
+    return candidate
 
 
 class RoundPruning:
@@ -497,6 +532,133 @@ def enqueue_warm_start(
         logger.info("%s: %d warm-start trial(s) first: %s", family, len(seen), seen)
 
 
+@dataclass
+class Objective:
+    """One trial: the sampled params' k-fold CV score on the training split; picklable, so a trial loop in another
+    process (`join_study`) runs the same trials. `oofs` keeps each trial's out-of-fold scores where it ran."""
+
+    family: str
+    cfg: FamilyConfig
+    X: pd.DataFrame
+    y: np.ndarray
+    folds: Folds
+    numeric: list[str]
+    categorical: list[str]
+    metric: str
+    task: str
+    n_classes: int
+    threads: int
+    early: int | None
+    deadline: float | None
+    seed: int = 0
+    oofs: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """A lock for `oofs` (parallel trials in threads); not pickled: each process gets its own."""
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the lock, which cannot cross a process boundary."""
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore the fields and give this process its own lock."""
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def params(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The trial's full params: seed, the family's fixed ones, then the sampled ones."""
+        sampled = {k: suggest(trial, k, s) for k, s in self.cfg.space.items()}
+        return {"random_state": self.seed, **self.cfg.fixed, **sampled}
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        """Score the trial's params by CV; the clock stops a trial only once one has completed."""
+        trial.set_user_attr("ran_on", f"{socket.gethostname()}:{os.getpid()}")  # which worker, in a shared study
+        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        value, oof, rounds = cv_evaluate(
+            self.family,
+            self.params(trial),
+            self.X,
+            self.y,
+            self.folds,
+            self.numeric,
+            self.categorical,
+            self.metric,
+            task=self.task,
+            n_classes=self.n_classes,
+            threads=self.threads,
+            early_stopping_rounds=self.early,
+            trial=trial,
+            pruning_warmup_rounds=self.cfg.pruning_warmup_rounds,
+            deadline=self.deadline if done else None,
+        )
+        if rounds:
+            trial.set_user_attr("n_estimators", round(float(np.mean(rounds))))
+        with self._lock:
+            self.oofs[trial.number] = oof
+        return value
+
+
+class TrialSpread(Protocol):
+    """Runs `work(i)` for i = 1..copies in other processes while the caller runs its own trials; the context
+    yields a join that waits for them and returns each one's out-of-fold scores by trial number."""
+
+    def __call__(
+        self, work: Callable[[int], dict[int, np.ndarray]], copies: int
+    ) -> AbstractContextManager[Callable[[], list[dict[int, np.ndarray]]]]: ...
+
+
+def sampler(seed: int) -> optuna.samplers.BaseSampler:
+    """The search's TPE sampler (a few random trials first, then a multivariate model of the space)."""
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS, multivariate=True)
+
+
+def pruner() -> optuna.pruners.BasePruner:
+    """Median pruning against earlier trials once a few have finished."""
+    return optuna.pruners.MedianPruner(n_startup_trials=TPE_STARTUP_TRIALS, n_warmup_steps=0)
+
+
+def join_study(
+    objective: Objective, study_name: str, storage: str, seed: int, budget: int, timeout: float | None, copy: int
+) -> dict[int, np.ndarray]:
+    """A second trial loop on a study shared through an RDB storage: it runs trials until the study holds
+    `budget` of them (any state) and returns their out-of-fold scores (the best trial may be one of them)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    objective.deadline = None if timeout is None else time.perf_counter() + timeout  # this host's clock
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler(seed + copy), pruner=pruner())
+    study.optimize(objective, n_trials=budget, timeout=timeout, callbacks=[MaxTrialsCallback(budget, states=None)])
+    logger.info(
+        "%s: trial loop %d ran %d trial(s) of study %s", objective.family, copy, len(objective.oofs), study_name
+    )
+    return objective.oofs
+
+
+def best_oof(objective: Objective, best: optuna.trial.FrozenTrial) -> np.ndarray:
+    """The best trial's out-of-fold scores: kept where its trial loop ran, else recomputed (same folds, same
+    params, deterministic) when that loop is gone, e.g. a Dask worker that died after the trial."""
+    if best.number in objective.oofs:
+        return objective.oofs[best.number]
+    logger.info(
+        "%s: recomputing the best trial's out-of-fold scores (trial %d ran elsewhere)", objective.family, best.number
+    )
+    params = {"random_state": objective.seed, **objective.cfg.fixed, **best.params}  # as the trial had them
+    _, oof, _ = cv_evaluate(
+        objective.family,
+        params,
+        objective.X,
+        objective.y,
+        objective.folds,
+        objective.numeric,
+        objective.categorical,
+        objective.metric,
+        task=objective.task,
+        n_classes=objective.n_classes,
+        threads=objective.threads,
+        early_stopping_rounds=objective.early,
+    )
+    return oof
+
+
 def tune(
     family: str,
     cfg: FamilyConfig,
@@ -518,6 +680,7 @@ def tune(
     study_name: str | None = None,
     on_trial: TrialCallback | None = None,
     warm_start: Sequence[Mapping[str, Any]] = (),
+    spread: TrialSpread | None = None,
 ) -> TuningResult:
     """TPE search over the family's space, each trial scored by k-fold CV on the training split.
 
@@ -527,56 +690,54 @@ def tune(
     search is reproducible; parallel TPE trials are not. `on_trial` hears of every finished trial.
     The first trials are `cfg.warm_start` then `warm_start` (e.g. the champion's params, from the caller),
     each cut to the space and enqueued once; they count towards the budget.
+
+    With `spread` (the Dask runner), `parallel_trials` > 1 and an RDB `storage`, the other `parallel_trials - 1`
+    trial loops run in other processes (`join_study`, e.g. on other Dask workers) on the same study, shared
+    through the database; the study stops at about `budget` trials in all (each loop may start one more).
     """
     started = time.perf_counter()
     folds = make_folds(y, n_folds, seed, task=task, groups=groups, ordered=ordered, labels=labels)
     n_classes = len(labels) if labels is not None and task != "regression" else 2
     direction = get_metric(metric).optuna_direction
-    parallel, threads = plan_threads(requested_threads(family, cfg.fixed), parallel_trials)
+    shared = storage if isinstance(storage, str) else storage.url if isinstance(storage, RDBStorage) else None
+    spread_out = spread is not None and parallel_trials > 1 and shared is not None
+    if spread_out:  # one trial at a time in each process, the others elsewhere: no local oversubscription
+        parallel, threads = 1, plan_threads(requested_threads(family, cfg.fixed), 1)[1]
+    else:
+        parallel, threads = plan_threads(requested_threads(family, cfg.fixed), parallel_trials)
     early = cfg.early_stopping_rounds if get_family(family).boosting_rounds else None
-    oofs: dict[int, np.ndarray] = {}
-    lock = threading.Lock()
     deadline = started + cfg.timeout_seconds if cfg.timeout_seconds is not None else None
-
-    def objective(trial: optuna.Trial) -> float:
-        params = {"random_state": seed, **cfg.fixed, **{k: suggest(trial, k, s) for k, s in cfg.space.items()}}
-        # the clock stops a trial only once one has completed: a search always has a result
-        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        value, oof, rounds = cv_evaluate(
-            family,
-            params,
-            X,
-            y,
-            folds,
-            numeric,
-            categorical,
-            metric,
-            task=task,
-            n_classes=n_classes,
-            threads=threads,
-            early_stopping_rounds=early,
-            trial=trial,
-            pruning_warmup_rounds=cfg.pruning_warmup_rounds,
-            deadline=deadline if done else None,
-        )
-        if rounds:
-            trial.set_user_attr("n_estimators", round(float(np.mean(rounds))))
-        with lock:
-            oofs[trial.number] = oof
-        return value
+    objective = Objective(
+        family, cfg, X, y, folds, numeric, categorical, metric, task, n_classes, threads, early, deadline, seed
+    )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS, multivariate=True),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=TPE_STARTUP_TRIALS, n_warmup_steps=0),
+        sampler=sampler(seed),
+        pruner=pruner(),
         storage=storage,
         study_name=study_name,
     )
     enqueue_warm_start(study, [*cfg.warm_start, *warm_start], cfg.space, family)
     budget = trial_budget(cfg, n_trials)
     progress = Progress(family, metric, budget, cfg.timeout_seconds, started, on_trial)
-    study.optimize(objective, n_trials=budget, timeout=cfg.timeout_seconds, n_jobs=parallel, callbacks=[progress])
+    if spread_out:
+        assert spread is not None and shared is not None  # narrowed above
+        copies = parallel_trials - 1
+        logger.info("%s: %d trial process(es) elsewhere join study %s", family, copies, study.study_name)
+        work = functools.partial(join_study, objective, study.study_name, shared, seed, budget, cfg.timeout_seconds)
+        with spread(work, copies) as joined:
+            study.optimize(
+                objective,
+                n_trials=budget,
+                timeout=cfg.timeout_seconds,
+                callbacks=[MaxTrialsCallback(budget, states=None), progress],
+            )
+            for found in joined():
+                objective.oofs.update(found)
+    else:
+        study.optimize(objective, n_trials=budget, timeout=cfg.timeout_seconds, n_jobs=parallel, callbacks=[progress])
     trials = [
         {
             "number": t.number,
@@ -620,7 +781,7 @@ def tune(
         trials,
         seconds,
         direction,
-        oof=oofs.get(best_trial.number),
+        oof=best_oof(objective, best_trial),
         oof_rows=covered,
         n_pruned=pruned,
         threads=threads,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.candidates import fit_family, fit_stacking
+from tasks.candidates import fit_family, fit_stacking, save_family
 from tests.unit.test_stacking import config, design
 
 FAMILIES = ("lightgbm", "hgb", "logreg")
@@ -15,7 +15,9 @@ def train_all(root: Path) -> dict[str, dict]:
     """Tune, refit and save every family plus stacking under root; the summaries without wall-clock fields."""
     d = design("binary")
     cfg = config((*FAMILIES, "stacking"))
-    bases = {f: fit_family(f, d, cfg, root / f) for f in FAMILIES}
+    bases = {f: fit_family(f, d, cfg) for f in FAMILIES}
+    for family, outcome in bases.items():
+        save_family(outcome, family, d, root / family)
     outcomes = {**bases, "stacking": fit_stacking(bases, d, cfg, root / "stacking")}
     timings = ("tuning_seconds", "fit_seconds", "predict_rows_per_second")
     return {f: {k: v for k, v in o.summary().items() if k not in timings} for f, o in outcomes.items()}

@@ -11,7 +11,7 @@ import pytest
 
 from engine.context import tree_md5
 from engine.pipeline import standalone_stage
-from engine.scaleout import cluster_kwargs, family_runner
+from engine.scaleout import CodeMismatchError, cluster_kwargs, family_runner
 from flows.cli import main
 from flows.dag import DAG
 from retrain.catalog import CANDIDATES
@@ -81,3 +81,57 @@ def test_flow_on_dask_gives_the_default_runners_models(tmp_path: Path, use_root,
     here = {f: tree_md5(root / CANDIDATES / f) for f in families}
     here["summary"] = tree_md5(root / CANDIDATES / "summary.json")
     assert on_dask == here, "the Dask runner must build byte-identical models (same CV scores, same champion)"
+
+
+def shared_design() -> tuple[candidates.Design, object]:
+    """The stacking tests' tiny binary design, with a logreg search of 6 trials tried 2 at a time."""
+    from tests.unit.test_stacking import config, design
+
+    cfg = config(("logreg", "hgb")).model_copy(update={"n_trials": 6, "parallel_trials": 2})
+    return design("binary"), cfg
+
+
+@pytest.mark.slow
+def test_trials_spread_over_dask_workers_through_a_shared_study(tmp_path: Path) -> None:
+    """parallel_trials 2 on a Dask worker: the second trial loop runs on another worker process, on the same
+    study through an RDB storage, and the best trial's out-of-fold scores come back whichever loop ran it."""
+    import optuna
+    from distributed import Client, LocalCluster
+
+    d, cfg = shared_design()
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    with LocalCluster(**cluster_kwargs(DASK)) as cluster, Client(cluster) as client:
+        code = candidates.code_identity(candidates.__name__)
+        future = client.submit(candidates.fit_family_at, "logreg", d, cfg, storage, "logreg-spread", code=code)
+        outcome = future.result()
+        workers = set(client.run(os.getpid).values())
+    trials = optuna.load_study(study_name="logreg-spread", storage=storage).trials
+    ran_on = {t.user_attrs.get("ran_on", "?").rpartition(":")[2] for t in trials}
+    assert 6 <= len(trials) <= 7, f"the study stops at the budget (each loop may start one more): {len(trials)}"
+    assert len(ran_on) == 2 and {int(p) for p in ran_on} <= workers, f"two worker processes ran trials: {ran_on}"
+    assert str(os.getpid()) not in ran_on, "no trial ran in the test's process"
+    result = outcome.result
+    assert result.oof is not None and len(result.oof) == len(d.y_train), "the best trial's out-of-fold scores"
+    assert len(result.trials) == len(trials), "the result lists every trial of the shared study"
+
+
+def test_a_worker_with_other_code_refuses_the_family() -> None:
+    d, cfg = shared_design()
+    with pytest.raises(CodeMismatchError, match="deploy the flow's commit"):
+        candidates.fit_family_at("logreg", d, cfg, None, "logreg-x", code="0" * 32)
+
+
+def test_a_rerun_family_gets_a_fresh_study(tmp_path: Path) -> None:
+    """A family re-run after its worker died must not continue the dead attempt's study (its trials, a stale
+    running one): it gets `<name>-retry2`, then `-retry3`."""
+    import optuna
+
+    from retrain.models.tuning import unused_study_name
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert unused_study_name(storage, "lightgbm-run1") == "lightgbm-run1"
+    optuna.create_study(study_name="lightgbm-run1", storage=storage)
+    assert unused_study_name(storage, "lightgbm-run1") == "lightgbm-run1-retry2"
+    optuna.create_study(study_name="lightgbm-run1-retry2", storage=storage)
+    assert unused_study_name(storage, "lightgbm-run1") == "lightgbm-run1-retry3"
+    assert unused_study_name(None, "lightgbm-run1") == "lightgbm-run1", "in memory: nothing to continue"

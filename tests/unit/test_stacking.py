@@ -74,7 +74,7 @@ def test_stacking_round_trip_and_pyfunc(tmp_path: Path, task: str) -> None:
     linear = "ridge" if task == "regression" else "logreg"
     cfg = config(("lightgbm", "hgb", linear, "stacking"), task)
     d = design(task)
-    bases = {f: fit_family(f, d, cfg, tmp_path / f) for f in ("lightgbm", "hgb", linear)}
+    bases = {f: fit_family(f, d, cfg) for f in ("lightgbm", "hgb", linear)}
     stacked = fit_stacking(bases, d, cfg, tmp_path / "stacking")
     assert np.isfinite(stacked.result.cv_score), "stacking has a CV score from the meta-learner's own folds"
     predictor = load_predictor(tmp_path / "stacking")

@@ -219,7 +219,9 @@ def test_journal_storage_keeps_the_study(tmp_path: Path) -> None:
     again = optuna_storage("journal:studies/optuna.log", tmp_path)
     reopened = optuna.load_study(study_name="logreg-test", storage=again)
     assert [t.value for t in reopened.trials] == [t["value"] for t in result.trials], "trials persisted in the journal"
-    assert optuna_storage(None) is None and optuna_storage("sqlite:///x.db") == "sqlite:///x.db"
+    assert optuna_storage(None) is None, "no spec: in memory"
+    rdb = optuna_storage(f"sqlite:///{tmp_path / 'x.db'}")
+    assert isinstance(rdb, optuna.storages.RDBStorage) and rdb.url.endswith("x.db"), "a URL: an RDB storage on it"
 
 
 def test_refit_scales_early_stopped_rounds_and_divides_the_learning_rate() -> None:
