@@ -104,9 +104,15 @@ def _new_run(experiment_id: str, name: str, tags: Mapping[str, str], *, parent_r
 
 
 def _end_quietly(run_id: str, status: str) -> None:
-    """End a run while an exception unwinds: never raise over it (recovery closes the run later if this fails)."""
+    """End a run while an exception unwinds: never raise over it (recovery closes the run later if this fails).
+
+    A tracking server that is down gets one attempt, not MLflow's minutes of retries (`fail_fast_when_down`).
+    """
+    from adapters.mlflow_errors import fail_fast_when_down
+
     try:
-        close(run_id, status)
+        with fail_fast_when_down(mlflow.get_tracking_uri()):
+            close(run_id, status)
     except Exception:
         logger.warning("MLflow run %s could not be ended %s (recovery closes it later)", run_id, status)
 

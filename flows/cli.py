@@ -393,16 +393,26 @@ def _run_flow(args: argparse.Namespace) -> int:
         if verdict.unchanged:
             return report_noop(args, verdict)
         logger.info("running the flow: %s", verdict.reason)
-    from flows.prefect_server import hand_over, start_early, while_booting
+    from flows.prefect_server import configured_api, hand_over, start_early, while_booting
 
+    try:
+        require_servers(os.environ.get("PREFECT_API_URL"), None)  # a server that is down: stop before anything runs
+    except ServerUnreachableError as exc:
+        return report_unreachable(args, exc)
     early = start_early()  # Prefect's temporary server starts beside preflight
     try:
         report = preflight_or_raise(args.params, args.overrides)  # before Prefect is imported, every problem at once
+        require_servers(None, report.params)  # an http(s) MLflow tracking server
         from flows.outcome import REFUSED
         from flows.training import RunRequest, Trigger, retrain_flow
 
         while_booting(early, flow_warmup(report.params))
         hand_over(early)
+        require_servers(None if os.environ.get("PREFECT_API_URL") else configured_api(), None)  # a profile's API
+    except ServerUnreachableError as exc:
+        if early is not None:
+            early.stop()
+        return report_unreachable(args, exc)
     except BaseException:
         if early is not None:
             early.stop()
@@ -417,15 +427,59 @@ def _run_flow(args: argparse.Namespace) -> int:
     if not state.is_completed() and state.name != REFUSED:  # Refused is Failed but carries the run summary
         exc = state.result(raise_on_failure=False)
         error = exc if isinstance(exc, BaseException) else None
-        logger.error("run failed: %s", error)
+        message = failure_message(error, report.params)
+        logger.error("run failed: %s", message)
         if args.json:
-            _emit({"status": "failed", "error": str(error), "error_type": type(error).__name__})
+            _emit({"status": "failed", "error": message, "error_type": type(error).__name__})
         return exit_code_for(error)
     summary: dict[str, Any] = state.result(raise_on_failure=False)
     print_summary(summary)
     if args.json:
         _emit({"status": "completed", **summary})
     return exit_code_for_promotion(summary["promotion"], summary["decision"])
+
+
+class ServerUnreachableError(RuntimeError):
+    """A server the run needs (the Prefect API, the MLflow tracking server) does not answer: nothing ran (exit 1)."""
+
+
+def require_servers(prefect_api: str | None, params: Any) -> None:
+    """Check the configured Prefect API and (with params) an http(s) MLflow tracking server answer; else raise.
+
+    Why before the flow: Prefect's client fails at the flow's first call with a bare "Failed to reach API", and
+    MLflow's client retries a down server for about 4 minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES) before failing.
+    """
+    from flows.prefect_server import PrefectUnreachableError, require_api
+
+    problems = []
+    try:
+        require_api(prefect_api)
+    except PrefectUnreachableError as exc:
+        problems.append(str(exc))
+    if params is not None and params.tracking.tracking_uri:
+        from adapters.mlflow_errors import server_problem
+
+        problem = server_problem(params.tracking.tracking_uri)
+        if problem is not None:
+            problems.append(problem)
+    if problems:
+        raise ServerUnreachableError("; and ".join(problems))
+
+
+def report_unreachable(args: argparse.Namespace, exc: ServerUnreachableError) -> int:
+    """A run refused before it started because a server is down: the message, the --json document, exit 1."""
+    logger.error("run not started: %s", exc)
+    if args.json:
+        _emit({"status": "failed", "error": str(exc), "error_type": type(exc).__name__})
+    return EXIT_ERROR
+
+
+def failure_message(error: BaseException | None, params: Any) -> str:
+    """The error of a failed run in words: an MLflow tracking server that stopped answering is named as such."""
+    from adapters.mlflow_errors import unreachable_server_message
+
+    uri = params.tracking.tracking_uri if params is not None else None
+    return (unreachable_server_message(error, uri) if error is not None and uri else None) or str(error)
 
 
 FLOW_IMPORTS = (
@@ -696,6 +750,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     stage = find_stage(DAG, args.name)
     preflight_or_raise(args.params, [])
     params = load_params(resolve(root, args.params))
+    require_servers(None, params)  # an http(s) tracking server that is down: now, not after MLflow's retries
     trigger = "dvc" if os.environ.get("DVC_STAGE") else os.environ.get("RETRAIN_TRIGGER", "cli")
     outcome = standalone_stage(root, params, DAG, stage, trigger)
     logger.info("stage %s finished in %.2fs", outcome.name, outcome.seconds)
@@ -872,7 +927,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """`retrain serve`: prefect.yaml's deployments (flows/deploy.py), served from this process until interrupted."""
     from flows import deploy
+    from flows.prefect_server import configured_api
 
+    require_servers(configured_api(), None)  # a server that is down: say so, not Prefect's traceback
     deploy.serve(cron=args.cron, timezone=args.timezone, only=args.only, schedule=not args.no_schedule)
     return EXIT_OK
 
@@ -975,6 +1032,9 @@ def main(argv: list[str] | None = None) -> int:
     except RetrainInputError as exc:
         logger.error("%s", exc)
         return EXIT_INPUT
+    except ServerUnreachableError as exc:  # `serve`, `stage` (`run` reports its own: report_unreachable)
+        logger.error("%s", exc)
+        return EXIT_ERROR
     except KeyError as exc:
         logger.error("%s", exc.args[0] if exc.args else exc)
         return EXIT_ERROR

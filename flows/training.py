@@ -117,7 +117,6 @@ def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli"
             summary = verdict.summary | {"prefect_flow_run_id": flow_run.get_id()}
             return outcome.publish_unchanged(summary, verdict.reason)
         logger.info("running: %s", verdict.reason)
-    from adapters.mlflow_runs import end_status
     from engine.pipeline import PipelineRun
     from flows.dag import DAG, sync_dvc_yaml
     from flows.summary import run_summary, summary_tags
@@ -150,16 +149,7 @@ def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli"
             sync_dvc_yaml(root, params)  # dvc.lock can only be committed against the dvc.yaml of these params
         run.record_lineage()
     except BaseException as exc:
-        try:
-            partial = run_summary(run)
-        except Exception:  # the parent run is closed and the lock released whatever the summary's state
-            logger.warning("no summary of the stopped run", exc_info=True)
-            partial = {"mlflow_run_id": run.tracking.parent_run_id}
-        run.finish(end_status(exc), summary_tags(partial))  # FAILED on an error, KILLED on a signal or cancel
-        if isinstance(exc, Exception):  # not on a cancel or Ctrl-C: then the API may be going away
-            outcome.publish_failure(run, exc)  # what is known; never raises over `exc`
-        else:
-            STOPPED[:] = [partial | {"stage": reached(run)}]  # what `retrain run --json` prints on a signal
+        close_failed(run, exc)
         raise
     summary = run_summary(run)
     if run.commit_lineage:
@@ -167,3 +157,30 @@ def retrain_flow(request: RunRequest = DEFAULT_REQUEST, trigger: Trigger = "cli"
     run.finish("FINISHED", summary_tags(summary))
     outcome.publish(run, summary)
     return outcome.final_state(summary)
+
+
+def close_failed(run: PipelineRun, exc: BaseException) -> None:
+    """End a run that raised: parent run FAILED (an error) or KILLED (a signal, a cancel), lock released, outcome.
+
+    Never raises over `exc`, the error the operator must see: a tracking server that is down gets one attempt
+    per call (adapters/mlflow_errors.py `fail_fast_when_down`), and what cannot be closed now the next run's
+    recovery closes (engine/recovery.py).
+    """
+    from adapters.mlflow_errors import fail_fast_when_down
+    from adapters.mlflow_runs import end_status
+    from flows.summary import run_summary, summary_tags
+
+    with fail_fast_when_down(run.tracking.tracking_uri):
+        try:
+            partial = run_summary(run)
+        except Exception:  # the parent run is closed and the lock released whatever the summary's state
+            logger.warning("no summary of the stopped run", exc_info=True)
+            partial = {"mlflow_run_id": run.tracking.parent_run_id}
+        try:
+            run.finish(end_status(exc), summary_tags(partial))  # FAILED on an error, KILLED on a signal or cancel
+        except Exception as error:  # the lock is released (finish's finally); the parent run stays for recovery
+            logger.warning("parent run %s not closed (%s); the next run closes it", run.tracking.parent_run_id, error)
+        if isinstance(exc, Exception):  # not on a cancel or Ctrl-C: then the API may be going away
+            outcome.publish_failure(run, exc)  # what is known; never raises over `exc`
+        else:
+            STOPPED[:] = [partial | {"stage": reached(run)}]  # what `retrain run --json` prints on a signal
