@@ -377,6 +377,10 @@ class CandidatesConfig(Strict):
     `warm_start_from_champion`: each family's search first tries the hyperparameters the current champion
     (`promote.model_name@alias`) was tuned to when it is of that family (its dimensions inside the space),
     after the family's own `warm_start` list; the champion then enters the stage's cache key.
+
+    `search_rows`: the hyperparameter search (CV trials) runs on a seeded sample of this many train rows,
+    stratified on the label for classification (`retrain.data.split.search_positions`); the refits use every
+    row. None: the search sees all rows. A large table's search cost then stays flat while the refits grow.
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -389,6 +393,7 @@ class CandidatesConfig(Strict):
     storage: str | None = None
     monotone: dict[str, Literal[-1, 1]] = {}
     warm_start_from_champion: bool = False
+    search_rows: int | None = Field(default=None, ge=100)
 
     @model_validator(mode="before")
     @classmethod
@@ -429,6 +434,11 @@ class CandidatesConfig(Strict):
         if self.storage is not None and not (self.storage.startswith("journal:") or "://" in self.storage):
             raise ValueError(
                 f"storage {self.storage!r}: use null (in memory), 'journal:<file>' or an RDB URL (sqlite:///x.db)"
+            )
+        if self.search_rows is not None and meta:
+            raise ValueError(
+                f"search_rows: family {meta[0]!r} stacks out-of-fold scores of every train row, which a search on "
+                f"a sample does not have; drop {meta[0]!r} from families or set search_rows: null"
             )
         return self
 
@@ -656,18 +666,26 @@ class TrackingConfig(Strict):
 
 
 class RunnerConfig(Strict):
-    """Where candidate families train; results do not depend on it, so it is in no stage's cache key.
+    """Where candidate families train; results do not depend on it (but `dask_lightgbm_min_rows`, the one key of it
+    in the candidates stage's cache key), so it is in no other stage's cache key.
 
     `default` fits the families one after another in the flow's process. `dask` submits each base family
-    (its whole search, refits and save) as a Prefect task to a prefect-dask `DaskTaskRunner`: a LocalCluster
-    of `dask_workers` processes on 127.0.0.1 started for the stage, or the scheduler at `dask_address`
-    (whose workers must see the project directory at the same path).
+    (its whole search and refits) as a Prefect task to a prefect-dask `DaskTaskRunner`: a LocalCluster
+    of `dask_workers` processes on 127.0.0.1 started for the stage, or the scheduler at `dask_address`, whose
+    workers may run from any directory on any host (the models come back to the flow process, which saves
+    them) but must import the flow's code (checked by an md5 of its modules). With `candidates.parallel_trials`
+    > 1 and an RDB `candidates.storage`, a family's trials spread over the workers through the shared study.
+
+    `dask_lightgbm_min_rows`: with `dask`, a LightGBM fit on at least this many rows trains data-parallel on
+    the Dask workers (`lightgbm.dask`, retrain/models/distributed.py) instead of in one process; None: never.
+    Such a model is not bit-identical to the in-process one, so a non-null value changes results.
     """
 
     task_runner: Literal["default", "dask"] = "default"
     dask_address: str | None = None
     dask_workers: int = Field(default=2, ge=1)
     dask_threads_per_worker: int = Field(default=1, ge=1)
+    dask_lightgbm_min_rows: int | None = Field(default=None, ge=1)
 
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -770,6 +788,11 @@ class Params(Strict):
         test = self.ingest.test_source
         if (test is not None and "://" in test) != (self.ingest.test_query is not None):
             raise ValueError("ingest.test_query goes with a database URL in ingest.test_source, and only then")
+        if self.runner.dask_lightgbm_min_rows is not None and self.runner.task_runner != "dask":
+            raise ValueError(
+                "runner.dask_lightgbm_min_rows trains LightGBM on the Dask cluster: it needs runner.task_runner: dask "
+                f"(it is {self.runner.task_runner!r})"
+            )
         bounds = self.evaluate.gates.metric_bounds
         unknown = [m for m in (*bounds.min, *bounds.max) if m not in TASK_METRICS[task]]
         if unknown:

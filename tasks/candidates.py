@@ -8,10 +8,12 @@ of the other families' best trials and saves their train + valid refits beside i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +32,7 @@ from engine.progress import Reporter, artifact_key
 from engine.scaleout import check_code, check_storage, code_identity, family_runner, trial_spread
 from engine.stage import Stage
 from retrain.catalog import CANDIDATES, DATASET_KEYS, LEARNING_CURVES, SPLITS, VALID_SCORES
-from retrain.config import CandidatesConfig, DatasetConfig, FamilyConfig
+from retrain.config import CandidatesConfig, DatasetConfig, FamilyConfig, RunnerConfig
 from retrain.errors import DataError
 from retrain.metrics import class_labels, encode_target, get_metric, score
 from retrain.models.families import FAMILIES, check_family
@@ -201,14 +203,16 @@ def fit_family(
     study: str | None = None,
     warm_start: tuple[dict[str, Any], ...] = (),
     spread: Any = None,
+    runner: RunnerConfig | None = None,
 ) -> FamilyOutcome:
-    """Search (warm-started), refit on train (valid score, refit rounds chosen), refit on train + valid.
+    """Search (warm-started, on `candidates.search_rows` of train), refit on train (valid score, refit rounds
+    chosen), refit on train + valid; a large LightGBM fit trains on Dask (`runner.dask_lightgbm_min_rows`).
 
     Nothing is written here: the outcome (models included) goes back to the flow process, which saves it
     (`save_family`), so a family may run on a Dask worker that cannot see the project's directory at all.
     """
     from retrain.models.estimators import monotone_params
-    from retrain.models.tuning import choose_refit, fit_model, plan_threads, trial_budget
+    from retrain.models.tuning import choose_refit, plan_threads, trial_budget
 
     dataset = d.dataset
     family_cfg = cfg.family(family)
@@ -222,11 +226,13 @@ def fit_family(
     progress = Reporter(artifact_key=artifact_key("retrain-tuning", family), log=logger)
     progress.start("candidates", trial_budget(family_cfg, cfg.n_trials), f"tuning {family}")
     try:
-        result = tune_family(family, family_cfg, d, cfg, storage, study, progress, warm_start, spread)
+        result = tune_family(family, family_cfg, search_design(d, cfg.search_rows), cfg, storage, study, progress,
+                             warm_start, spread)  # fmt: skip
     finally:
         progress.finish(log=False)  # tuning's own line closes the search (best CV, trials, pruned, seconds)
     _, threads = plan_threads(result.threads, 1)
     fit = dict(numeric=dataset.numeric, categorical=dataset.categorical, task=dataset.task, threads=threads)
+    fitter = family_fitter(runner or RunnerConfig())
     kept = choose_refit(
         family,
         result,
@@ -238,6 +244,7 @@ def fit_family(
         n_classes=d.n_classes,
         divisors=family_cfg.refit_learning_rate_divisors,
         tolerance=family_cfg.refit_tolerance,
+        fitter=fitter,
         **fit,
     )
     train_model, valid_scores, fit_seconds = kept.model, kept.valid_scores, kept.fit_seconds
@@ -247,7 +254,7 @@ def fit_family(
     y_full = np.concatenate([d.y_train, d.y_valid])
     final_params = result.refit_params(len(X_full))
     started = time.perf_counter()
-    final_model = fit_model(family, final_params, X_full, y_full, **fit)
+    final_model = fitter(family, final_params, X_full, y_full, **fit)
     seconds = time.perf_counter() - started
     logger.info("candidates: %s refit on train + valid (%d rows) in %.1f s", family, len(X_full), seconds)
     outcome = FamilyOutcome(result, train_model, final_model, valid_scores, kept.valid_score, fit_seconds, rate)
@@ -294,6 +301,38 @@ def tune_family(
     )
 
 
+def search_design(d: Design, rows: int | None) -> Design:
+    """The train rows the search's CV trials see: all, or a seeded sample of about `rows` (label-stratified for
+    classification, in train's order), so a large table's search costs what a sample's does; refits use all."""
+    from retrain.data.split import search_positions
+
+    positions = search_positions(d.y_train, rows, d.seed, stratify=d.dataset.task != "regression")
+    if positions is None:
+        return d
+    logger.info(
+        "candidates: the search runs on %d of %d train rows (candidates.search_rows)", len(positions), len(d.y_train)
+    )
+    groups = d.groups.iloc[positions].reset_index(drop=True) if d.groups is not None else None
+    X = d.X_train.iloc[positions].reset_index(drop=True)
+    return dataclasses.replace(d, X_train=X, y_train=d.y_train[positions], groups=groups)
+
+
+def family_fitter(runner: RunnerConfig) -> Callable[..., Pipeline]:
+    """How the family's refits are fitted: in this process (`fit_model`), or a LightGBM fit on at least
+    `runner.dask_lightgbm_min_rows` rows data-parallel on the Dask cluster (retrain/models/distributed.py)."""
+    from retrain.models.distributed import fit_lightgbm_on_cluster, use_dask_lightgbm
+    from retrain.models.tuning import fit_model
+
+    def fit(family: str, params: dict[str, Any], X: pd.DataFrame, y: np.ndarray, **kwargs: Any) -> Pipeline:
+        """One refit, where its size says."""
+        if not use_dask_lightgbm(runner, family, len(X)):
+            return fit_model(family, params, X, y, **kwargs)
+        columns = {k: kwargs[k] for k in ("numeric", "categorical", "task")}
+        return fit_lightgbm_on_cluster(params, X, y, **columns, address=runner.dask_address)
+
+    return fit
+
+
 def absolute_storage(spec: str | None, root: Path) -> str | None:
     """`journal:<file>` made absolute against the project root (a worker runs elsewhere); other specs as they are."""
     if spec is None or not spec.startswith("journal:"):
@@ -310,6 +349,7 @@ def fit_family_at(
     study: str,
     warm_start: tuple[dict[str, Any], ...] = (),
     code: str | None = None,
+    runner: RunnerConfig | None = None,
 ) -> FamilyOutcome:
     """`fit_family` wherever it runs (this process or a Dask worker in any directory of any host).
 
@@ -323,7 +363,9 @@ def fit_family_at(
     check_code(__name__, code)
     storage = optuna_storage(storage_spec)
     study = unused_study_name(storage, study)
-    return fit_family(family, d, cfg, storage=storage, study=study, warm_start=warm_start, spread=trial_spread())
+    return fit_family(
+        family, d, cfg, storage=storage, study=study, warm_start=warm_start, spread=trial_spread(), runner=runner
+    )
 
 
 def save_family(outcome: FamilyOutcome, family: str, d: Design, directory: Path) -> None:
@@ -427,6 +469,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 study=f"{family}-{active.info.run_id}",
                 warm_start=(warm[family],) if family in warm else (),
                 code=code,
+                runner=runner,
             )
             for family in bases
         }
@@ -532,6 +575,14 @@ STAGE = Stage(
     run,
     deps=(SPLITS["train"], SPLITS["valid"]),
     outs=(CANDIDATES,),
-    params=("candidates", *DATASET_KEYS, "split.group_column", "split.time_column", "evaluate.metric", "seed"),
+    params=(
+        "candidates",
+        *DATASET_KEYS,
+        "split.group_column",
+        "split.time_column",
+        "evaluate.metric",
+        "seed",
+        "runner.dask_lightgbm_min_rows",  # a LightGBM fit on Dask is not the in-process one bit for bit
+    ),
     key_inputs=warm_input,
 )

@@ -413,20 +413,22 @@ def choose_refit(
     threads: int,
     divisors: Sequence[float] = (1.0,),
     tolerance: float = 0.0,
+    fitter: Callable[..., Pipeline] | None = None,
 ) -> RefitChoice:
     """Refit the best params on train once per learning-rate divisor; keep the fewest trees that score as well.
 
     Each divisor d refits with learning_rate / d and d x the rounds; the refit with the fewest trees whose
     valid score is within `tolerance` (relative) of the best refit's is kept, and `result.refit_divisor` is set
     to its d (the train + valid refit uses it). Deterministic: the same fits in the same order, ties go to
-    fewer trees. A family without tuned boosting rounds is refitted once, as tuned.
+    fewer trees. A family without tuned boosting rounds is refitted once, as tuned. `fitter` (default
+    `fit_model`) fits each refit: the candidates stage passes one that trains a large LightGBM fit on Dask.
     """
     maximize = get_metric(metric).optuna_direction == "maximize"
     fits: list[RefitChoice] = []
     for divisor in sorted(divisors) if result.rounds_tuned else [1.0]:
         params = result.refit_params(len(X_train), divisor)
         started = time.perf_counter()
-        model = fit_model(
+        model = (fitter or fit_model)(
             family, params, X_train, y_train, numeric=numeric, categorical=categorical, task=task, threads=threads
         )
         fitted = time.perf_counter() - started

@@ -135,3 +135,63 @@ def test_a_rerun_family_gets_a_fresh_study(tmp_path: Path) -> None:
     optuna.create_study(study_name="lightgbm-run1-retry2", storage=storage)
     assert unused_study_name(storage, "lightgbm-run1") == "lightgbm-run1-retry3"
     assert unused_study_name(None, "lightgbm-run1") == "lightgbm-run1", "in memory: nothing to continue"
+
+
+def final_booster(runner: RunnerConfig, d: candidates.Design, cfg: object) -> str:
+    """The saved LightGBM model's booster text of a family fitted where this runs (module level: shipped to Dask)."""
+    outcome = candidates.fit_family("lightgbm", d, cfg, runner=runner)
+    return outcome.final_model.named_steps["model"].booster_.model_to_string()
+
+
+@pytest.mark.slow
+def test_a_large_lightgbm_fit_trains_data_parallel_on_the_cluster() -> None:
+    """runner.dask_lightgbm_min_rows: the family's refits on at least that many rows train with lightgbm.dask over
+    every worker (the booster records 2 machines); below it they stay in the family's process."""
+    from distributed import Client, LocalCluster
+
+    from tests.unit.test_stacking import config, design
+
+    d, cfg = design("binary"), config(("lightgbm", "logreg"))
+    large = RunnerConfig(task_runner="dask", dask_workers=2, dask_lightgbm_min_rows=200)
+    small = large.model_copy(update={"dask_lightgbm_min_rows": 10_000})
+    with LocalCluster(**cluster_kwargs(DASK)) as cluster, Client(cluster) as client:
+        boosters = {
+            r.dask_lightgbm_min_rows: client.submit(final_booster, r, d, cfg, pure=False) for r in (large, small)
+        }
+        texts = {rows: future.result(timeout=300) for rows, future in boosters.items()}
+    assert "[num_machines: 2]" in texts[200], "400 rows >= 200: trained over both workers"
+    assert "[num_machines: 1]" in texts[10_000], "400 rows < 10,000: trained in the family's process"
+
+
+def test_search_rows_tunes_on_a_sample_and_refits_on_every_row() -> None:
+    from tests.unit.test_stacking import config, design
+
+    d = design("binary", n=800)  # 600 train rows
+    cfg = config(("logreg", "hgb")).model_copy(update={"search_rows": 200})
+    sample = candidates.search_design(d, 200)
+    assert len(sample.y_train) == 200, f"the search's rows: {len(sample.y_train)}"
+    share = abs(sample.y_train.mean() - d.y_train.mean())
+    assert share <= 1 / 200, f"label-stratified: positive share {sample.y_train.mean():.3f} vs {d.y_train.mean():.3f}"
+    assert candidates.search_design(d, None) is d, "null: the search sees every row"
+    outcome = candidates.fit_family("logreg", d, cfg)
+    assert len(outcome.result.oof) == 200, "out-of-fold scores of the sampled rows: the CV ran on the sample"
+    assert outcome.result.fold_rows == 100, f"2 folds of the 200-row sample: {outcome.result.fold_rows}"
+    assert len(outcome.valid_scores) == len(d.y_valid), "the refit on all train rows is scored on valid"
+
+
+def test_search_rows_cannot_feed_stacking_and_lightgbm_on_dask_needs_the_dask_runner() -> None:
+    from pydantic import ValidationError
+
+    from tests.conftest import small_params
+
+    with pytest.raises(ValidationError, match="search_rows: family 'stacking'"):
+        load_params_dict(small_params(candidates={"families": ["lightgbm", "logreg", "stacking"], "search_rows": 500}))
+    with pytest.raises(ValidationError, match=r"runner.dask_lightgbm_min_rows .* needs runner.task_runner: dask"):
+        load_params_dict(small_params(runner={"dask_lightgbm_min_rows": 1000}))
+
+
+def load_params_dict(params: dict) -> object:
+    """Params from a dict, validated as a params file is."""
+    from retrain.config import Params
+
+    return Params.model_validate(params)
