@@ -139,13 +139,18 @@ def dask_trial_loops(
 ) -> Iterator[Callable[[], list[dict[int, Any]]]]:
     """Run `work(1..copies)` as tasks on the cluster this worker belongs to (a TrialSpread, see tuning.tune).
 
-    The calling task leaves its worker's thread pool meanwhile (`worker_client` secedes), so a worker with one
-    thread can take a trial loop too; the join gathers the loops' results, and leaving cancels any still running.
+    The loops prefer the other workers; the calling task leaves its worker's thread pool meanwhile
+    (`worker_client` secedes), so a worker with one thread can take a loop too. The join gathers the loops'
+    results, and leaving cancels any still running.
     """
-    from distributed import worker_client
+    from distributed import get_worker, worker_client
 
+    here = get_worker().address
     with worker_client() as client:
-        futures = [client.submit(work, copy, pure=False) for copy in range(1, copies + 1)]
+        others = [w for w in sorted(client.scheduler_info(n_workers=-1)["workers"]) if w != here]
+        # other workers first (that is the point), this one if they are all busy
+        place = {"workers": others, "allow_other_workers": True} if others else {}
+        futures = [client.submit(work, copy, pure=False, **place) for copy in range(1, copies + 1)]
         try:
             yield lambda: client.gather(futures)
         finally:

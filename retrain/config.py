@@ -379,7 +379,7 @@ class CandidatesConfig(Strict):
     after the family's own `warm_start` list; the champion then enters the stage's cache key.
 
     `search_rows`: the hyperparameter search (CV trials) runs on a seeded sample of this many train rows,
-    stratified on the label for classification (`retrain.data.split.search_positions`); the refits use every
+    stratified on the label for classification (`retrain.models.sampling.search_positions`); the refits use every
     row. None: the search sees all rows. A large table's search cost then stays flat while the refits grow.
     """
 

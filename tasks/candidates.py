@@ -304,7 +304,7 @@ def tune_family(
 def search_design(d: Design, rows: int | None) -> Design:
     """The train rows the search's CV trials see: all, or a seeded sample of about `rows` (label-stratified for
     classification, in train's order), so a large table's search costs what a sample's does; refits use all."""
-    from retrain.data.split import search_positions
+    from retrain.models.sampling import search_positions
 
     positions = search_positions(d.y_train, rows, d.seed, stratify=d.dataset.task != "regression")
     if positions is None:

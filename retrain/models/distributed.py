@@ -55,23 +55,31 @@ def dask_params(task: str, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 TARGET = "__y__"
-"""Column of the scattered partitions holding the label (split off again as the Dask `y`)."""
+"""Name of the scattered label Series."""
 
 
 def partitioned(client: Any, encoded: pd.DataFrame, y: np.ndarray, partitions: int) -> tuple[Any, Any]:
-    """X and y as Dask collections over row blocks scattered to the workers, each block's X and y together.
+    """X and y as Dask collections over row blocks scattered to the workers, block k of both on worker k.
 
     Scattered, not embedded in the task graph (`dd.from_pandas`), so millions of rows go to the workers
-    directly instead of through the scheduler; lightgbm.dask pairs X and y by partition.
+    directly instead of through the scheduler; lightgbm.dask pairs X and y by partition and trains on the
+    workers that hold them. X and y are scattered apart, so no task derives one from the other: a derived
+    partition may be computed anywhere, and with every block on one worker the fit silently uses one machine.
     """
     import dask.dataframe as dd
 
-    frame = encoded.reset_index(drop=True).assign(**{TARGET: np.asarray(y)})
+    frame = encoded.reset_index(drop=True)
+    label = pd.Series(np.asarray(y), name=TARGET)
     bounds = np.linspace(0, len(frame), max(1, min(partitions, len(frame))) + 1).astype(int)
-    blocks = [frame.iloc[lo:hi] for lo, hi in itertools.pairwise(bounds)]
-    futures = client.scatter(blocks)  # a list: spread over the workers
-    combined = dd.from_delayed(futures, meta=frame.iloc[:0], divisions=[*bounds[:-1].tolist(), len(frame) - 1])
-    return combined[list(encoded.columns)], combined[TARGET]
+    spans = list(itertools.pairwise(bounds))
+    addresses = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    home = [[addresses[k % len(addresses)]] for k in range(len(spans))]
+    X_parts = [client.scatter(frame.iloc[lo:hi], workers=w) for (lo, hi), w in zip(spans, home, strict=True)]
+    y_parts = [client.scatter(label.iloc[lo:hi], workers=w) for (lo, hi), w in zip(spans, home, strict=True)]
+    divisions = [*bounds[:-1].tolist(), len(frame) - 1]
+    dX = dd.from_delayed(X_parts, meta=frame.iloc[:0], divisions=divisions)
+    dy = dd.from_delayed(y_parts, meta=label.iloc[:0], divisions=divisions)
+    return dX, dy
 
 
 def fit_lightgbm_dask(

@@ -628,6 +628,8 @@ def join_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objective.deadline = None if timeout is None else time.perf_counter() + timeout  # this host's clock
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler(seed + copy), pruner=pruner())
+    if len(study.trials) >= budget:  # the other loops spent the budget before this one started
+        return {}
     study.optimize(objective, n_trials=budget, timeout=timeout, callbacks=[MaxTrialsCallback(budget, states=None)])
     logger.info(
         "%s: trial loop %d ran %d trial(s) of study %s", objective.family, copy, len(objective.oofs), study_name

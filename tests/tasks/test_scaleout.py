@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -84,11 +85,12 @@ def test_flow_on_dask_gives_the_default_runners_models(tmp_path: Path, use_root,
 
 
 def shared_design() -> tuple[candidates.Design, object]:
-    """The stacking tests' tiny binary design, with a logreg search of 6 trials tried 2 at a time."""
+    """The stacking tests' binary design on 3,000 rows, with searches of 12 trials tried 2 at a time (hgb: ~0.5 s
+    a trial here, so the second loop, which needs a second or two to start, finds trials left)."""
     from tests.unit.test_stacking import config, design
 
-    cfg = config(("logreg", "hgb")).model_copy(update={"n_trials": 6, "parallel_trials": 2})
-    return design("binary"), cfg
+    cfg = config(("logreg", "hgb")).model_copy(update={"n_trials": 12, "parallel_trials": 2})
+    return design("binary", n=3000), cfg
 
 
 @pytest.mark.slow
@@ -102,12 +104,15 @@ def test_trials_spread_over_dask_workers_through_a_shared_study(tmp_path: Path) 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     with LocalCluster(**cluster_kwargs(DASK)) as cluster, Client(cluster) as client:
         code = candidates.code_identity(candidates.__name__)
-        future = client.submit(candidates.fit_family_at, "logreg", d, cfg, storage, "logreg-spread", code=code)
+        # imported on every worker first, as after a first run: a loop that starts seconds late (its worker's
+        # cold imports) finds the tiny budget spent and rightly runs nothing
+        client.run(importlib.import_module, "tasks.candidates")
+        future = client.submit(candidates.fit_family_at, "hgb", d, cfg, storage, "hgb-spread", code=code)
         outcome = future.result()
         workers = set(client.run(os.getpid).values())
-    trials = optuna.load_study(study_name="logreg-spread", storage=storage).trials
+    trials = optuna.load_study(study_name="hgb-spread", storage=storage).trials
     ran_on = {t.user_attrs.get("ran_on", "?").rpartition(":")[2] for t in trials}
-    assert 6 <= len(trials) <= 7, f"the study stops at the budget (each loop may start one more): {len(trials)}"
+    assert 12 <= len(trials) <= 13, f"the study stops at the budget (each loop may start one more): {len(trials)}"
     assert len(ran_on) == 2 and {int(p) for p in ran_on} <= workers, f"two worker processes ran trials: {ran_on}"
     assert str(os.getpid()) not in ran_on, "no trial ran in the test's process"
     result = outcome.result
