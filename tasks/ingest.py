@@ -44,7 +44,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             result = ingest(sources, ctx.root, cfg, ctx.params.dataset, ctx.params.seed, keep=keep)
             snapshot = result.snapshot
             declared = ctx.params.dataset
-            main = snapshot[snapshot[SOURCE_COLUMN] == "main"]
+            is_main = (snapshot[SOURCE_COLUMN] == "main").to_numpy()
+            main = snapshot if is_main.all() else snapshot[is_main]  # one source: no copy of the whole table
             try:
                 effective = schema.resolve(declared, main, keep=ctx.params.split.extra_columns)
             except ValidationError as exc:

@@ -7,6 +7,7 @@ a file split on the wrong delimiter read as one column, all without a word.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import logging
@@ -227,8 +228,79 @@ def first_bad_utf8_line(path: Path) -> int:
     return 0
 
 
+SCAN_BLOCK_BYTES = 1 << 26
+"""Bytes read per step by `count_plain_rows` (64 MiB: a few hundred MB of numpy temporaries at most)."""
+
+
+def _binary(path: Path) -> Any:
+    """A binary handle on a CSV file, decompressing .gz."""
+    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
+
+
+def count_plain_rows(path: Path, delimiter: str, width: int, max_bytes: int) -> tuple[int, bool] | None:
+    """(data rows, no blank lines) of a CSV whose header is line 1, counted on bytes with numpy; None: use the scan.
+
+    The Python record scan costs ~6 us a row (a minute at 10M rows). Without a quote, CR or NUL byte after the
+    header, a record is a line and its fields are its delimiters + 1, so counting delimiters per line decides
+    what the scan would. Anything else (quotes, CR line ends, a row of the wrong width, bad UTF-8, more than
+    ingest.max_bytes characters, a read error) returns None: `scan_csv` then reads the records and says what is
+    wrong exactly as before. Only the first line (the header) may hold quotes.
+    """
+    sep = delimiter.encode("utf-8")
+    if len(sep) != 1 or sep in b'"\r\n\x00':
+        return None
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    rows, chars, blank, carry, first = 0, 0, False, b"", True
+    try:
+        with _binary(path) as handle:
+            while block := handle.read(SCAN_BLOCK_BYTES):
+                chars += len(decoder.decode(block))
+                if chars > max_bytes:
+                    return None
+                if first:  # the header line: already parsed (and counted) by the record scan
+                    end = block.find(b"\n")
+                    if end < 0:
+                        return None
+                    block, first = block[end + 1 :], False
+                if b'"' in block or b"\r" in block or b"\x00" in block:
+                    return None
+                data = carry + block
+                cut = data.rfind(b"\n") + 1
+                data, carry = data[:cut], data[cut:]
+                if not data:
+                    continue
+                found = _plain_lines(np.frombuffer(data, dtype=np.uint8), sep[0], width)
+                if found is None:
+                    return None
+                rows, blank = rows + found[0], blank or found[1]
+            decoder.decode(b"", final=True)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError):
+        return None
+    if carry:
+        if carry.count(sep) != width - 1:
+            return None
+        rows += 1
+    return rows, not blank
+
+
+def _plain_lines(data: np.ndarray, sep: int, width: int) -> tuple[int, bool] | None:
+    """(non-empty lines, any empty line) of newline-terminated bytes; None if a non-empty line has another width."""
+    ends = np.flatnonzero(data == 10)
+    seps = np.flatnonzero(data == sep)
+    per_line = np.diff(np.searchsorted(seps, ends), prepend=0)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    empty = ends == starts
+    if np.any(per_line[~empty] != width - 1):
+        return None
+    return int((~empty).sum()), bool(empty.any())
+
+
 def scan_csv(path: Path, delimiter: str, max_bytes: int) -> CsvLayout:
-    """Read the file once as raw records: header sanity, the same field count on every row, closed quotes."""
+    """Read the file once as raw records: header sanity, the same field count on every row, closed quotes.
+
+    A file with no quote, CR or NUL after its header line is counted on bytes (`count_plain_rows`, ~6x less
+    CPU); any other file, and any file that count rejects, is read record by record, for the exact message.
+    """
     last_line = 0
     rows = 0
     simple = True
@@ -252,8 +324,11 @@ def scan_csv(path: Path, delimiter: str, max_bytes: int) -> CsvLayout:
             if any(not h for h in header):
                 raise DataError(f"{path}: line 1: the header has an empty column name (rule: named columns)")
             width = len(header)
+            counted = count_plain_rows(path, delimiter, width, max_bytes) if first_line == 2 else None
+            if counted is not None:
+                rows, simple = counted
             last_line = reader.line_num
-            for record in reader:
+            for record in reader if counted is None else ():
                 start = last_line + 1
                 if reader.line_num != start:
                     simple = False
@@ -543,7 +618,7 @@ def normalise_labels(frame: pd.DataFrame, target: str, suffix: str) -> pd.DataFr
     labels = frame[target].astype("str").str.strip()
     if suffix:
         labels = labels.str.removesuffix(suffix)
-    out = frame.copy()
+    out = frame.copy(deep=False)  # copy-on-write: the other columns are shared, not copied (10M rows: ~1 GB)
     out[target] = labels.where(frame[target].notna())
     return out
 
@@ -566,10 +641,10 @@ def build_snapshot(sources: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Stack the declared sources into one table, remembering where each row came from."""
     parts = []
     for name, frame in sources.items():
-        part = frame.reset_index(drop=True).copy()
+        part = frame.reset_index(drop=True)  # copy-on-write: adding the column below leaves `frame` as it is
         part[SOURCE_COLUMN] = name
         parts.append(part)
-    snapshot = pd.concat(parts, ignore_index=True)
+    snapshot = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)  # one source: no copy
     snapshot[SOURCE_COLUMN] = snapshot[SOURCE_COLUMN].astype("str")
     logger.info("snapshot: %d rows x %d columns from %s", *snapshot.shape, list(sources))
     return snapshot

@@ -53,10 +53,11 @@ class LeakageScores:
 def feature_scores(frame: pd.DataFrame, dataset: DatasetConfig, seed: int) -> LeakageScores:
     """Score every declared feature alone against the target (rows with a null target are left out)."""
     metric = METRICS[dataset.task]
-    labelled = frame[frame[dataset.target].notna()]
-    if len(labelled) > MAX_ROWS:
-        logger.info("leakage: scoring a seeded sample of %d of %d labelled rows", MAX_ROWS, len(labelled))
-        labelled = labelled.iloc[np.sort(np.random.default_rng(seed).choice(len(labelled), MAX_ROWS, replace=False))]
+    positions = np.flatnonzero(frame[dataset.target].notna().to_numpy())
+    if len(positions) > MAX_ROWS:  # sampled before any rows are copied: a 10M-row table is never copied whole
+        logger.info("leakage: scoring a seeded sample of %d of %d labelled rows", MAX_ROWS, len(positions))
+        positions = positions[np.sort(np.random.default_rng(seed).choice(len(positions), MAX_ROWS, replace=False))]
+    labelled = frame.iloc[positions]
     result = LeakageScores(metric=metric, rows=len(labelled))
     if len(labelled) < MIN_ROWS:
         result.skipped = f"only {len(labelled)} labelled rows (needs {MIN_ROWS})"

@@ -777,7 +777,8 @@ def check_snapshot(
     if champion is None:
         champion = without_reference(cfg.domains.action, reference)
     started = time.perf_counter()
-    main = snapshot[snapshot[SOURCE_COLUMN] == "main"]
+    is_main = (snapshot[SOURCE_COLUMN] == "main").to_numpy()
+    main = snapshot if is_main.all() else snapshot[is_main]  # one source: no copy of the whole table
     has_test = bool((snapshot[SOURCE_COLUMN] == "test").any())
     result = validate_frame(snapshot, dataset, cfg, params.split.extra_columns, docs, champion)
     gx_seconds = time.perf_counter() - started

@@ -259,3 +259,70 @@ def test_utf8_bom_and_crlf_line_ends_read_cleanly(tmp_path: Path) -> None:
     frame = read(path)
     assert frame.columns[0] == "age", "a spreadsheet's byte-order mark is not part of the first column name"
     assert list(frame["income"]) == ["<=50K", ">50K."], "labels as in the file (ingest strips the suffix later)"
+
+
+def test_snapshot_and_labels_share_columns_without_changing_the_inputs() -> None:
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [" a.", "b", None]}, index=[5, 6, 7]).astype({"y": "str"})
+    labelled = normalise_labels(frame, "y", ".")
+    assert labelled["y"].tolist()[:2] == ["a", "b"] and pd.isna(labelled["y"].iloc[2])
+    assert frame["y"].tolist()[0] == " a.", "the input keeps its labels (copy-on-write, not a deep copy)"
+    one = build_snapshot({"main": labelled})
+    assert SOURCE_COLUMN not in labelled.columns and list(one.index) == [0, 1, 2]
+    assert one[SOURCE_COLUMN].dtype == "str" and one[SOURCE_COLUMN].tolist() == ["main"] * 3
+    two = build_snapshot({"main": labelled, "test": labelled.head(1)})
+    assert two[SOURCE_COLUMN].tolist() == ["main"] * 3 + ["test"] and list(two.index) == [0, 1, 2, 3]
+
+
+PLAIN_CASES = {
+    "plain": "a,b,c\n1,2,3\n4,5,6\n",
+    "no final newline": "a,b,c\n1,2,3\n4,5,6",
+    "blank line": "a,b,c\n1,2,3\n\n4,5,6\n",
+    "trailing blank line": "a,b,c\n1,2,3\n\n",
+    "crlf": "a,b,c\r\n1,2,3\r\n",
+    "quoted field": 'a,b,c\n1,"2,5",3\n',
+    "quoted header only": '"a","b","c"\n1,2,3\n',
+    "short row": "a,b,c\n1,2,3\n4,5\n",
+    "long row": "a,b,c\n1,2,3\n4,5,6,7\n",
+    "blank before header": "\na,b,c\n1,2,3\n",
+    "spaces": "a, b, c\n1, 2, 3\n",
+    "header only": "a,b,c\n",
+    "bad utf-8": b"a,b,c\n1,2,3\n\xff,2,3\n",
+    "multibyte": "a,b,c\n\u00e9,\u4e2d,3\n",
+}
+
+
+@pytest.mark.parametrize("name", list(PLAIN_CASES))
+@pytest.mark.parametrize("gz", [False, True])
+def test_byte_count_says_what_the_record_scan_says(
+    name: str, gz: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The numpy count of plain files and the Python record scan give the same layout, or the same error."""
+    from retrain.data import ingest as module
+
+    text = PLAIN_CASES[name]
+    data = text if isinstance(text, bytes) else text.encode()
+    path = tmp_path / ("t.csv.gz" if gz else "t.csv")
+    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+
+    def outcome() -> object:
+        try:
+            return module.scan_csv(path, ",", 10_000)
+        except DataError as exc:
+            return str(exc)
+
+    fast = outcome()
+    monkeypatch.setattr(module, "count_plain_rows", lambda *args: None)
+    assert fast == outcome()
+
+
+def test_byte_count_covers_plain_files_and_leaves_the_rest(tmp_path: Path) -> None:
+    from retrain.data.ingest import count_plain_rows
+
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n1,2\n\n3,4")
+    assert count_plain_rows(path, ",", 2, 10_000) == (2, False), "2 rows; a blank line: not one record per line"
+    path.write_text('a,b\n1,"2"\n')
+    assert count_plain_rows(path, ",", 2, 10_000) is None, "quotes: the record scan decides"
+    path.write_text("a,b\n1,2\n")
+    assert count_plain_rows(path, ",", 2, 5) is None, "over the character cap: the record scan says so"
+    assert count_plain_rows(path, ",", 3, 10_000) is None, "another width: the record scan names the line"

@@ -8,7 +8,11 @@ import pytest
 
 from retrain.config import DatasetConfig, SplitConfig
 from retrain.data.ingest import SOURCE_COLUMN
-from retrain.data.split import check_disjoint, split_snapshot
+from retrain.data.split import (
+    check_disjoint,
+    label_codes,
+    split_snapshot,
+)
 from retrain.errors import DataError
 
 CFG = SplitConfig(valid_size=0.25, test_size=0.2)
@@ -111,3 +115,26 @@ def test_too_few_rows_of_a_class_is_a_data_error() -> None:
     frame["y"] = ["pos"] + ["neg"] * 9
     with pytest.raises(DataError, match="stratified"):
         split_snapshot(frame, CFG, BINARY, seed=0)
+
+
+def test_row_in_two_splits_names_the_first_repeat_and_its_first_split() -> None:
+    frame = pd.DataFrame({"x": range(6)})
+    parts = {"train": frame.iloc[[0, 1, 2]], "valid": frame.iloc[[3, 4]], "test": frame.iloc[[5, 4, 1]]}
+    with pytest.raises(DataError, match="snapshot row 4 is in both valid and test"):
+        check_disjoint(parts)
+    check_disjoint({"train": frame.iloc[[0, 2]], "valid": frame.iloc[[1]], "test": frame.iloc[[3, 4, 5]]})
+
+
+def test_label_codes_give_the_cut_the_labels_give() -> None:
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(3)
+    labels = pd.Series(rng.choice(["<=50K", ">50K", "b", "A"], size=5000, p=[0.5, 0.2, 0.2, 0.1])).astype("str")
+    codes = label_codes(labels)
+    assert isinstance(codes, np.ndarray) and codes.dtype.kind == "i"
+    by_text = train_test_split(np.arange(5000), test_size=0.2, random_state=42, stratify=labels.to_numpy(dtype=object))
+    by_code = train_test_split(np.arange(5000), test_size=0.2, random_state=42, stratify=codes)
+    for text_part, code_part in zip(by_text, by_code, strict=True):
+        np.testing.assert_array_equal(text_part, code_part)
+    with_missing = pd.Series(["a", None, "b"], dtype="str")
+    assert label_codes(with_missing) is with_missing, "missing labels: passed as they are"
