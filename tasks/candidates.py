@@ -333,14 +333,6 @@ def family_fitter(runner: RunnerConfig) -> Callable[..., Pipeline]:
     return fit
 
 
-def absolute_storage(spec: str | None, root: Path) -> str | None:
-    """`journal:<file>` made absolute against the project root (a worker runs elsewhere); other specs as they are."""
-    if spec is None or not spec.startswith("journal:"):
-        return spec
-    path = Path(spec.removeprefix("journal:"))
-    return f"journal:{path if path.is_absolute() else root / path}"
-
-
 def fit_family_at(
     family: str,
     d: Design,
@@ -457,6 +449,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         source = ctx.external.get(WARM_FROM, "none") if WARM_FROM in ctx.external else warm_source(ctx)
         source = None if source in (None, "none") else source
         warm = champion_params(ctx, source, bases) if source else {}
+        from retrain.models.tuning import anchored_storage
+
         runner = ctx.params.runner
         check_storage(runner, cfg.storage)
         code = code_identity(__name__) if runner.task_runner == "dask" else None
@@ -465,7 +459,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 family=family,
                 d=d,
                 cfg=cfg,
-                storage_spec=absolute_storage(cfg.storage, ctx.root),
+                storage_spec=anchored_storage(cfg.storage, ctx.root) if cfg.storage else None,
                 study=f"{family}-{active.info.run_id}",
                 warm_start=(warm[family],) if family in warm else (),
                 code=code,

@@ -219,13 +219,21 @@ def optuna_storage(spec: str | None, root: Path | None = None) -> BaseStorage | 
     """None (in memory), a JournalStorage on `journal:<file>` (relative to root), or an RDBStorage on the URL."""
     if spec is None:
         return None
+    spec = anchored_storage(spec, root)
     if spec.startswith("journal:"):
         path = Path(spec.removeprefix("journal:"))
-        if not path.is_absolute() and root is not None:
-            path = root / path
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     return rdb_storage(spec)
+
+
+def anchored_storage(spec: str, root: Path | None) -> str:
+    """`journal:<file>` made absolute against the project root (another process, a Dask worker, opens it
+    elsewhere); an RDB URL as it is."""
+    if root is None or not spec.startswith("journal:"):
+        return spec
+    path = Path(spec.removeprefix("journal:"))
+    return f"journal:{path if path.is_absolute() else root / path}"
 
 
 def rdb_storage(url: str, attempts: int = 5) -> RDBStorage:
@@ -233,15 +241,13 @@ def rdb_storage(url: str, attempts: int = 5) -> RDBStorage:
     same moment (two hosts' first searches: PostgreSQL's CREATE TYPE races and one side gets a unique violation)."""
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, attempts):
         try:
             return RDBStorage(url)
         except (IntegrityError, ProgrammingError) as exc:
-            if attempt == attempts:
-                raise
             logger.info("optuna storage: schema being created elsewhere (%s); retry %d", type(exc).__name__, attempt)
             time.sleep(0.5 * attempt)
-    raise AssertionError("unreachable")
+    return RDBStorage(url)  # the last attempt raises whatever is still wrong
 
 
 def unused_study_name(storage: BaseStorage | str | None, name: str) -> str:
@@ -568,18 +574,17 @@ class Objective:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def params(self, trial: optuna.Trial) -> dict[str, Any]:
-        """The trial's full params: seed, the family's fixed ones, then the sampled ones."""
-        sampled = {k: suggest(trial, k, s) for k, s in self.cfg.space.items()}
+    def params(self, sampled: Mapping[str, Any]) -> dict[str, Any]:
+        """A trial's full params: seed, the family's fixed ones, then the sampled ones."""
         return {"random_state": self.seed, **self.cfg.fixed, **sampled}
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        """Score the trial's params by CV; the clock stops a trial only once one has completed."""
-        trial.set_user_attr("ran_on", f"{socket.gethostname()}:{os.getpid()}")  # which worker, in a shared study
-        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        value, oof, rounds = cv_evaluate(
+    def cv(
+        self, params: dict[str, Any], trial: optuna.Trial | None = None, deadline: float | None = None
+    ) -> tuple[float, np.ndarray, list[int]]:
+        """(CV score, out-of-fold scores, best rounds per fold) of `params` on this search's folds."""
+        return cv_evaluate(
             self.family,
-            self.params(trial),
+            params,
             self.X,
             self.y,
             self.folds,
@@ -591,9 +596,16 @@ class Objective:
             threads=self.threads,
             early_stopping_rounds=self.early,
             trial=trial,
-            pruning_warmup_rounds=self.cfg.pruning_warmup_rounds,
-            deadline=self.deadline if done else None,
+            pruning_warmup_rounds=self.cfg.pruning_warmup_rounds if trial is not None else None,
+            deadline=deadline,
         )
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        """Score the trial's params by CV; the clock stops a trial only once one has completed."""
+        trial.set_user_attr("ran_on", f"{socket.gethostname()}:{os.getpid()}")  # which worker, in a shared study
+        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        sampled = {k: suggest(trial, k, s) for k, s in self.cfg.space.items()}
+        value, oof, rounds = self.cv(self.params(sampled), trial, self.deadline if done else None)
         if rounds:
             trial.set_user_attr("n_estimators", round(float(np.mean(rounds))))
         with self._lock:
@@ -645,22 +657,7 @@ def best_oof(objective: Objective, best: optuna.trial.FrozenTrial) -> np.ndarray
     logger.info(
         "%s: recomputing the best trial's out-of-fold scores (trial %d ran elsewhere)", objective.family, best.number
     )
-    params = {"random_state": objective.seed, **objective.cfg.fixed, **best.params}  # as the trial had them
-    _, oof, _ = cv_evaluate(
-        objective.family,
-        params,
-        objective.X,
-        objective.y,
-        objective.folds,
-        objective.numeric,
-        objective.categorical,
-        objective.metric,
-        task=objective.task,
-        n_classes=objective.n_classes,
-        threads=objective.threads,
-        early_stopping_rounds=objective.early,
-    )
-    return oof
+    return objective.cv(objective.params(best.params))[1]  # the params as the trial had them
 
 
 def tune(

@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from adapters import mlflow_audit as audit
 from tests.conftest import make_project, small_params
 from tests.flows.ops_project import RETRAIN, env_for, kill_group
-from tests.servers import SERVERS_SCRIPT, free_port
+from tests.servers import SERVERS_SCRIPT, free_port, servers_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -169,14 +169,19 @@ class Servers:
     pg_port: int
 
     @property
+    def config(self) -> object:
+        """`scripts/servers.py`'s view of these servers (the URLs `make servers` prints)."""
+        return servers_script().Config(self.root, mlflow_port=self.mlflow_port, pg_port=self.pg_port)
+
+    @property
     def tracking_uri(self) -> str:
         """The tracking server's URL."""
-        return f"http://127.0.0.1:{self.mlflow_port}"
+        return self.config.mlflow_url
 
     @property
     def optuna(self) -> str:
         """The Optuna storage in the same PostgreSQL."""
-        return f"postgresql+psycopg2://retrain@127.0.0.1:{self.pg_port}/optuna"
+        return self.config.pg_url("optuna")
 
     def script(self, *args: str) -> subprocess.CompletedProcess:
         """`scripts/servers.py ARGS --root ROOT` with this environment minus any Prefect/MLflow settings."""

@@ -29,7 +29,7 @@ import pytest
 
 from retrain.catalog import SNAPSHOT
 from tests.conftest import COPIED, REPO, make_project, small_params
-from tests.servers import SERVERS_SCRIPT, free_port
+from tests.servers import SERVERS_SCRIPT, free_port, servers_script
 
 pytestmark = pytest.mark.e2e
 logger = logging.getLogger(__name__)
@@ -135,13 +135,14 @@ def services() -> Iterator[Services]:
     for folder in (hosts, workers, services_root):
         folder.mkdir()
         folder.chmod(0o755)
-    ports = {name: free_port() for name in ("prefect", "mlflow", "pg", "dask")}
+    ports = {f"{name}_port": free_port() for name in ("prefect", "mlflow", "pg", "dask")}
+    cfg = servers_script().Config(services_root, **ports)  # the URLs `make servers` prints
     script = [sys.executable, str(SERVERS_SCRIPT)]
     where = ["--root", str(services_root)]
     start = [
         *["start", *where, "--only", "postgres,mlflow,prefect", "--mlflow-backend", "postgres"],
-        *["--prefect-port", str(ports["prefect"]), "--mlflow-port", str(ports["mlflow"])],
-        *["--pg-port", str(ports["pg"]), "--timeout", str(TIMEOUT)],
+        *["--prefect-port", str(cfg.prefect_port), "--mlflow-port", str(cfg.mlflow_port)],
+        *["--pg-port", str(cfg.pg_port), "--timeout", str(TIMEOUT)],
     ]
     processes: list[subprocess.Popen] = []
     try:
@@ -149,8 +150,8 @@ def services() -> Iterator[Services]:
         assert done.returncode == 0, f"servers.py start failed:\n{done.stderr[-4000:]}"
         code = copy_code(workers / "code")
         env = clean_env() | {"PYTHONPATH": str(code), "PREFECT_HOME": str(workers / "prefect")}
-        address = f"tcp://127.0.0.1:{ports['dask']}"
-        scheduler = [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(ports["dask"])]
+        address = cfg.dask_address
+        scheduler = [str(BIN / "dask"), "scheduler", "--host", cfg.host, "--port", str(cfg.dask_port)]
         processes.append(start_process([*scheduler, "--no-dashboard"], workers, env, workers / "scheduler.log"))
         worker = [str(BIN / "dask"), "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"]
         worker += ["--local-directory", str(workers / "space")]
@@ -159,9 +160,9 @@ def services() -> Iterator[Services]:
         dask_workers_up(address, 2, TIMEOUT, processes[-1], log)
         yield Services(
             base=base,
-            mlflow=f"http://127.0.0.1:{ports['mlflow']}",
-            prefect_api=f"http://127.0.0.1:{ports['prefect']}/api",
-            optuna=f"postgresql+psycopg2://retrain@127.0.0.1:{ports['pg']}/optuna",
+            mlflow=cfg.mlflow_url,
+            prefect_api=cfg.prefect_api,
+            optuna=cfg.pg_url("optuna"),
             dask=address,
             remote=base / "remote",
             hosts=hosts,
