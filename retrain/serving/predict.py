@@ -185,7 +185,15 @@ class FastLightGBM:
         return key
 
     def predict_scores(self, X: pd.DataFrame) -> np.ndarray:
-        """Scores in the task's shape, equal to `LightGBMPredictor.predict_scores`; large batches use every core."""
+        """Scores in the task's shape, equal to `LightGBMPredictor.predict_scores`; large batches use every core.
+
+        A batch on the compiled forest is encoded chunk by chunk on the forest's threads, each chunk right before
+        its walk (`CompiledForest.predict_encoding`: the same scores as encoding it all first).
+        """
+        threads = self.serve.threads(len(X))
+        forest = self.compiled.forest if self.compiled is not None else None
+        if forest is not None and threads > 1:
+            return self._scores(forest.predict_encoding(lambda i, j: self.encode(X.iloc[i:j]), len(X), threads))
         return self.scores_of(self.encode(X))
 
     def scores_of(self, encoded: np.ndarray) -> np.ndarray:
@@ -196,6 +204,10 @@ class FastLightGBM:
             raw = forest.predict(encoded, threads)
         else:
             raw = self.booster.predict(encoded, num_threads=threads)
+        return self._scores(raw)
+
+    def _scores(self, raw: np.ndarray) -> np.ndarray:
+        """The task's scores from the forest's or booster's output."""
         if self.raw_is_score:
             return np.asarray(raw, dtype=float).reshape(-1)
         return task_scores(np.asarray(raw), self.predictor.task, self.predictor.classes, self.n_classes)

@@ -5,6 +5,7 @@ Real lleaves compiles in a real child process, on tiny 20-tree models (a few sec
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -87,6 +88,37 @@ def test_compiled_forest_equals_the_booster(models: dict[str, Path], task: str) 
     rows = X.astype(object).where(X.notna(), None).to_numpy().tolist()
     listed = as_array(served.predict_rows(list(X.columns), rows))
     assert np.abs(listed - want).max() <= TOLERANCE, f"{task}: predict_rows (serve-model's path) differs"
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_a_batch_encoded_chunk_by_chunk_on_the_threads_is_bit_identical(models: dict[str, Path], task: str) -> None:
+    served = ServingModel(models[task], compiled="wait")
+    forest = served.compiled[0].forest
+    assert forest is not None, served.compiled[0].reason
+    fast = served.fast
+    X = frame(n=SERVE_ONE_THREAD_ROWS + 333, seed=11)[0]
+    encoded = fast.encode(X)
+    whole = forest.predict(encoded, 1)
+    for threads in (2, 3):
+        seen: list[tuple[int, int]] = []
+
+        def encode(start: int, end: int, seen: list[tuple[int, int]] = seen) -> np.ndarray:
+            seen.append((start, end))
+            return fast.encode(X.iloc[start:end])
+
+        got = forest.predict_encoding(encode, len(X), threads)
+        assert np.array_equal(got, whole), f"{task}, {threads} threads: chunked encoding changed the scores"
+        ranges = sorted(seen)
+        assert ranges[0][0] == 0 and ranges[-1][1] == len(X), f"the chunks cover every row: {ranges}"
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges)), f"no gap or overlap: {ranges}"
+        assert len(ranges) == threads, f"one chunk per thread: {ranges}"
+        assert np.array_equal(forest.predict(encoded, threads), whole), f"{threads} threads: walk-only differs"
+        fast.threads = threads
+        assert np.array_equal(fast.predict_scores(X), fast.scores_of(encoded)), (
+            f"{task}, {threads} threads: the served batch differs from encode-then-score"
+        )
+    with pytest.raises(ValueError, match=r"returned \d+ rows"):
+        forest.predict_encoding(lambda start, end: encoded[start : max(start, end - 1)], len(X), 2)
 
 
 def test_cache_is_reused_and_a_tampered_object_recompiled(
