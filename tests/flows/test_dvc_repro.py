@@ -16,6 +16,7 @@ from tests.conftest import make_project, small_params
 from tests.flows.mlflow_checks import assert_dvc_repro_shares_one_parent, assert_parent_carries_the_run
 
 pytestmark = pytest.mark.e2e
+OFF = ("perturbation", "invariance", "directional", "confidence", "fairness", "latency")
 
 
 def dvc(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -26,8 +27,13 @@ def dvc(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_dvc_repro_runs_the_pipeline_then_the_flow_hits_the_cache(
     tmp_path: Path, prefect_backend, use_root, capsys
 ) -> None:
-    # one family: this checks DVC (repro, metrics, plots, experiments), the families have their own tests
-    root = make_project(tmp_path / "proj", small_params(candidates={"families": ["lightgbm"]}))
+    # one family: this checks DVC (repro, metrics, plots, experiments), the families have their own tests; the
+    # gates it reads (metric_bounds, beats_baselines, slices; calibration draws its plot) stay on, the rest are
+    # off (each has its own tests): evaluate runs twice here, once under `dvc repro`, once under `dvc exp run`
+    params = small_params(
+        candidates={"families": ["lightgbm"]}, evaluate={"gates": {g: {"enabled": False} for g in OFF}}
+    )
+    root = make_project(tmp_path / "proj", params)
     result = dvc(root, "repro")
     assert result.returncode == 0, result.stderr[-3000:]
     for stage in ("ingest", "version", "validate", "split", "baselines", "candidates", "evaluate", "promote"):
