@@ -23,10 +23,12 @@ from benchmarks._runs import RESULTS, ROOT, machine_info, machine_line, pinned_c
 logger = logging.getLogger("benchmarks.run")
 
 ORDER = ("stages", "caching", "tuning", "refit", "inference", "serve_model", "scale", "own_table")
-COLLECTED = ("serve_model_champion", "catboost", "monotone_cost")
+COLLECTED = ("serve_model_champion", "catboost", "monotone_cost", "tuning_adult_quiet")
 """Sections collected into RESULTS.md but run by hand: serve_model on a registered champion
 (`--model adult-income@champion --results-name serve_model_champion`), catboost (needs a package outside the lock),
-monotone_cost (what California's monotone constraint costs against the tuning peers)."""
+monotone_cost (what California's monotone constraint costs against the tuning peers), tuning_adult_quiet (Adult
+only at 30 s and the cold run's wall, on an otherwise idle machine: `--datasets adult --budgets 30 --cold-budget 65
+--results-name tuning_adult_quiet`)."""
 OUTPUT = ROOT / "benchmarks" / "RESULTS.md"
 
 
