@@ -17,7 +17,7 @@ from engine.stage import Stage
 from retrain.catalog import DATASET_KEYS, SCHEMA, SNAPSHOT
 from retrain.config import Params
 from retrain.data import schema
-from retrain.data.ingest import SOURCE_COLUMN, ingest
+from retrain.data.ingest import ingest, main_rows
 from retrain.data.sources import Source, display, parse_source
 from retrain.errors import DataError
 
@@ -44,8 +44,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             result = ingest(sources, ctx.root, cfg, ctx.params.dataset, ctx.params.seed, keep=keep)
             snapshot = result.snapshot
             declared = ctx.params.dataset
-            is_main = (snapshot[SOURCE_COLUMN] == "main").to_numpy()
-            main = snapshot if is_main.all() else snapshot[is_main]  # one source: no copy of the whole table
+            main = main_rows(snapshot)
             try:
                 effective = schema.resolve(declared, main, keep=ctx.params.split.extra_columns)
             except ValidationError as exc:

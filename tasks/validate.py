@@ -26,7 +26,7 @@ from engine.stage import Stage
 from retrain.catalog import DATASET_KEYS, SCHEMA, SNAPSHOT, VALIDATION
 from retrain.data.domains import ChampionDomains, derive, without_reference
 from retrain.data.drift import drift_without_reference, feature_drift
-from retrain.data.ingest import SOURCE_COLUMN
+from retrain.data.ingest import SOURCE_COLUMN, main_rows
 from retrain.data.validate import (
     check_snapshot,
     describe_failure,
@@ -66,7 +66,7 @@ def fetch_reference(ctx: StageContext, reference: str, tmp: Path) -> tuple[pd.Da
         return None, str(exc)
     snapshot = pd.read_parquet(dest)
     if SOURCE_COLUMN in snapshot.columns:
-        snapshot = snapshot[snapshot[SOURCE_COLUMN] == "main"]
+        snapshot = main_rows(snapshot)
     return snapshot, None
 
 

@@ -51,6 +51,18 @@ def deep_update(base: dict, updates: dict) -> dict:
     return out
 
 
+OPTIONAL_GATES = (
+    "slices", "perturbation", "invariance", "directional", "calibration", "confidence", "fairness", "latency",
+)  # fmt: skip
+"""The gates a test about something else may turn off (each has tests of its own); the metric, baseline and
+champion comparisons always stay on."""
+
+
+def gates_off(gates: tuple[str, ...] = OPTIONAL_GATES) -> dict:
+    """`evaluate` overrides that turn `gates` off: a test that reads no gate's outcome skips their cost."""
+    return {"gates": {gate: {"enabled": False} for gate in gates}}
+
+
 def small_params(**extra: dict) -> dict:
     """params.yaml of the repo with the tiny test settings (and any extra overrides)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())

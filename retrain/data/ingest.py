@@ -637,6 +637,12 @@ def sample(frame: pd.DataFrame, rows: int | None, seed: int) -> pd.DataFrame:
     return frame if keep is None else frame.iloc[keep]
 
 
+def main_rows(snapshot: pd.DataFrame) -> pd.DataFrame:
+    """The snapshot's rows from the main source; the snapshot itself when it has no other (no copy of a large table)."""
+    is_main = (snapshot[SOURCE_COLUMN] == "main").to_numpy()
+    return snapshot if is_main.all() else snapshot[is_main]
+
+
 def build_snapshot(sources: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Stack the declared sources into one table, remembering where each row came from."""
     parts = []

@@ -22,7 +22,7 @@ import pandas as pd
 from retrain.config import DatasetConfig, Params, SplitConfig, ValidateConfig
 from retrain.data.datadocs import make_self_contained
 from retrain.data.domains import ChampionDomains, ColumnReference, out_of_range, unseen, without_reference
-from retrain.data.ingest import SOURCE_COLUMN
+from retrain.data.ingest import SOURCE_COLUMN, main_rows
 from retrain.data.leakage import METRICS, LeakageScores, feature_scores, leaks
 
 logger = logging.getLogger(__name__)
@@ -777,8 +777,7 @@ def check_snapshot(
     if champion is None:
         champion = without_reference(cfg.domains.action, reference)
     started = time.perf_counter()
-    is_main = (snapshot[SOURCE_COLUMN] == "main").to_numpy()
-    main = snapshot if is_main.all() else snapshot[is_main]  # one source: no copy of the whole table
+    main = main_rows(snapshot)
     has_test = bool((snapshot[SOURCE_COLUMN] == "test").any())
     result = validate_frame(snapshot, dataset, cfg, params.split.extra_columns, docs, champion)
     gx_seconds = time.perf_counter() - started

@@ -18,12 +18,11 @@ import pytest
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from retrain.catalog import CANDIDATES
-from tests.conftest import make_project, small_params
+from tests.conftest import gates_off, make_project, small_params
 from tests.flows.ops_project import kill_group, output, start
 
 pytestmark = pytest.mark.e2e
 
-OFF = ("slices", "perturbation", "invariance", "directional", "calibration", "confidence", "fairness", "latency")
 RAN_ON = re.compile(r'"ran_on": ?"[^"]*:(\d+)"')
 
 
@@ -52,7 +51,7 @@ def test_a_worker_killed_mid_trial_costs_a_rerun_not_the_run(
             "storage": "journal:optuna.journal",
         },
         # the gates run after the loss this checks and have their own tests: off, as in test_scaleout_faults.py
-        evaluate={"gates": {g: {"enabled": False} for g in OFF}},
+        evaluate=gates_off(),
     )
     root = make_project(tmp_path_factory.mktemp("worker-loss") / "proj", params)
     (root.parent / "prefect").mkdir()

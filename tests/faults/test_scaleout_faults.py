@@ -28,14 +28,13 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from adapters import mlflow_audit as audit
-from tests.conftest import make_project, small_params
+from tests.conftest import gates_off, make_project, small_params
 from tests.flows.ops_project import RETRAIN, env_for, kill_group
 from tests.servers import SERVERS_SCRIPT, free_port, servers_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MODEL = "adult-income"
-OFF = ("slices", "perturbation", "invariance", "directional", "calibration", "confidence", "fairness", "latency")
 TRIALS = 6  # logreg trials: candidates lasts long enough (~10 s) for the server to go down inside it
 HEALTH_TIMEOUT = 240  # seconds: MLflow on PostgreSQL boots in 16-45 s on this 2-core box, longer under load
 DOWN_PARAMS = "params.down.yaml"
@@ -48,7 +47,7 @@ def params(tracking_uri: str | None = None, storage: str | None = None) -> dict:
     """Tiny params: one family (logreg), the cheap gates, optionally a tracking server and an Optuna storage."""
     candidates = {"families": ["logreg"], "n_trials": TRIALS, "logreg": {"n_trials": TRIALS}, "storage": storage}
     extra = {"tracking": {"tracking_uri": tracking_uri}} if tracking_uri else {}
-    return small_params(candidates=candidates, evaluate={"gates": {g: {"enabled": False} for g in OFF}}, **extra)
+    return small_params(candidates=candidates, evaluate=gates_off(), **extra)
 
 
 def run_retrain(root: Path, *args: str, env: dict[str, str], timeout: float = 600) -> tuple[int, str, str, float]:

@@ -12,11 +12,10 @@ from mlflow.tracking import MlflowClient
 
 from adapters.dvc_store import file_md5
 from flows.cli import main
-from tests.conftest import make_project, small_params
+from tests.conftest import OPTIONAL_GATES, gates_off, make_project, small_params
 from tests.flows.mlflow_checks import assert_dvc_repro_shares_one_parent, assert_parent_carries_the_run
 
 pytestmark = pytest.mark.e2e
-OFF = ("perturbation", "invariance", "directional", "confidence", "fairness", "latency")
 
 
 def dvc(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -31,7 +30,8 @@ def test_dvc_repro_runs_the_pipeline_then_the_flow_hits_the_cache(
     # gates it reads (metric_bounds, beats_baselines, slices; calibration draws its plot) stay on, the rest are
     # off (each has its own tests): evaluate runs twice here, once under `dvc repro`, once under `dvc exp run`
     params = small_params(
-        candidates={"families": ["lightgbm"]}, evaluate={"gates": {g: {"enabled": False} for g in OFF}}
+        candidates={"families": ["lightgbm"]},
+        evaluate=gates_off(tuple(g for g in OPTIONAL_GATES if g not in ("slices", "calibration"))),
     )
     root = make_project(tmp_path / "proj", params)
     result = dvc(root, "repro")

@@ -27,14 +27,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.cli import main
-from tests.conftest import make_project, small_params
+from tests.conftest import gates_off, make_project, small_params
 from tests.servers import free_port, servers_script
 
 pytestmark = pytest.mark.e2e
 logger = logging.getLogger(__name__)
 MODEL = "adult-income"
 FAMILIES = ["logreg"]  # one family and the cheap gates: this module is about where things are stored
-OFF = ("slices", "perturbation", "invariance", "directional", "calibration", "confidence", "fairness", "latency")
 TRIALS = 2
 USER = "retrain"
 INSTALL = "Install Debian's `postgresql` package: `make test-deps` as root, or `sudo apt-get install -y postgresql`."
@@ -142,7 +141,7 @@ def test_flow_tracks_registers_and_tunes_in_postgres(
     params = small_params(
         tracking={"tracking_uri": tracking},
         candidates={"families": FAMILIES, "n_trials": TRIALS, "logreg": {"n_trials": TRIALS}, "storage": storage},
-        evaluate={"gates": {gate: {"enabled": False} for gate in OFF}},
+        evaluate=gates_off(),
     )
     project = use_root(make_project(tmp_path / "proj", params))
 

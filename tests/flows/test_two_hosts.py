@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 
 from retrain.catalog import SNAPSHOT
-from tests.conftest import COPIED, REPO, make_project, small_params
+from tests.conftest import COPIED, REPO, gates_off, make_project, small_params
 from tests.servers import SERVERS_SCRIPT, free_port, servers_script
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +38,6 @@ BIN = Path(sys.executable).parent
 MODEL = small_params()["promote"]["model_name"]
 FAMILIES = ["lightgbm", "logreg"]
 TRIALS = 4
-OFF = ("slices", "perturbation", "invariance", "directional", "calibration", "confidence", "fairness", "latency")
 TIMEOUT = 240  # seconds per server health check (MLflow's first start on PostgreSQL migrates its schema)
 RUN_TIMEOUT = 900
 
@@ -191,7 +190,7 @@ def workspace(services: Services, name: str, sample_rows: int) -> Path:
         },
         # the gates that compare the two hosts' models stay on (metric_bounds, beats_baselines, no_regression vs
         # the champion); the rest have their own tests and cost ~5 s of evaluate per host: off
-        evaluate={"gates": {g: {"enabled": False} for g in OFF}},
+        evaluate=gates_off(),
     )
     root = make_project(services.hosts / name, params)
     subprocess.run(["dvc", "remote", "add", "-d", "-f", "shared", str(services.remote)], cwd=root, check=True)

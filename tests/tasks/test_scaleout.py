@@ -18,10 +18,9 @@ from flows.dag import DAG
 from retrain.catalog import CANDIDATES
 from retrain.config import RunnerConfig, load_params
 from tasks import candidates
-from tests.conftest import make_project, small_params
+from tests.conftest import gates_off, make_project, small_params
 
 DASK = RunnerConfig(task_runner="dask", dask_workers=2)
-OFF = ("slices", "perturbation", "invariance", "directional", "calibration", "confidence", "fairness", "latency")
 
 
 def where(family: str) -> tuple[str, int]:
@@ -71,9 +70,7 @@ def test_flow_on_dask_gives_the_default_runners_models(tmp_path: Path, use_root,
     families = ["lightgbm", "logreg", "stacking"]  # stacking: base models that came back from a worker
     runner = {"task_runner": "dask", "dask_workers": 2}
     # the gates judge what came back and have their own tests: off, as in tests/faults (evaluate ran ~6 s of them)
-    params = small_params(
-        candidates={"families": families}, runner=runner, evaluate={"gates": {g: {"enabled": False} for g in OFF}}
-    )
+    params = small_params(candidates={"families": families}, runner=runner, evaluate=gates_off())
     root = use_root(make_project(tmp_path / "proj", params))
     assert main(["run", "--json"]) == 0, "the flow completes and promotes on the Dask runner"
     summary = json.loads(capsys.readouterr().out)
